@@ -1,0 +1,306 @@
+"""The Ledger application: the Python API for commands and reads.
+
+Every command validates its input, then appends all of its events in one
+atomic write, or none. Writes are optimistic: each accepts an
+``expected_version`` (the version the caller last read); without one, a write
+that loses a race re-reads the execution and decides again, so no update is
+lost and exactly one of two racing completions wins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, ClassVar, cast
+
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.persistence import (
+    InterfaceError,
+    JSONTranscoder,
+    OperationalError,
+    RecordConflictError,
+)
+from google.protobuf.message import Message
+
+from ledger.config import StoreConfig, ensure_schema, parse_url
+from ledger.errors import (
+    CreateConflictError,
+    ExecutionNotFoundError,
+    InvalidResourceError,
+    StoreUnavailableError,
+    VersionConflictError,
+)
+from ledger.execution import Execution
+from ledger.resources import (
+    Kind,
+    Phase,
+    Resource,
+    Status,
+    check_id,
+    kind_of,
+    kind_of_id,
+)
+from ledger.transcodings import register_ledger_transcodings
+from ledger.validation import check_envelope, check_metadata_counts, check_spec
+
+MAX_WRITE_ATTEMPTS = 20
+"""How often a write without ``expected_version`` re-reads and retries after losing a race."""
+
+
+@dataclass(frozen=True)
+class ExecutionRecord:
+    """An execution as recorded: its resource and its version (events so far)."""
+
+    resource: Resource
+    version: int
+
+    @property
+    def id(self) -> str:
+        return self.resource.metadata.id
+
+    @property
+    def phase(self) -> Phase:
+        return Phase(self.resource.status.phase)
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One event of an execution's history."""
+
+    version: int
+    recorded_at: datetime
+    type: str
+    """``Created``, ``StatusChanged`` or ``Completed``."""
+    phase: Phase
+    """The phase after this event."""
+    event: Execution.Event
+
+
+class Ledger(Application[str]):
+    """An event-sourced ledger of AgentExecutions and WorkflowExecutions."""
+
+    name = "Ledger"
+    env: ClassVar[dict[str, str]] = {"ORIGINATOR_ID_TYPE": "text"}
+
+    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+        try:
+            super().__init__(env)
+        except (OperationalError, InterfaceError) as e:
+            raise StoreUnavailableError(f"cannot open the ledger's store: {e}") from e
+
+    def register_transcodings(self, transcoder: JSONTranscoder) -> None:
+        super().register_transcodings(transcoder)
+        register_ledger_transcodings(transcoder)
+
+    # Commands.
+
+    def create(self, resource: Resource, *, actor: str = "") -> ExecutionRecord:
+        """Records a new execution from ``resource`` (metadata and spec; no status).
+
+        Without ``metadata.id`` the execution gets ``aex-<ulid>`` / ``wex-<ulid>``.
+        Idempotent on the id: the same id with an identical kind and spec returns
+        the recorded execution and appends nothing; a different spec raises
+        :class:`~ledger.errors.CreateConflictError`.
+        """
+        kind = kind_of(resource)
+        values: Any = resource
+        execution_id = values.metadata.id or kind.new_id()
+        check_id(execution_id, kind)
+        check_envelope(kind, values.api_version, values.kind, execution_id=execution_id)
+        if values.HasField("status") and values.status.ByteSize():
+            raise InvalidResourceError(
+                f"execution {execution_id!r}: status is observed, not given: create takes "
+                "metadata and spec only (record status with update_status)",
+                execution_id=execution_id,
+                field="status",
+            )
+        check_spec(kind, values.spec, execution_id=execution_id)
+        check_metadata_counts(values.metadata, execution_id=execution_id)
+        for _ in range(MAX_WRITE_ATTEMPTS):
+            existing = self._find(execution_id)
+            if existing is not None:
+                return self._same_or_conflict(existing, kind, values.spec)
+            execution = Execution.create(
+                execution_id, kind, values.metadata, values.spec, actor=actor
+            )
+            try:
+                self._save(execution)
+            except RecordConflictError:
+                continue  # Created by someone else meanwhile: compare with theirs.
+            return _record(execution)
+        raise StoreUnavailableError(f"execution {execution_id!r}: too many conflicting writes")
+
+    def update_status(
+        self,
+        execution_id: str,
+        patch: Status,
+        *,
+        expected_version: int | None = None,
+        actor: str = "",
+    ) -> ExecutionRecord:
+        """Applies a status patch (see :mod:`ledger.status`); a terminal phase completes."""
+        return self._write(
+            execution_id, expected_version, lambda e: e.record_status(patch, actor=actor)
+        )
+
+    def complete(
+        self,
+        execution_id: str,
+        output: Mapping[str, Any] | None = None,
+        *,
+        expected_version: int | None = None,
+        actor: str = "",
+    ) -> ExecutionRecord:
+        """Ends the execution in COMPLETED with an optional JSON-object output."""
+        return self._write(
+            execution_id, expected_version, lambda e: e.complete(output, actor=actor)
+        )
+
+    def fail(
+        self,
+        execution_id: str,
+        message: str,
+        *,
+        error_type: str = "ExecutionFailed",
+        details: Mapping[str, Any] | None = None,
+        expected_version: int | None = None,
+        actor: str = "",
+    ) -> ExecutionRecord:
+        """Ends the execution in FAILED with a structured error (type, message, details)."""
+        return self._write(
+            execution_id,
+            expected_version,
+            lambda e: e.fail(message, error_type=error_type, details=details, actor=actor),
+        )
+
+    def cancel(
+        self,
+        execution_id: str,
+        reason: str = "",
+        *,
+        expected_version: int | None = None,
+        actor: str = "",
+    ) -> ExecutionRecord:
+        """Ends the execution in CANCELLED, with an optional reason."""
+        return self._write(
+            execution_id, expected_version, lambda e: e.cancel(reason, actor=actor)
+        )
+
+    # Reads.
+
+    def get(self, execution_id: str) -> Resource:
+        """The execution's current resource: spec, status and audit."""
+        return self.read(execution_id).resource
+
+    def read(self, execution_id: str) -> ExecutionRecord:
+        """The execution's current resource and version."""
+        return _record(self._load(execution_id))
+
+    def history(self, execution_id: str) -> list[HistoryEntry]:
+        """Every event of one execution, in order, with its time, version and phase."""
+        kind_of_id(execution_id)
+        entries: list[HistoryEntry] = []
+        execution: Execution | None = None
+        for event in self._events(execution_id):
+            execution = cast(Execution, event.mutate(execution))
+            entries.append(
+                HistoryEntry(
+                    version=event.originator_version,
+                    recorded_at=event.timestamp,
+                    type=type(event).__name__,
+                    phase=execution.phase,
+                    event=cast(Execution.Event, event),
+                )
+            )
+        if not entries:
+            raise ExecutionNotFoundError(execution_id)
+        return entries
+
+    # Internals.
+
+    def _write(
+        self,
+        execution_id: str,
+        expected_version: int | None,
+        decide: Callable[[Execution], None],
+    ) -> ExecutionRecord:
+        for _ in range(MAX_WRITE_ATTEMPTS):
+            execution = self._load(execution_id)
+            if expected_version is not None and execution.version != expected_version:
+                raise VersionConflictError(execution_id, expected_version, execution.version)
+            decide(execution)
+            try:
+                self._save(execution)
+            except RecordConflictError:
+                if expected_version is not None:
+                    actual = self._load(execution_id).version
+                    raise VersionConflictError(execution_id, expected_version, actual) from None
+                continue
+            return _record(execution)
+        raise StoreUnavailableError(f"execution {execution_id!r}: too many conflicting writes")
+
+    def _save(self, execution: Execution) -> None:
+        try:
+            self.save(execution)
+        except RecordConflictError:
+            raise
+        except (OperationalError, InterfaceError) as e:
+            raise StoreUnavailableError(
+                f"execution {execution.id!r}: the store is unavailable, nothing was written "
+                f"(retry later): {e}"
+            ) from e
+
+    def _find(self, execution_id: str) -> Execution | None:
+        try:
+            return self._load(execution_id)
+        except ExecutionNotFoundError:
+            return None
+
+    def _load(self, execution_id: str) -> Execution:
+        kind_of_id(execution_id)
+        try:
+            return cast(Execution, self.repository.get(execution_id))
+        except AggregateNotFoundError:
+            raise ExecutionNotFoundError(execution_id) from None
+        except (OperationalError, InterfaceError) as e:
+            raise StoreUnavailableError(
+                f"execution {execution_id!r}: the store is unavailable: {e}"
+            ) from e
+
+    def _events(self, execution_id: str) -> Iterator[Execution.Event]:
+        try:
+            for event in self.events.get(execution_id):
+                yield cast(Execution.Event, event)
+        except (OperationalError, InterfaceError) as e:
+            raise StoreUnavailableError(
+                f"execution {execution_id!r}: the store is unavailable: {e}"
+            ) from e
+
+    def _same_or_conflict(
+        self, existing: Execution, kind: Kind, spec: Message
+    ) -> ExecutionRecord:
+        if existing.kind_name != kind.name:
+            raise CreateConflictError(existing.id, f"kind ({existing.kind_name})")
+        recorded = existing.resource.spec.SerializeToString(deterministic=True)
+        if recorded != spec.SerializeToString(deterministic=True):
+            raise CreateConflictError(existing.id, "spec")
+        return _record(existing)
+
+
+def _record(execution: Execution) -> ExecutionRecord:
+    resource = type(execution.resource)()
+    resource.CopyFrom(execution.resource)
+    return ExecutionRecord(resource=resource, version=execution.version)
+
+
+def open_ledger(url: str | None = None, *, cipher_key: str | None = None) -> Ledger:
+    """Opens the ledger at ``url`` (default ``$LEDGER_URL``, else the SQLite default)."""
+    config = parse_url(url, cipher_key=cipher_key)
+    return open_ledger_with(config)
+
+
+def open_ledger_with(config: StoreConfig) -> Ledger:
+    """Opens the ledger described by a parsed :class:`~ledger.config.StoreConfig`."""
+    ensure_schema(config)
+    return Ledger(config.env)

@@ -1,0 +1,162 @@
+"""Configuration: one URL-style setting, with the library's own variables underneath.
+
+``LEDGER_URL`` picks the store:
+
+- ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``: the embedded
+  default. Without ``LEDGER_URL`` the ledger uses ``sqlite:///`` +
+  ``$XDG_DATA_HOME/execution-ledger/ledger.db`` (``~/.local/share/...``).
+- ``postgresql://user:password@host:port/dbname?schema=ledger``: production,
+  psycopg 3 with a pool (``POSTGRES_POOL_SIZE``, ``POSTGRES_MAX_OVERFLOW``,
+  ``POSTGRES_CONNECT_TIMEOUT``, ``POSTGRES_LOCK_TIMEOUT`` ... are the library's own
+  variables and are read from the environment as usual). The schema (default
+  ``public``) is created when missing. Ids are stored as text.
+- ``memory://``: in-process only, for tests and experiments.
+
+``LEDGER_CIPHER_KEY`` (a base64 AES key, see ``ledger keygen``) encrypts every
+stored event with the library's AES cipher, so the callback token is never at
+rest in the clear.
+
+The URL becomes the library's variables (``PERSISTENCE_MODULE``,
+``SQLITE_DBNAME``, ``POSTGRES_*``, ``CIPHER_TOPIC``, ``CIPHER_KEY``), which are
+passed to every application and projection the ledger constructs.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from ledger.errors import ConfigurationError
+
+LEDGER_URL = "LEDGER_URL"
+LEDGER_CIPHER_KEY = "LEDGER_CIPHER_KEY"
+
+
+def default_url() -> str:
+    """The embedded default: an SQLite file in the user's data folder."""
+    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return "sqlite:///" + str(Path(data_home) / "execution-ledger" / "ledger.db")
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """A parsed ``LEDGER_URL``: which store, and the library variables that open it."""
+
+    url: str
+    scheme: str
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.scheme == "postgresql"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.scheme == "sqlite"
+
+    @property
+    def redacted_url(self) -> str:
+        """The URL with any password replaced by ``***``."""
+        parts = urlsplit(self.url)
+        if parts.password is None:
+            return self.url
+        netloc = parts.netloc.replace(":" + parts.password + "@", ":***@", 1)
+        return parts._replace(netloc=netloc).geturl()
+
+
+def parse_url(url: str | None = None, *, cipher_key: str | None = None) -> StoreConfig:
+    """Parses ``url`` (default ``$LEDGER_URL``, else :func:`default_url`)."""
+    url = url or os.environ.get(LEDGER_URL) or default_url()
+    if cipher_key is None:
+        cipher_key = os.environ.get(LEDGER_CIPHER_KEY) or None
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    env: dict[str, str]
+    if scheme == "sqlite":
+        path = unquote(parts.path)
+        if parts.netloc:
+            raise ConfigurationError(
+                f"LEDGER_URL {url!r}: an SQLite URL has no host; write sqlite:///path/to/file.db"
+            )
+        path = path[1:] if path.startswith("/") else path
+        if not path:
+            raise ConfigurationError(f"LEDGER_URL {url!r}: the SQLite file path is missing")
+        if path != ":memory:":
+            Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            path = str(Path(path).expanduser())
+        env = {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": path}
+    elif scheme in ("postgresql", "postgres"):
+        scheme = "postgresql"
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        unknown = set(query) - {"schema"}
+        if unknown:
+            raise ConfigurationError(
+                f"LEDGER_URL: unknown PostgreSQL URL parameter(s) {sorted(unknown)}; "
+                "only 'schema' is read (tune the pool with the POSTGRES_* variables)"
+            )
+        dbname = unquote(parts.path.lstrip("/"))
+        if not dbname:
+            raise ConfigurationError(
+                "LEDGER_URL: the PostgreSQL URL needs a database name "
+                "(postgresql://user@host:5432/dbname)"
+            )
+        try:
+            port = parts.port or 5432
+        except ValueError as e:
+            raise ConfigurationError(f"LEDGER_URL: bad port: {e}") from None
+        env = {
+            "PERSISTENCE_MODULE": "eventsourcing.postgres",
+            "POSTGRES_DBNAME": dbname,
+            "POSTGRES_HOST": parts.hostname or "127.0.0.1",
+            "POSTGRES_PORT": str(port),
+            "POSTGRES_USER": unquote(parts.username or "postgres"),
+            "POSTGRES_PASSWORD": unquote(parts.password or ""),
+            "POSTGRES_SCHEMA": query.get("schema", "public"),
+        }
+    elif scheme == "memory":
+        env = {"PERSISTENCE_MODULE": "eventsourcing.popo"}
+    else:
+        raise ConfigurationError(
+            f"LEDGER_URL {url!r}: unknown scheme {parts.scheme!r}; "
+            "expected sqlite:///path, postgresql://... or memory://"
+        )
+    env["ORIGINATOR_ID_TYPE"] = "text"
+    if cipher_key:
+        env["CIPHER_TOPIC"] = "eventsourcing.cipher:AESCipher"
+        env["CIPHER_KEY"] = cipher_key
+    return StoreConfig(url=url, scheme=scheme, env=env)
+
+
+def ensure_schema(config: StoreConfig) -> None:
+    """Creates the PostgreSQL schema named in the URL when it is missing."""
+    if not config.is_postgres:
+        return
+    import psycopg
+    from psycopg import sql
+
+    env = config.env
+    try:
+        with psycopg.connect(
+            dbname=env["POSTGRES_DBNAME"],
+            host=env["POSTGRES_HOST"],
+            port=env["POSTGRES_PORT"],
+            user=env["POSTGRES_USER"],
+            password=env["POSTGRES_PASSWORD"] or None,
+            autocommit=True,
+            connect_timeout=int(os.environ.get("POSTGRES_CONNECT_TIMEOUT", "5")),
+        ) as conn:
+            conn.execute(
+                sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
+                    sql.Identifier(env["POSTGRES_SCHEMA"])
+                )
+            )
+    except psycopg.errors.UniqueViolation:
+        pass  # Another process created it at the same moment.
+    except psycopg.OperationalError as e:
+        from ledger.errors import StoreUnavailableError
+
+        raise StoreUnavailableError(
+            f"cannot reach PostgreSQL at {config.redacted_url}: {e}"
+        ) from e

@@ -1,0 +1,375 @@
+"""The execution aggregate: one per AgentExecution or WorkflowExecution.
+
+Its event stream is the whole life of the execution:
+
+- :class:`Execution.Created`: api_version, kind, metadata and the full spec
+  (``callback_token`` included), the phase PENDING.
+- :class:`Execution.StatusChanged`: a new phase and/or a status patch
+  (see :mod:`ledger.status` for how a patch merges).
+- :class:`Execution.Completed`: the terminal phase and its outcome: ``output``
+  for COMPLETED, ``error`` (type, message, details) for FAILED, ``reason`` for
+  CANCELLED. Exactly one per execution; nothing follows it.
+
+Command methods check every rule before they trigger an event, so a broken rule
+raises with nothing pending. The aggregate holds the current resource message.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, cast
+
+from eventsourcing.domain import (
+    BaseAggregate,
+    CanInitAggregate,
+    CanMutateAggregate,
+    MetaDomainEvent,
+)
+from google.protobuf.json_format import MessageToDict, ParseDict
+from google.protobuf.message import Message
+from google.protobuf.struct_pb2 import Struct
+
+from ledger.api.commons.v1 import audit_pb2, metadata_pb2
+from ledger.errors import (
+    InvalidResourceError,
+    LimitExceededError,
+    PhaseBackwardsError,
+    TerminalPhaseError,
+)
+from ledger.resources import API_VERSION, KINDS, Kind, Phase, Resource
+from ledger.status import apply_patch, check_patch
+from ledger.validation import (
+    MAX_OUTCOME_BYTES,
+    MAX_STATUS_PATCH_BYTES,
+    MAX_STRUCT_DEPTH,
+    check_size,
+    check_structs,
+    check_text,
+    json_depth,
+)
+
+DEFAULT_ERROR_TYPE = "ExecutionFailed"
+
+
+class ExecutionEvent(CanMutateAggregate[str], metaclass=MetaDomainEvent):
+    """Base of the execution's events (text ids, so not the library's UUID events)."""
+
+    originator_id: str
+    originator_version: int
+    timestamp: datetime
+
+
+class Execution(BaseAggregate[str]):
+    """One execution's current state, rebuilt from its events."""
+
+    class Event(ExecutionEvent):
+        pass
+
+    class Created(Event, CanInitAggregate[str]):
+        """The execution was accepted: what was asked and where to report."""
+
+        originator_topic: str
+        kind: str
+        api_version: str
+        metadata: metadata_pb2.ApiResourceMetadata
+        spec: Message
+        actor: str
+
+    class StatusChanged(Event):
+        """An observation: a new phase and/or a status patch."""
+
+        phase: int
+        patch: Message
+        actor: str
+
+        def apply(self, aggregate: Execution) -> None:
+            aggregate.apply_status_changed(self)
+
+    class Completed(Event):
+        """The terminal phase and its outcome. Drives the callback."""
+
+        phase: int
+        output: dict[str, Any] | None
+        error: dict[str, Any] | None
+        reason: str
+        actor: str
+
+        def apply(self, aggregate: Execution) -> None:
+            aggregate.apply_completed(self)
+
+    def __init__(
+        self,
+        kind: str,
+        api_version: str,
+        metadata: metadata_pb2.ApiResourceMetadata,
+        spec: Message,
+        actor: str,
+        timestamp: datetime,
+    ) -> None:
+        self.kind_name = kind
+        resource: Any = KINDS[kind].empty_resource()
+        resource.api_version = api_version
+        resource.kind = kind
+        resource.metadata.CopyFrom(metadata)
+        resource.metadata.id = self.id
+        resource.spec.CopyFrom(spec)
+        resource.status.phase = Phase.PENDING
+        self.resource: Resource = resource
+        self.outcome: Completed | None = None
+        self._audit("spec_audit", actor, timestamp, "created", created=True)
+        self._audit("status_audit", actor, timestamp, "created", created=True)
+
+    # Reads.
+
+    @property
+    def kind(self) -> Kind:
+        return KINDS[self.kind_name]
+
+    @property
+    def phase(self) -> Phase:
+        return Phase(self.resource.status.phase)
+
+    @property
+    def callback_token(self) -> bytes:
+        return bytes(self.resource.spec.callback_token)
+
+    # Commands.
+
+    @classmethod
+    def create(
+        cls,
+        execution_id: str,
+        kind: Kind,
+        metadata: metadata_pb2.ApiResourceMetadata,
+        spec: Message,
+        *,
+        actor: str = "",
+    ) -> Execution:
+        """A new execution (the caller has validated ``metadata`` and ``spec``)."""
+        return cls._create(
+            cls.Created,
+            id=execution_id,
+            kind=kind.name,
+            api_version=API_VERSION,
+            metadata=metadata,
+            spec=spec,
+            actor=actor,
+        )
+
+    def record_status(self, patch: Message, *, actor: str = "") -> None:
+        """Applies a status patch; a terminal phase in it also completes the execution.
+
+        A terminal phase by patch takes its outcome from the patch: COMPLETED the
+        ``output`` (WorkflowExecution), FAILED and CANCELLED the ``error`` text.
+        """
+        self._check_writable(actor)
+        check_patch(self.kind, patch, execution_id=self.id)
+        check_size(patch, MAX_STATUS_PATCH_BYTES, execution_id=self.id, field="status")
+        check_structs(patch, execution_id=self.id, field="status")
+        values: Any = patch
+        requested = self._check_transition(values.phase)
+        if requested.is_terminal:
+            terminal_patch = type(patch)()
+            terminal_patch.CopyFrom(patch)
+            cast(Any, terminal_patch).phase = 0
+            if terminal_patch.ByteSize():
+                self.trigger_event(
+                    self.StatusChanged, phase=0, patch=terminal_patch, actor=actor
+                )
+            self._complete(requested, **_outcome_from_patch(requested, values), actor=actor)
+        else:
+            self.trigger_event(self.StatusChanged, phase=int(requested), patch=patch, actor=actor)
+
+    def complete(self, output: Mapping[str, Any] | None = None, *, actor: str = "") -> None:
+        """Ends the execution in COMPLETED with an optional JSON-object ``output``."""
+        self._check_writable(actor)
+        self._check_transition(Phase.COMPLETED)
+        self._complete(
+            Phase.COMPLETED, output=self._check_json("output", output), actor=actor
+        )
+
+    def fail(
+        self,
+        message: str,
+        *,
+        error_type: str = DEFAULT_ERROR_TYPE,
+        details: Mapping[str, Any] | None = None,
+        actor: str = "",
+    ) -> None:
+        """Ends the execution in FAILED with a structured error."""
+        self._check_writable(actor)
+        self._check_transition(Phase.FAILED)
+        if not message:
+            raise InvalidResourceError(
+                f"execution {self.id!r}: a failure needs error.message",
+                execution_id=self.id,
+                field="error.message",
+            )
+        check_text(error_type, execution_id=self.id, field="error.type")
+        error = {
+            "type": error_type or DEFAULT_ERROR_TYPE,
+            "message": message,
+            "details": self._check_json("error.details", details) or {},
+        }
+        if len(message.encode()) > MAX_OUTCOME_BYTES:
+            raise LimitExceededError(
+                f"execution {self.id!r}: error.message is over {MAX_OUTCOME_BYTES} bytes",
+                execution_id=self.id,
+                field="error.message",
+            )
+        self._complete(Phase.FAILED, error=error, actor=actor)
+
+    def cancel(self, reason: str = "", *, actor: str = "") -> None:
+        """Ends the execution in CANCELLED, with an optional reason."""
+        self._check_writable(actor)
+        self._check_transition(Phase.CANCELLED)
+        check_text(reason, execution_id=self.id, field="reason")
+        self._complete(Phase.CANCELLED, reason=reason, actor=actor)
+
+    # Rules.
+
+    def _check_writable(self, actor: str) -> None:
+        check_text(actor, execution_id=self.id, field="actor")
+        if self.phase.is_terminal:
+            raise TerminalPhaseError(
+                f"execution {self.id!r} is already {self.phase.proto_name}: "
+                "a terminal phase is final and nothing more can be recorded",
+                execution_id=self.id,
+                current=self.phase.proto_name,
+                requested="",
+            )
+
+    def _check_transition(self, requested_value: int) -> Phase:
+        try:
+            requested = Phase(requested_value)
+        except ValueError:
+            raise InvalidResourceError(
+                f"execution {self.id!r}: status.phase {requested_value} is not an "
+                "ExecutionPhase (expected 1 to 5)",
+                execution_id=self.id,
+                field="status.phase",
+            ) from None
+        if requested is Phase.UNSPECIFIED:
+            return requested
+        current = self.phase
+        if requested < current:
+            raise PhaseBackwardsError(
+                f"execution {self.id!r}: status.phase cannot go back from "
+                f"{current.proto_name} to {requested.proto_name}",
+                execution_id=self.id,
+                current=current.proto_name,
+                requested=requested.proto_name,
+            )
+        return requested
+
+    def _check_json(
+        self, field: str, value: Mapping[str, Any] | None
+    ) -> dict[str, Any] | None:
+        if value is None:
+            return None
+        if not isinstance(value, Mapping):
+            raise InvalidResourceError(
+                f"execution {self.id!r}: {field} must be a JSON object, "
+                f"not {type(value).__name__}",
+                execution_id=self.id,
+                field=field,
+            )
+        depth = json_depth(value)
+        if depth > MAX_STRUCT_DEPTH:
+            raise LimitExceededError(
+                f"execution {self.id!r}: {field} nests {depth} levels deep, "
+                f"at most {MAX_STRUCT_DEPTH} are accepted",
+                execution_id=self.id,
+                field=field,
+            )
+        try:
+            encoded = json.dumps(value, allow_nan=False)
+            struct = _struct(json.loads(encoded))
+        except (TypeError, ValueError) as e:
+            raise InvalidResourceError(
+                f"execution {self.id!r}: {field} is not a JSON object: {e}",
+                execution_id=self.id,
+                field=field,
+            ) from None
+        check_size(struct, MAX_OUTCOME_BYTES, execution_id=self.id, field=field)
+        result: dict[str, Any] = json.loads(encoded)
+        return result
+
+    def _complete(
+        self,
+        phase: Phase,
+        *,
+        output: dict[str, Any] | None = None,
+        error: dict[str, Any] | None = None,
+        reason: str = "",
+        actor: str,
+    ) -> None:
+        self.trigger_event(
+            self.Completed, phase=int(phase), output=output, error=error, reason=reason,
+            actor=actor,
+        )
+
+    # Evolution.
+
+    def apply_status_changed(self, event: Execution.StatusChanged) -> None:
+        status: Any = self.resource.status
+        apply_patch(self.kind, status, event.patch)
+        if event.phase:
+            if event.phase == Phase.IN_PROGRESS and not status.started_at:
+                status.started_at = _iso(event.timestamp)
+            status.phase = event.phase
+        self._audit("status_audit", event.actor, event.timestamp, "status_changed")
+
+    def apply_completed(self, event: Execution.Completed) -> None:
+        status: Any = self.resource.status
+        status.phase = event.phase
+        if not status.completed_at:
+            status.completed_at = _iso(event.timestamp)
+        if event.output is not None and self.kind_name == "WorkflowExecution":
+            status.output.CopyFrom(_struct(event.output))
+        if event.error is not None:
+            status.error = event.error["message"]
+        self.outcome = event
+        self._audit("status_audit", event.actor, event.timestamp, "completed")
+
+    def _audit(
+        self, which: str, actor: str, timestamp: datetime, what: str, *, created: bool = False
+    ) -> None:
+        info: audit_pb2.ApiResourceAuditInfo = getattr(self.resource.status.audit, which)
+        if created:
+            if actor:
+                info.created_by.id = actor
+            info.created_at.FromDatetime(timestamp)
+        if actor:
+            info.updated_by.id = actor
+        else:
+            info.ClearField("updated_by")
+        info.updated_at.FromDatetime(timestamp)
+        info.event = what
+
+
+Completed = Execution.Completed
+
+
+def _outcome_from_patch(phase: Phase, status: Any) -> dict[str, Any]:
+    """The outcome a terminal phase set by status patch carries."""
+    if phase is Phase.COMPLETED:
+        if "output" in status.DESCRIPTOR.fields_by_name and status.HasField("output"):
+            return {"output": MessageToDict(status.output)}
+        return {}
+    if phase is Phase.FAILED:
+        message = status.error or "execution failed (the status patch gave no error text)"
+        return {"error": {"type": DEFAULT_ERROR_TYPE, "message": message, "details": {}}}
+    return {"reason": status.error}
+
+
+def _struct(value: Mapping[str, Any]) -> Struct:
+    struct = Struct()
+    ParseDict(dict(value), struct)
+    return struct
+
+
+def _iso(timestamp: datetime) -> str:
+    return timestamp.isoformat().replace("+00:00", "Z")

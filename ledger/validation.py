@@ -1,0 +1,204 @@
+"""The rules a resource must follow to be recorded, and the ledger's size limits.
+
+Each broken rule raises its own :mod:`ledger.errors` type, naming the execution
+and the field, before anything is written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+from google.protobuf.struct_pb2 import ListValue, Struct, Value
+
+from ledger.errors import (
+    CallbackTokenTooLargeError,
+    InvalidResourceError,
+    LimitExceededError,
+    MissingFieldError,
+    UnknownKindError,
+)
+from ledger.resources import (
+    AGENT_EXECUTION,
+    API_VERSION,
+    MAX_CALLBACK_TOKEN_BYTES,
+    Kind,
+)
+
+MAX_SPEC_BYTES = 256 * 1024
+"""A spec (runtime_env, message and token included) is at most 256 KiB on the wire."""
+MAX_STATUS_PATCH_BYTES = 1024 * 1024
+"""One status patch is at most 1 MiB on the wire."""
+MAX_OUTCOME_BYTES = 1024 * 1024
+"""Output or error details of a completion: at most 1 MiB as JSON."""
+MAX_LABELS = 64
+"""Labels, annotations and tags: at most 64 entries each."""
+MAX_STRUCT_DEPTH = 32
+"""google.protobuf.Struct values nest at most 32 levels deep."""
+MAX_TEXT_CHARS = 4096
+"""Error types, cancellation reasons and actor names: at most 4096 characters."""
+
+
+def check_envelope(kind: Kind, api_version: str, kind_name: str, *, execution_id: str) -> None:
+    """``api_version`` and ``kind`` must be the ledger's (empty means "of this class")."""
+    if api_version and api_version != API_VERSION:
+        raise UnknownKindError(
+            f"execution {execution_id!r}: unknown api_version {api_version!r}, "
+            f"expected {API_VERSION!r}",
+            execution_id=execution_id,
+            field="api_version",
+        )
+    if kind_name and kind_name != kind.name:
+        raise UnknownKindError(
+            f"execution {execution_id!r}: kind {kind_name!r} does not match the "
+            f"{kind.name} message it was sent in",
+            execution_id=execution_id,
+            field="kind",
+        )
+
+
+def check_spec(kind: Kind, spec: Message, *, execution_id: str) -> None:
+    """The spec rules of ``kind``: required fields, token size, spec size, Struct depth."""
+    values: Any = spec
+    if kind is AGENT_EXECUTION:
+        if not values.agent_id and not values.session_id:
+            raise MissingFieldError(
+                f"execution {execution_id!r}: an AgentExecution needs spec.agent_id or "
+                "spec.session_id (both are empty)",
+                execution_id=execution_id,
+                field="spec.agent_id",
+            )
+        if not values.message:
+            raise MissingFieldError(
+                f"execution {execution_id!r}: an AgentExecution needs spec.message "
+                "(the input the agent runs on)",
+                execution_id=execution_id,
+                field="spec.message",
+            )
+    elif not values.workflow_id and not values.workflow_instance_id:
+        raise MissingFieldError(
+            f"execution {execution_id!r}: a WorkflowExecution needs spec.workflow_id or "
+            "spec.workflow_instance_id (both are empty)",
+            execution_id=execution_id,
+            field="spec.workflow_id",
+        )
+    token_size = len(values.callback_token)
+    if token_size > MAX_CALLBACK_TOKEN_BYTES:
+        raise CallbackTokenTooLargeError(
+            f"execution {execution_id!r}: spec.callback_token is {token_size} bytes, "
+            f"at most {MAX_CALLBACK_TOKEN_BYTES} are accepted",
+            execution_id=execution_id,
+            field="spec.callback_token",
+        )
+    for key in values.runtime_env:
+        if not key:
+            raise InvalidResourceError(
+                f"execution {execution_id!r}: spec.runtime_env has an empty key",
+                execution_id=execution_id,
+                field="spec.runtime_env",
+            )
+    check_size(spec, MAX_SPEC_BYTES, execution_id=execution_id, field="spec")
+    check_structs(spec, execution_id=execution_id, field="spec")
+
+
+def check_metadata_counts(metadata: Message, *, execution_id: str) -> None:
+    values: Any = metadata
+    for name in ("labels", "annotations", "tags"):
+        count = len(getattr(values, name))
+        if count > MAX_LABELS:
+            raise LimitExceededError(
+                f"execution {execution_id!r}: metadata.{name} has {count} entries, "
+                f"at most {MAX_LABELS} are accepted",
+                execution_id=execution_id,
+                field=f"metadata.{name}",
+            )
+
+
+def check_size(message: Message, limit: int, *, execution_id: str, field: str) -> None:
+    size = message.ByteSize()
+    if size > limit:
+        raise LimitExceededError(
+            f"execution {execution_id!r}: {field} is {size} bytes, at most {limit} are accepted",
+            execution_id=execution_id,
+            field=field,
+        )
+
+
+def check_text(value: str, *, execution_id: str, field: str) -> None:
+    if len(value) > MAX_TEXT_CHARS:
+        raise LimitExceededError(
+            f"execution {execution_id!r}: {field} is {len(value)} characters, "
+            f"at most {MAX_TEXT_CHARS} are accepted",
+            execution_id=execution_id,
+            field=field,
+        )
+
+
+def check_structs(message: Message, *, execution_id: str, field: str) -> None:
+    """Every Struct inside ``message`` nests at most :data:`MAX_STRUCT_DEPTH` levels."""
+    for depth_field, depth in _struct_depths(message, field):
+        if depth > MAX_STRUCT_DEPTH:
+            raise LimitExceededError(
+                f"execution {execution_id!r}: {depth_field} nests {depth} levels deep, "
+                f"at most {MAX_STRUCT_DEPTH} are accepted",
+                execution_id=execution_id,
+                field=depth_field,
+            )
+
+
+def _struct_depths(message: Message, path: str) -> Iterable[tuple[str, int]]:
+    if isinstance(message, (Struct, ListValue, Value)):
+        yield path, _depth(message)
+        return
+    for fd, value in message.ListFields():
+        if fd.type != FieldDescriptor.TYPE_MESSAGE:
+            continue
+        sub = f"{path}.{fd.name}"
+        if fd.message_type.GetOptions().map_entry:
+            for key, item in value.items():
+                if isinstance(item, Message):
+                    yield from _struct_depths(item, f"{sub}[{key!r}]")
+        elif fd.is_repeated:
+            for index, item in enumerate(value):
+                yield from _struct_depths(item, f"{sub}[{index}]")
+        else:
+            yield from _struct_depths(value, sub)
+
+
+def _depth(value: Struct | ListValue | Value) -> int:
+    """Nesting depth, computed iteratively so a hostile value cannot blow the stack."""
+    deepest = 0
+    stack: list[tuple[Message, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, Struct):
+            depth += 1
+            stack.extend((v, depth) for v in item.fields.values())
+        elif isinstance(item, ListValue):
+            depth += 1
+            stack.extend((v, depth) for v in item.values)
+        elif isinstance(item, Value):
+            kind = item.WhichOneof("kind")
+            if kind == "struct_value":
+                stack.append((item.struct_value, depth))
+            elif kind == "list_value":
+                stack.append((item.list_value, depth))
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def json_depth(value: object) -> int:
+    """Nesting depth of a JSON-like value (dicts and lists), computed iteratively."""
+    deepest = 0
+    stack: list[tuple[object, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, Mapping):
+            stack.extend((v, depth + 1) for v in item.values())
+            deepest = max(deepest, depth + 1)
+        elif isinstance(item, (list, tuple)):
+            stack.extend((v, depth + 1) for v in item)
+            deepest = max(deepest, depth + 1)
+    return deepest
