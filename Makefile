@@ -1,0 +1,37 @@
+# Every target creates .venv and installs the project into it when needed,
+# so on a fresh machine `make demo` or `make test` is the only command to run.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint protos check-protos bench install clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/ledger demo
+
+test: $(STAMP)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check ledger projections tests bench
+	$(BIN)/ruff format --check ledger projections tests bench
+	$(BIN)/mypy ledger projections tests bench
+	bash scripts/check_protos.sh
+
+protos: $(STAMP)
+	bash scripts/gen_protos.sh
+
+bench: $(STAMP)
+	$(BIN)/python bench/lifecycles.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
