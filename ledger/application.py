@@ -38,6 +38,7 @@ from ledger.resources import (
     Resource,
     Status,
     check_id,
+    copy_resource,
     kind_of,
     kind_of_id,
 )
@@ -183,9 +184,7 @@ class Ledger(Application[str]):
         actor: str = "",
     ) -> ExecutionRecord:
         """Ends the execution in CANCELLED, with an optional reason."""
-        return self._write(
-            execution_id, expected_version, lambda e: e.cancel(reason, actor=actor)
-        )
+        return self._write(execution_id, expected_version, lambda e: e.cancel(reason, actor=actor))
 
     # Reads.
 
@@ -210,7 +209,7 @@ class Ledger(Application[str]):
                     recorded_at=event.timestamp,
                     type=type(event).__name__,
                     phase=execution.phase,
-                    event=cast(Execution.Event, event),
+                    event=event,
                 )
             )
         if not entries:
@@ -277,9 +276,7 @@ class Ledger(Application[str]):
                 f"execution {execution_id!r}: the store is unavailable: {e}"
             ) from e
 
-    def _same_or_conflict(
-        self, existing: Execution, kind: Kind, spec: Message
-    ) -> ExecutionRecord:
+    def _same_or_conflict(self, existing: Execution, kind: Kind, spec: Message) -> ExecutionRecord:
         if existing.kind_name != kind.name:
             raise CreateConflictError(existing.id, f"kind ({existing.kind_name})")
         recorded = existing.resource.spec.SerializeToString(deterministic=True)
@@ -289,9 +286,7 @@ class Ledger(Application[str]):
 
 
 def _record(execution: Execution) -> ExecutionRecord:
-    resource = type(execution.resource)()
-    resource.CopyFrom(execution.resource)
-    return ExecutionRecord(resource=resource, version=execution.version)
+    return ExecutionRecord(resource=copy_resource(execution.resource), version=execution.version)
 
 
 def open_ledger(url: str | None = None, *, cipher_key: str | None = None) -> Ledger:

@@ -56,6 +56,20 @@ class StoreConfig:
     def is_sqlite(self) -> bool:
         return self.scheme == "sqlite"
 
+    def component_env(self, component: str) -> dict[str, str]:
+        """The library variables for a follower (``dispatcher``, ``views``) of this store.
+
+        On PostgreSQL it shares the ledger's database and schema (its tables are
+        named after it). On SQLite, where the library names every application's
+        table ``stored_events``, it gets a file of its own beside the ledger's
+        (``ledger.db`` -> ``ledger.dispatcher.db``).
+        """
+        env = dict(self.env)
+        if self.is_sqlite and env["SQLITE_DBNAME"] != ":memory:":
+            path = Path(env["SQLITE_DBNAME"])
+            env["SQLITE_DBNAME"] = str(path.with_name(f"{path.stem}.{component}{path.suffix}"))
+        return env
+
     @property
     def redacted_url(self) -> str:
         """The URL with any password replaced by ``***``."""
@@ -157,6 +171,4 @@ def ensure_schema(config: StoreConfig) -> None:
     except psycopg.OperationalError as e:
         from ledger.errors import StoreUnavailableError
 
-        raise StoreUnavailableError(
-            f"cannot reach PostgreSQL at {config.redacted_url}: {e}"
-        ) from e
+        raise StoreUnavailableError(f"cannot reach PostgreSQL at {config.redacted_url}: {e}") from e

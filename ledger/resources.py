@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import Any, TypeAlias, cast
 
 from google.protobuf.message import Message
 from ulid import ULID
@@ -181,6 +181,13 @@ def check_id(execution_id: str, kind: Kind) -> str:
             field="metadata.id",
         )
     return execution_id
+
+
+def copy_resource(resource: Resource) -> Resource:
+    """A deep copy of ``resource``."""
+    copy: Any = type(resource)()
+    copy.CopyFrom(resource)
+    return cast(Resource, copy)
 
 
 def spec_of(resource: Resource) -> Spec:

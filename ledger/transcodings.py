@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+
 from eventsourcing.persistence import JSONTranscoder, Transcoding
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.struct_pb2 import Struct
@@ -52,7 +53,7 @@ class ProtobufMessageAsBase64(Transcoding):
         return base64.b64encode(obj.SerializeToString(deterministic=True)).decode("ascii")
 
     def decode(self, data: str) -> Message:
-        message = self.type()
+        message: Message = self.type()
         try:
             message.ParseFromString(base64.b64decode(data.encode("ascii"), validate=True))
         except (DecodeError, binascii.Error) as e:
@@ -86,4 +87,3 @@ def ledger_transcoder() -> JSONTranscoder:
     transcoder.register(DatetimeAsISO())
     register_ledger_transcodings(transcoder)
     return transcoder
-

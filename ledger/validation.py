@@ -156,7 +156,7 @@ def _struct_depths(message: Message, path: str) -> Iterable[tuple[str, int]]:
         if fd.type != FieldDescriptor.TYPE_MESSAGE:
             continue
         sub = f"{path}.{fd.name}"
-        if fd.message_type.GetOptions().map_entry:
+        if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
             for key, item in value.items():
                 if isinstance(item, Message):
                     yield from _struct_depths(item, f"{sub}[{key!r}]")

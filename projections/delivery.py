@@ -1,0 +1,201 @@
+"""The delivery aggregate: the dispatcher's record of one execution's callback.
+
+One per completed execution, with the execution's id, in the dispatcher's own
+event-sourced log (never in the ledger's). Its events:
+
+- :class:`Delivery.Opened`: the dispatcher saw the execution's ``Completed``
+  event (kind, terminal phase, when it completed, whether it has a token).
+- :class:`Delivery.Attempted`: a call to Temporal is about to be made (recorded
+  *before* the call, so that a crash between the call and its outcome is told
+  apart from a stale token).
+- an outcome: :class:`Delivery.Delivered` (with the call that was accepted),
+  :class:`Delivery.Stale` (Temporal no longer knows the token; ``after_restart``
+  when an earlier attempt was cut off by a crash, so the earlier attempt may have
+  been the one that got through), :class:`Delivery.Rejected` (malformed token),
+  :class:`Delivery.NoCallback` (empty token), or :class:`Delivery.Parked`
+  (transient failures exhausted the bounded retries; a later retry may still
+  deliver).
+
+Every outcome but ``parked`` is final: once one is recorded, the dispatcher never
+calls Temporal for this execution again.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import ClassVar
+
+from eventsourcing.domain import (
+    BaseAggregate,
+    CanInitAggregate,
+    CanMutateAggregate,
+    MetaDomainEvent,
+)
+
+
+class Outcome(enum.StrEnum):
+    """What became of a callback."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    STALE = "stale"
+    STALE_AFTER_ATTEMPT = "stale_after_attempt"
+    """Temporal no longer knows the token, and an earlier attempt's fate is unknown
+    (cut off by a crash, or timed out): that attempt may be the one that got through."""
+    REJECTED = "rejected"
+    NO_CALLBACK = "no_callback"
+    PARKED = "parked"
+
+    @property
+    def is_final(self) -> bool:
+        return self not in (Outcome.PENDING, Outcome.PARKED)
+
+
+class Call(enum.StrEnum):
+    """Which Temporal call a delivery makes."""
+
+    COMPLETE = "complete"
+    FAIL = "fail"
+    REPORT_CANCELLATION = "report_cancellation"
+    FAIL_CANCELLED = "fail_cancelled"
+    """The caller had not asked to cancel: the activity fails with ExecutionCancelled."""
+
+
+class DeliveryEvent(CanMutateAggregate[str], metaclass=MetaDomainEvent):
+    originator_id: str
+    originator_version: int
+    timestamp: datetime
+
+
+class Delivery(BaseAggregate[str]):
+    """The callback story of one execution."""
+
+    class Event(DeliveryEvent):
+        pass
+
+    class Opened(Event, CanInitAggregate[str]):
+        originator_topic: str
+        kind: str
+        phase: int
+        completed_at: datetime
+        has_callback: bool
+        ledger_position: int
+
+    class Attempted(Event):
+        attempt: int
+        call: str
+
+        def apply(self, aggregate: Delivery) -> None:
+            if aggregate.in_flight:
+                aggregate.unconfirmed_attempts += 1  # The previous attempt was cut off.
+            aggregate.attempts = self.attempt
+            aggregate.last_call = self.call
+            aggregate.in_flight = True
+
+    class Resolved(Event):
+        """Base of the outcome events."""
+
+        call: str
+        grpc_status: str
+        detail: str
+
+        outcome: ClassVar[Outcome] = Outcome.PENDING
+
+        def apply(self, aggregate: Delivery) -> None:
+            aggregate.outcome = type(self).outcome
+            aggregate.in_flight = False
+            aggregate.detail = self.detail
+            aggregate.resolved_at = self.timestamp
+
+    class Delivered(Resolved):
+        outcome = Outcome.DELIVERED
+
+    class Stale(Resolved):
+        outcome = Outcome.STALE
+
+    class StaleAfterAttempt(Resolved):
+        outcome = Outcome.STALE_AFTER_ATTEMPT
+
+    class Rejected(Resolved):
+        outcome = Outcome.REJECTED
+
+    class NoCallback(Resolved):
+        outcome = Outcome.NO_CALLBACK
+
+    class Parked(Resolved):
+        outcome = Outcome.PARKED
+
+    def __init__(
+        self,
+        kind: str,
+        phase: int,
+        completed_at: datetime,
+        has_callback: bool,
+        ledger_position: int,
+    ) -> None:
+        self.kind = kind
+        self.phase = phase
+        self.completed_at = completed_at
+        self.has_callback = has_callback
+        self.ledger_position = ledger_position
+        self.attempts = 0
+        self.unconfirmed_attempts = 0
+        self.last_call = ""
+        self.in_flight = False
+        self.outcome = Outcome.PENDING
+        self.detail = ""
+        self.resolved_at: datetime | None = None
+
+    @classmethod
+    def open(
+        cls,
+        execution_id: str,
+        *,
+        kind: str,
+        phase: int,
+        completed_at: datetime,
+        has_callback: bool,
+        ledger_position: int,
+    ) -> Delivery:
+        return cls._create(
+            cls.Opened,
+            id=execution_id,
+            kind=kind,
+            phase=phase,
+            completed_at=completed_at,
+            has_callback=has_callback,
+            ledger_position=ledger_position,
+        )
+
+    @property
+    def is_final(self) -> bool:
+        return self.outcome.is_final
+
+    def attempt(self, call: Call) -> None:
+        """Records that a call is about to be made (before making it)."""
+        if self.is_final:
+            msg = f"delivery {self.id!r} is final ({self.outcome}); it is never attempted again"
+            raise RuntimeError(msg)
+        self.trigger_event(self.Attempted, attempt=self.attempts + 1, call=str(call))
+
+    def resolve(
+        self, outcome: Outcome, *, call: str = "", grpc_status: str = "", detail: str = ""
+    ) -> None:
+        """Records the outcome of the last attempt (or of no attempt, for no_callback)."""
+        if self.is_final:
+            msg = f"delivery {self.id!r} is final ({self.outcome}) already"
+            raise RuntimeError(msg)
+        self.trigger_event(
+            _OUTCOME_EVENTS[outcome], call=call, grpc_status=grpc_status, detail=detail
+        )
+
+
+_OUTCOME_EVENTS: dict[Outcome, type[Delivery.Resolved]] = {
+    Outcome.DELIVERED: Delivery.Delivered,
+    Outcome.STALE: Delivery.Stale,
+    Outcome.STALE_AFTER_ATTEMPT: Delivery.StaleAfterAttempt,
+    Outcome.REJECTED: Delivery.Rejected,
+    Outcome.NO_CALLBACK: Delivery.NoCallback,
+    Outcome.PARKED: Delivery.Parked,
+}

@@ -1,0 +1,404 @@
+"""The completion dispatcher: replays each completed execution's callback token into Temporal.
+
+It follows the ledger's notification log (``Completed`` events only) from its
+recorded position, with a :class:`~projections.subscription.PollingSubscription`
+(LISTEN/NOTIFY wake-ups on PostgreSQL, polling everywhere). For each completion:
+
+1. it loads the execution and its :class:`~projections.delivery.Delivery`; a
+   delivery whose outcome is recorded is never called again, whatever happened
+   to the position (reset, restart, two runs at once);
+2. it records ``Opened`` and ``Attempted`` for the whole page in one
+   transaction, *before* any call (an empty token is resolved ``no_callback``
+   there and then, with no call). Two dispatchers racing on a delivery conflict
+   on its version, so only one of them calls;
+3. it makes the calls concurrently (at most ``max_in_flight`` at once), each with
+   its own bounded retries (:mod:`projections.callback`);
+4. it records outcomes as they arrive, in batches, each batch in one transaction
+   with the dispatcher's tracking position: the highest ledger position below
+   which every completion has its outcome recorded. A slow or dead callback
+   holds up nobody's call or outcome, only that position, and only until its
+   retries run out and it is ``parked``.
+
+After a crash, it resumes after the recorded position: deliveries with an
+attempt but no outcome are attempted again (NOT_FOUND then reads
+``stale_after_attempt``), and recorded ones are skipped. Parked deliveries are
+retried at start and by :meth:`Dispatcher.retry_parked`.
+
+Nothing here ever resets the position or deletes a record. On a ledger that
+already has completions, a first start begins at position zero unless the
+operator explicitly asks to start at the head.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, cast
+
+from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
+from eventsourcing.persistence import (
+    IntegrityError,
+    JSONTranscoder,
+    Notification,
+    ProcessRecorder,
+    RecordConflictError,
+    Tracking,
+)
+from eventsourcing.utils import get_topic
+from temporalio.client import Client
+
+from ledger.application import Ledger
+from ledger.config import StoreConfig
+from ledger.execution import Execution
+from ledger.redaction import redact_token
+from ledger.resources import Phase
+from ledger.transcodings import register_ledger_transcodings
+from projections.callback import CallbackResult, CallbackSender, RetryPolicy, call_for
+from projections.delivery import Delivery, Outcome
+from projections.subscription import PollingSubscription
+
+logger = logging.getLogger(__name__)
+
+COMPLETED_TOPIC = get_topic(Execution.Completed)
+LEDGER_LOG = Ledger.name
+"""The application name the dispatcher's tracking position refers to."""
+
+
+class DispatcherLog(Application[str]):
+    """The dispatcher's own event-sourced log of deliveries, with its tracking position."""
+
+    name = "Dispatcher"
+    env: ClassVar[dict[str, str]] = {"ORIGINATOR_ID_TYPE": "text"}
+
+    def construct_recorder(self) -> ProcessRecorder:
+        return self.factory.process_recorder()
+
+    def register_transcodings(self, transcoder: JSONTranscoder) -> None:
+        super().register_transcodings(transcoder)
+        register_ledger_transcodings(transcoder)
+
+    @property
+    def process_recorder(self) -> ProcessRecorder:
+        return cast(ProcessRecorder, self.recorder)
+
+    def position(self) -> int | None:
+        """The recorded ledger position (None before the first record)."""
+        return self.process_recorder.max_tracking_id(LEDGER_LOG)
+
+    def delivery(self, execution_id: str) -> Delivery | None:
+        try:
+            return cast(Delivery, self.repository.get(execution_id))
+        except AggregateNotFoundError:
+            return None
+
+    def record(self, deliveries: Iterable[Delivery], tracking: Tracking | None = None) -> None:
+        """Records the deliveries' pending events (and the position) in one transaction."""
+        processing = ProcessingEvent[str](tracking=tracking)
+        processing.collect_events(*deliveries)
+        if processing.events or tracking is not None:
+            self._record(processing)
+
+    def deliveries_in(self, outcome: Outcome) -> list[Delivery]:
+        """Every delivery whose current outcome is ``outcome`` (a scan of the log)."""
+        latest: dict[str, str] = {}
+        start = 1
+        while True:
+            page = self.recorder.select_notifications(start=start, limit=1000)
+            for notification in page:
+                latest[str(notification.originator_id)] = notification.topic
+            if len(page) < 1000:
+                break
+            start = page[-1].id + 1
+        wanted = get_topic(_OUTCOME_CLASS[outcome])
+        found = (self.delivery(i) for i, topic in latest.items() if topic == wanted)
+        return [d for d in found if d is not None and d.outcome is outcome]
+
+
+_OUTCOME_CLASS: dict[Outcome, type[Delivery.Event]] = {
+    Outcome.PARKED: Delivery.Parked,
+    Outcome.DELIVERED: Delivery.Delivered,
+}
+
+
+@dataclass
+class DispatchStats:
+    """Counts of one dispatcher run, by outcome."""
+
+    outcomes: dict[str, int] = field(default_factory=dict)
+    skipped: int = 0
+    """Completions whose delivery was already recorded (no call made)."""
+
+    def count(self, outcome: Outcome) -> None:
+        self.outcomes[outcome.value] = self.outcomes.get(outcome.value, 0) + 1
+
+
+@dataclass
+class _Job:
+    position: int
+    delivery: Delivery
+    execution: Execution
+    token: bytes
+
+
+class Dispatcher:
+    """Follows the ledger and wakes each completed execution's caller."""
+
+    def __init__(
+        self,
+        config: StoreConfig,
+        client: Client,
+        *,
+        max_in_flight: int = 64,
+        page_size: int = 256,
+        poll_interval: float | None = None,
+        flush_interval: float = 0.05,
+        retry: RetryPolicy | None = None,
+        start_at_head: bool = False,
+    ) -> None:
+        self.config = config
+        self.ledger = Ledger(config.env)
+        self.log = DispatcherLog(config.component_env("dispatcher"))
+        self.sender = CallbackSender(client, retry)
+        self.max_in_flight = max_in_flight
+        self.page_size = page_size
+        self.poll_interval = (
+            poll_interval if poll_interval is not None else (1.0 if config.is_postgres else 0.1)
+        )
+        self.flush_interval = flush_interval
+        self.start_at_head = start_at_head
+        self.stats = DispatchStats()
+        self._stop = asyncio.Event()
+        self._resolved: list[Delivery] = []
+        self._pending: dict[int, bool] = {}
+        """Ledger positions seen and not yet covered by the tracking: done or not."""
+        self._tracked = 0
+
+    # Public API.
+
+    def stop(self) -> None:
+        """Asks :meth:`run` to finish: no new calls; in-flight ones end and are recorded."""
+        self._stop.set()
+
+    def close(self) -> None:
+        self.ledger.close()
+        self.log.close()
+
+    def lag(self) -> tuple[int, int]:
+        """(position, head of the ledger's log)."""
+        return self.log.position() or 0, self.ledger.recorder.max_notification_id() or 0
+
+    async def run(self, *, until_caught_up: bool = False) -> DispatchStats:
+        """Follows the ledger until :meth:`stop` (or, with ``until_caught_up``, until
+        a read finds nothing new and every call in flight is recorded)."""
+        start = await asyncio.to_thread(self._start_position)
+        self._tracked = start
+        await self.retry_parked()
+        subscription = PollingSubscription(
+            self.ledger.recorder,
+            gt=start,
+            topics=[COMPLETED_TOPIC],
+            poll_interval=self.poll_interval,
+            page_size=self.page_size,
+        )
+        slots = asyncio.Semaphore(self.max_in_flight)
+        tasks: set[asyncio.Task[None]] = set()
+        flusher = asyncio.create_task(self._flush_periodically())
+        try:
+            with subscription:
+                while not self._stop.is_set():
+                    page = await asyncio.to_thread(subscription.next_page, self.poll_interval)
+                    if not page and until_caught_up:
+                        break
+                    for job in await asyncio.to_thread(self._prepare, page):
+                        await slots.acquire()
+                        task = asyncio.create_task(self._deliver(job, slots))
+                        tasks.add(task)
+                        task.add_done_callback(tasks.discard)
+                if tasks:
+                    await asyncio.gather(*tasks)
+        finally:
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+            await asyncio.to_thread(self._flush)
+        return self.stats
+
+    async def retry_parked(self) -> int:
+        """Retries every parked delivery now; returns how many were retried."""
+        parked = await asyncio.to_thread(self.log.deliveries_in, Outcome.PARKED)
+        jobs: list[_Job] = []
+        for delivery in parked:
+            execution = await asyncio.to_thread(self._execution, delivery.id)
+            delivery.attempt(call_for(Phase(delivery.phase)))
+            jobs.append(_Job(0, delivery, execution, execution.callback_token))
+        if not jobs:
+            return 0
+        logger.info("retrying %d parked deliveries", len(jobs))
+        await asyncio.to_thread(self.log.record, [j.delivery for j in jobs])
+        slots = asyncio.Semaphore(self.max_in_flight)
+
+        async def deliver(job: _Job) -> None:
+            await slots.acquire()
+            await self._deliver(job, slots)
+
+        await asyncio.gather(*(deliver(job) for job in jobs))
+        await asyncio.to_thread(self._flush)
+        return len(jobs)
+
+    # Steps.
+
+    def _start_position(self) -> int:
+        recorded = self.log.position()
+        if recorded is not None:
+            return recorded
+        if self.start_at_head:
+            head = self.ledger.recorder.max_notification_id() or 0
+            logger.warning("dispatcher starting at the head of the ledger (%d), as asked", head)
+            if head:
+                self.log.record([], Tracking(LEDGER_LOG, head))
+            return head
+        return 0
+
+    def _execution(self, execution_id: str) -> Execution:
+        return cast(Execution, self.ledger.repository.get(execution_id))
+
+    def _prepare(self, page: Sequence[Notification]) -> list[_Job]:
+        """Loads the page's executions and deliveries; records Opened/Attempted before calls.
+
+        If another dispatcher recorded some of these deliveries meanwhile, each
+        completion is claimed on its own, and those the other one claimed are
+        left to it.
+        """
+        try:
+            return self._prepare_batch(page)
+        except RecordConflictError:
+            logger.warning("deliveries recorded concurrently by another dispatcher")
+        jobs: list[_Job] = []
+        for notification in page:
+            try:
+                jobs += self._prepare_batch([notification])
+            except RecordConflictError:
+                self._pending[notification.id] = True
+                self.stats.skipped += 1
+        return jobs
+
+    def _prepare_batch(self, page: Sequence[Notification]) -> list[_Job]:
+        jobs: list[_Job] = []
+        touched: list[Delivery] = []
+        counts: list[Outcome] = []
+        for notification in page:
+            self._pending[notification.id] = True  # Done unless a call is made below.
+            execution_id = str(notification.originator_id)
+            delivery = self.log.delivery(execution_id)
+            if delivery is not None and (delivery.is_final or delivery.outcome is Outcome.PARKED):
+                self.stats.skipped += 1
+                continue
+            execution = cast(
+                Execution,
+                self.ledger.repository.get(execution_id, version=notification.originator_version),
+            )
+            completed = execution.outcome
+            assert completed is not None
+            token = execution.callback_token
+            if delivery is None:
+                delivery = Delivery.open(
+                    execution_id,
+                    kind=execution.kind_name,
+                    phase=completed.phase,
+                    completed_at=completed.timestamp,
+                    has_callback=bool(token),
+                    ledger_position=notification.id,
+                )
+            touched.append(delivery)
+            if not token:
+                delivery.resolve(Outcome.NO_CALLBACK, detail="spec.callback_token is empty")
+                counts.append(Outcome.NO_CALLBACK)
+                continue
+            delivery.attempt(call_for(Phase(completed.phase)))
+            self._pending[notification.id] = False
+            jobs.append(_Job(notification.id, delivery, execution, token))
+        self.log.record(touched)
+        for outcome in counts:
+            self.stats.count(outcome)
+        return jobs
+
+    async def _deliver(self, job: _Job, slots: asyncio.Semaphore) -> None:
+        try:
+            result: CallbackResult = await self.sender.send(
+                job.execution,
+                job.token,
+                earlier_attempt_unconfirmed=job.delivery.unconfirmed_attempts > 0,
+            )
+            job.delivery.resolve(
+                result.outcome,
+                call=result.call.value,
+                grpc_status=result.grpc_status,
+                detail=result.detail[:1000],
+            )
+            self.stats.count(result.outcome)
+            log = logger.warning if result.outcome is Outcome.PARKED else logger.debug
+            log(
+                "callback %s for %s (token %s) after %d tries",
+                result.outcome.value,
+                job.execution.id,
+                redact_token(job.token),
+                result.tries,
+            )
+            self._resolved.append(job.delivery)
+            if job.position:
+                self._pending[job.position] = True
+        finally:
+            slots.release()
+
+    async def _flush_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_interval)
+            if self._resolved or self._watermark() > self._tracked:
+                await asyncio.to_thread(self._flush)
+
+    def _watermark(self) -> int:
+        watermark = self._tracked
+        for position in sorted(self._pending):
+            if not self._pending[position]:
+                break
+            watermark = position
+        return watermark
+
+    def _flush(self) -> None:
+        """Records resolved deliveries with the new position, in one transaction."""
+        resolved, self._resolved = self._resolved, []
+        watermark = self._watermark()
+        tracking = Tracking(LEDGER_LOG, watermark) if watermark > self._tracked else None
+        try:
+            self.log.record(resolved, tracking)
+        except IntegrityError:
+            # The position was recorded further by another run: keep the outcomes.
+            logger.warning("dispatcher position moved by another run; recording outcomes alone")
+            self.log.record(resolved)
+        if tracking is not None:
+            self._tracked = watermark
+            for position in [p for p in self._pending if p <= watermark]:
+                del self._pending[position]
+
+
+async def connect_client(address: str, namespace: str = "default", **kwargs: Any) -> Client:
+    """Connects to Temporal, waiting with backoff (and saying so) until it answers."""
+    delay = 0.2
+    started = time.monotonic()
+    while True:
+        try:
+            return await Client.connect(address, namespace=namespace, **kwargs)
+        except RuntimeError as e:
+            logger.warning(
+                "Temporal at %s not reachable (%s); retrying in %.1fs (waiting %.0fs so far)",
+                address,
+                e,
+                delay,
+                time.monotonic() - started,
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)

@@ -1,0 +1,129 @@
+"""A subscription to the ledger's notification log that polls, and listens where it can.
+
+The library's SQLite recorder has no ``subscribe`` (9.5.6 raises
+``NotImplementedError``), and its PostgreSQL subscription relies on
+LISTEN/NOTIFY alone, so a lost notification or a killed LISTEN connection can
+stall a follower silently. :class:`PollingSubscription` is built on the
+library's own :class:`~eventsourcing.persistence.Subscription` base: it reads
+pages of notifications after the last one it returned, and between pages it
+waits for a wake-up or the poll interval, whichever comes first. On PostgreSQL a
+background thread LISTENs on the recorder's channel and wakes it early; when
+that connection dies the thread reconnects with backoff, and polling carries
+on meanwhile, so nothing stalls.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from eventsourcing.persistence import ApplicationRecorder, Notification, Subscription
+from eventsourcing.postgres import PostgresApplicationRecorder
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PAGE_SIZE = 500
+
+
+class PollingSubscription(Subscription[ApplicationRecorder]):
+    """Catch-up then live, in pages; iterating yields one notification at a time."""
+
+    def __init__(
+        self,
+        recorder: ApplicationRecorder,
+        gt: int | None = None,
+        topics: Sequence[str] = (),
+        *,
+        poll_interval: float = 1.0,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        listen: bool = True,
+    ) -> None:
+        super().__init__(recorder=recorder, gt=gt, topics=topics)
+        self.poll_interval = poll_interval
+        self.page_size = page_size
+        self._woken = threading.Event()
+        self._buffer: list[Notification] = []
+        self._listener: threading.Thread | None = None
+        if listen and isinstance(recorder, PostgresApplicationRecorder):
+            self._listener = threading.Thread(
+                target=self._listen, args=(recorder,), name="ledger-listen", daemon=True
+            )
+            self._listener.start()
+
+    @property
+    def position(self) -> int:
+        """The id of the last notification returned (0 before the first)."""
+        return self._last_notification_id or 0
+
+    def wake(self) -> None:
+        """Ends the current wait early (new events are expected)."""
+        self._woken.set()
+
+    def stop(self) -> None:
+        super().stop()
+        self._woken.set()
+
+    def next_page(self, timeout: float | None = None) -> list[Notification]:
+        """The next page after :attr:`position`; waits up to ``timeout`` when caught up.
+
+        Returns an empty list when nothing new arrived within the timeout (default:
+        the poll interval) or when the subscription is stopped.
+        """
+        if self._buffer:
+            page, self._buffer = self._buffer, []
+            return page
+        page = self._select()
+        if page or self._has_been_stopped:
+            return page
+        self._woken.wait(self.poll_interval if timeout is None else timeout)
+        self._woken.clear()
+        if self._has_been_stopped:
+            return []
+        return self._select()
+
+    def __next__(self) -> Notification:
+        while not self._buffer:
+            if self._has_been_stopped:
+                raise StopIteration
+            self._buffer = self.next_page()
+        return self._buffer.pop(0)
+
+    def __exit__(self, *args: object, **kwargs: Any) -> None:
+        super().__exit__(*args, **kwargs)
+        if self._listener is not None:
+            self._listener.join(timeout=5)
+
+    def _select(self) -> list[Notification]:
+        notifications = self._recorder.select_notifications(
+            start=self._last_notification_id or 0,
+            limit=self.page_size,
+            topics=self._topics,
+            inclusive_of_start=False,
+        )
+        if notifications:
+            self._last_notification_id = notifications[-1].id
+        return list(notifications)
+
+    def _listen(self, recorder: PostgresApplicationRecorder) -> None:
+        from psycopg import sql
+
+        backoff = 0.1
+        while not self._has_been_stopped:
+            try:
+                with recorder.datastore.get_connection() as conn:
+                    conn.execute(
+                        sql.SQL("LISTEN {0}").format(sql.Identifier(recorder.channel_name))
+                    )
+                    backoff = 0.1
+                    while not self._has_been_stopped:
+                        for _ in conn.notifies(timeout=0.5, stop_after=1):
+                            self._woken.set()
+            except Exception as e:
+                if self._has_been_stopped:
+                    return
+                logger.warning("LISTEN connection lost (%s); reconnecting, polling meanwhile", e)
+                self._woken.set()  # Poll now: a notification may have been missed.
+                threading.Event().wait(backoff)
+                backoff = min(backoff * 2, 5.0)
