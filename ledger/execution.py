@@ -175,9 +175,7 @@ class Execution(BaseAggregate[str]):
             terminal_patch.CopyFrom(patch)
             cast(Any, terminal_patch).phase = 0
             if terminal_patch.ByteSize():
-                self.trigger_event(
-                    self.StatusChanged, phase=0, patch=terminal_patch, actor=actor
-                )
+                self.trigger_event(self.StatusChanged, phase=0, patch=terminal_patch, actor=actor)
             self._complete(requested, **_outcome_from_patch(requested, values), actor=actor)
         else:
             self.trigger_event(self.StatusChanged, phase=int(requested), patch=patch, actor=actor)
@@ -186,9 +184,7 @@ class Execution(BaseAggregate[str]):
         """Ends the execution in COMPLETED with an optional JSON-object ``output``."""
         self._check_writable(actor)
         self._check_transition(Phase.COMPLETED)
-        self._complete(
-            Phase.COMPLETED, output=self._check_json("output", output), actor=actor
-        )
+        self._complete(Phase.COMPLETED, output=self._check_json("output", output), actor=actor)
 
     def fail(
         self,
@@ -264,15 +260,12 @@ class Execution(BaseAggregate[str]):
             )
         return requested
 
-    def _check_json(
-        self, field: str, value: Mapping[str, Any] | None
-    ) -> dict[str, Any] | None:
+    def _check_json(self, field: str, value: Mapping[str, Any] | None) -> dict[str, Any] | None:
         if value is None:
             return None
         if not isinstance(value, Mapping):
             raise InvalidResourceError(
-                f"execution {self.id!r}: {field} must be a JSON object, "
-                f"not {type(value).__name__}",
+                f"execution {self.id!r}: {field} must be a JSON object, not {type(value).__name__}",
                 execution_id=self.id,
                 field=field,
             )
@@ -307,7 +300,11 @@ class Execution(BaseAggregate[str]):
         actor: str,
     ) -> None:
         self.trigger_event(
-            self.Completed, phase=int(phase), output=output, error=error, reason=reason,
+            self.Completed,
+            phase=int(phase),
+            output=output,
+            error=error,
+            reason=reason,
             actor=actor,
         )
 

@@ -37,7 +37,7 @@ import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, cast
+from typing import ClassVar, cast
 
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
 from eventsourcing.persistence import (
@@ -52,7 +52,7 @@ from eventsourcing.utils import get_topic
 from temporalio.client import Client
 
 from ledger.application import Ledger
-from ledger.config import StoreConfig
+from ledger.config import StoreConfig, TemporalSettings
 from ledger.execution import Execution
 from ledger.redaction import redact_token
 from ledger.resources import Phase
@@ -385,20 +385,78 @@ class Dispatcher:
                 del self._pending[position]
 
 
-async def connect_client(address: str, namespace: str = "default", **kwargs: Any) -> Client:
+async def connect_client(settings: TemporalSettings) -> Client:
     """Connects to Temporal, waiting with backoff (and saying so) until it answers."""
     delay = 0.2
     started = time.monotonic()
     while True:
         try:
-            return await Client.connect(address, namespace=namespace, **kwargs)
+            return await Client.connect(settings.address, **settings.connect_kwargs())  # type: ignore[arg-type]
         except RuntimeError as e:
             logger.warning(
                 "Temporal at %s not reachable (%s); retrying in %.1fs (waiting %.0fs so far)",
-                address,
+                settings.address,
                 e,
                 delay,
                 time.monotonic() - started,
             )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
+
+
+async def run_dispatcher(
+    config: StoreConfig,
+    settings: TemporalSettings,
+    *,
+    until_caught_up: bool = False,
+    start_at_head: bool = False,
+    max_in_flight: int = 64,
+) -> DispatchStats:
+    """Connects, then runs a dispatcher until SIGINT/SIGTERM (or caught up)."""
+    import signal
+
+    client = await connect_client(settings)
+    dispatcher = Dispatcher(
+        config, client, start_at_head=start_at_head, max_in_flight=max_in_flight
+    )
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, dispatcher.stop)
+    try:
+        return await dispatcher.run(until_caught_up=until_caught_up)
+    finally:
+        await asyncio.to_thread(dispatcher.close)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m projections.dispatcher [--until-caught-up] [--start-at-head]``.
+
+    Reads ``LEDGER_URL``, ``LEDGER_CIPHER_KEY`` and the ``TEMPORAL_*`` settings.
+    """
+    import argparse
+
+    from ledger.config import parse_url
+
+    parser = argparse.ArgumentParser(prog="python -m projections.dispatcher")
+    parser.add_argument("--url", default=None, help="LEDGER_URL (default: from the environment)")
+    parser.add_argument("--until-caught-up", action="store_true")
+    parser.add_argument("--start-at-head", action="store_true")
+    parser.add_argument("--max-in-flight", type=int, default=64)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    stats = asyncio.run(
+        run_dispatcher(
+            parse_url(args.url),
+            TemporalSettings.from_env(),
+            until_caught_up=args.until_caught_up,
+            start_at_head=args.start_at_head,
+            max_in_flight=args.max_in_flight,
+        )
+    )
+    logger.info("dispatcher stopped: %s", stats)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
