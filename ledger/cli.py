@@ -28,6 +28,7 @@ from google.protobuf.json_format import ParseDict, ParseError
 from google.protobuf.message import Message
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from ledger.application import ExecutionRecord, HistoryEntry, Ledger, open_ledger_with
 from ledger.config import StoreConfig, parse_url
@@ -69,7 +70,8 @@ class InputError(UserError):
 
 
 def _fail(message: str) -> NoReturn:
-    err.print(f"[red]error:[/] {message}", highlight=False, markup=True)
+    """One line on stderr (never markup-interpreted), exit code 1."""
+    err.print(Text("error: ", style="red") + Text(" ".join(message.split())), highlight=False)
     raise typer.Exit(1)
 
 

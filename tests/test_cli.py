@@ -1,0 +1,201 @@
+"""The ``ledger`` CLI through its real entry point, in subprocesses."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+LEDGER = str(Path(sys.executable).parent / "ledger")
+TOKEN = b"a-very-secret-temporal-task-token-that-must-never-be-printed-whole"
+TOKEN_B64 = base64.b64encode(TOKEN).decode()
+
+
+def run(url: str, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "LEDGER_URL": url, "COLUMNS": "200"}
+    return subprocess.run(
+        [LEDGER, *args], input=stdin, capture_output=True, text=True, env=env, timeout=60
+    )
+
+
+def ok(url: str, *args: str, stdin: str | None = None) -> str:
+    result = run(url, *args, stdin=stdin)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def ok_json(url: str, *args: str, stdin: str | None = None) -> Any:
+    return json.loads(ok(url, *args, "--json", stdin=stdin))
+
+
+def user_error(url: str, *args: str, stdin: str | None = None) -> str:
+    """Runs a command that must fail as a user error: exit 1, one line, no traceback."""
+    result = run(url, *args, stdin=stdin)
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+AGENT_YAML = f"""
+apiVersion: agentic.stigmer.ai/v1
+kind: AgentExecution
+metadata: {{name: demo, org: acme, labels: {{team: research}}}}
+spec:
+  agentId: agent-1
+  message: hello
+  callbackToken: {TOKEN_B64}
+  runtimeEnv:
+    API_KEY: {{value: sk-live-abcdef, isSecret: true}}
+    MODE: {{value: fast}}
+"""
+
+
+@pytest.fixture
+def url(tmp_path: Path) -> str:
+    return "sqlite:///" + str(tmp_path / "cli.db")
+
+
+def create_agent(url: str, tmp_path: Path) -> str:
+    path = tmp_path / "agent.yaml"
+    path.write_text(AGENT_YAML)
+    created = ok_json(url, "create", str(path))
+    assert created["phase"] == "EXECUTION_PENDING" and created["version"] == 1
+    execution_id = created["id"]
+    assert isinstance(execution_id, str) and execution_id.startswith("aex-")
+    return execution_id
+
+
+def test_lifecycle_and_redaction(url: str, tmp_path: Path) -> None:
+    execution_id = create_agent(url, tmp_path)
+    assert ok_json(url, "status", execution_id, "--phase", "in_progress")["version"] == 2
+    patch = tmp_path / "patch.json"
+    patch.write_text(json.dumps({"toolCalls": [{"id": "c1", "name": "search"}]}))
+    assert ok_json(url, "status", execution_id, "--patch", str(patch))["version"] == 3
+    done = ok_json(url, "complete", execution_id, "--output", '{"answer": 42}')
+    assert done["phase"] == "EXECUTION_COMPLETED"
+
+    shown = ok_json(url, "show", execution_id)
+    spec = shown["resource"]["spec"]
+    assert spec["callback_token"] == f"{TOKEN_B64[:20]}…({len(TOKEN)} bytes)"
+    assert spec["runtime_env"]["API_KEY"]["value"] == "***"
+    assert spec["runtime_env"]["MODE"]["value"] == "fast"
+    assert shown["resource"]["status"]["tool_calls"][0]["name"] == "search"
+
+    history = ok_json(url, "history", execution_id)
+    assert [e["event"] for e in history] == ["Created", "StatusChanged", "StatusChanged", "Completed"]
+    assert history[-1]["output"] == {"answer": 42}
+
+    for args in (("show", execution_id), ("history", execution_id)):
+        for flag in ((), ("--json",)):
+            printed = ok(url, *args, *flag)
+            assert TOKEN_B64 not in printed and TOKEN.decode() not in printed
+            assert "sk-live-abcdef" not in printed
+
+
+def test_fail_and_cancel(url: str, tmp_path: Path) -> None:
+    first = create_agent(url, tmp_path)
+    failed = ok_json(url, "fail", first, "-m", "boom", "--type", "ToolError", "--details", '{"k": 1}')
+    assert failed["phase"] == "EXECUTION_FAILED"
+    assert ok_json(url, "history", first)[-1]["error"] == {
+        "type": "ToolError",
+        "message": "boom",
+        "details": {"k": 1},
+    }
+    second = create_agent(url, tmp_path)
+    assert ok_json(url, "cancel", second, "--reason", "user")["phase"] == "EXECUTION_CANCELLED"
+
+
+def test_create_from_stdin_and_idempotent(url: str) -> None:
+    document = json.dumps(
+        {
+            "kind": "WorkflowExecution",
+            "metadata": {"id": "wex-fixed1"},
+            "spec": {"workflowId": "wf-1"},
+        }
+    )
+    assert ok_json(url, "create", "-", stdin=document)["id"] == "wex-fixed1"
+    assert ok_json(url, "create", "-", stdin=document)["version"] == 1
+    changed = document.replace("wf-1", "wf-2")
+    assert "different spec" in user_error(url, "create", "-", stdin=changed)
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "expected"),
+    [
+        (("show", "aex-doesnotexist"), None, "does not exist"),
+        (("show", "nope"), None, "must start with 'aex-' or 'wex-'"),
+        (("create", "-"), "{not json", "neither JSON nor YAML"),
+        (("create", "-"), "[1, 2]", "must be a JSON/YAML object"),
+        (("create", "-"), '{"kind": "Banana"}', "unknown kind 'Banana'"),
+        (("create", "-"), '{"kind": "AgentExecution", "spec": {"nope": 1}}', "does not match"),
+        (("create", "-"), '{"kind": "AgentExecution", "spec": {"agentId": "a"}}', "spec.message"),
+        (("create", "/does/not/exist.yaml"), None, "cannot read"),
+        (("status", "aex-x", "--phase", "banana"), None, "unknown phase 'banana'"),
+        (("status", "aex-x"), None, "nothing to record"),
+        (("complete", "aex-x", "--output", "[1]"), None, "must be a JSON object"),
+    ],
+)
+def test_bad_input_is_one_clear_line(
+    url: str, args: tuple[str, ...], stdin: str | None, expected: str
+) -> None:
+    assert expected in user_error(url, *args, stdin=stdin)
+
+
+def test_illegal_transition_exit_code_and_nothing_written(url: str, tmp_path: Path) -> None:
+    execution_id = create_agent(url, tmp_path)
+    ok(url, "complete", execution_id)
+    line = user_error(url, "fail", execution_id, "-m", "late")
+    assert "EXECUTION_COMPLETED" in line
+    assert len(ok_json(url, "history", execution_id)) == 2
+
+
+def test_phase_backwards(url: str, tmp_path: Path) -> None:
+    execution_id = create_agent(url, tmp_path)
+    ok(url, "status", execution_id, "--phase", "IN_PROGRESS")
+    assert "cannot go back" in user_error(url, "status", execution_id, "--phase", "PENDING")
+    assert len(ok_json(url, "history", execution_id)) == 2
+
+
+def test_usage_error_exit_code_2(url: str) -> None:
+    assert run(url, "no-such-command").returncode == 2
+    assert run(url, "fail", "aex-x").returncode == 2  # --message is required
+
+
+def test_help_for_every_command(url: str) -> None:
+    for args in (
+        (),
+        ("create",),
+        ("status",),
+        ("complete",),
+        ("fail",),
+        ("cancel",),
+        ("show",),
+        ("history",),
+        ("list",),
+        ("audit",),
+        ("projections",),
+        ("projections", "rebuild"),
+        ("dispatcher",),
+        ("dispatcher", "run"),
+        ("demo",),
+    ):
+        result = run(url, *args, "--help")
+        assert result.returncode == 0, (args, result.stderr)
+        assert "Usage" in result.stdout
+
+
+def test_bad_url_is_a_user_error(tmp_path: Path) -> None:
+    assert "unknown scheme" in user_error("mysql://x/y", "show", "aex-abc")
+
+
+def test_keygen_prints_a_usable_key() -> None:
+    key = ok("memory://", "keygen").strip()
+    assert len(base64.b64decode(key)) == 32
