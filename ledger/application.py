@@ -198,7 +198,7 @@ class Ledger(Application[str]):
 
     def history(self, execution_id: str) -> list[HistoryEntry]:
         """Every event of one execution, in order, with its time, version and phase."""
-        kind_of_id(execution_id)
+        check_id(execution_id, kind_of_id(execution_id))
         entries: list[HistoryEntry] = []
         execution: Execution | None = None
         for event in self._events(execution_id):
@@ -257,7 +257,7 @@ class Ledger(Application[str]):
             return None
 
     def _load(self, execution_id: str) -> Execution:
-        kind_of_id(execution_id)
+        check_id(execution_id, kind_of_id(execution_id))
         try:
             return cast(Execution, self.repository.get(execution_id))
         except AggregateNotFoundError:

@@ -118,7 +118,7 @@ WORKFLOW_EXECUTION = Kind(
 )
 KINDS: dict[str, Kind] = {k.name: k for k in (AGENT_EXECUTION, WORKFLOW_EXECUTION)}
 
-_ID_BODY = re.compile(r"^[0-9a-z][0-9a-z_-]{0,62}$")
+_ID_BODY = re.compile(r"[0-9a-z][0-9a-z_-]{0,62}")
 MAX_ID_LENGTH = 68
 
 
@@ -173,7 +173,7 @@ def check_id(execution_id: str, kind: Kind) -> str:
             execution_id=execution_id[:80],
             field="metadata.id",
         )
-    if not _ID_BODY.match(body):
+    if not _ID_BODY.fullmatch(body):
         raise InvalidIdError(
             f"execution id {execution_id[:80]!r} is malformed: after {kind.id_prefix + '-'!r} "
             "expected 1 to 63 characters of a-z, 0-9, '_' or '-', starting with a-z or 0-9",
