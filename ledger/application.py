@@ -9,6 +9,8 @@ lost and exactly one of two racing completions wins.
 
 from __future__ import annotations
 
+import random
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,7 +25,7 @@ from eventsourcing.persistence import (
 )
 from google.protobuf.message import Message
 
-from ledger.config import StoreConfig, ensure_schema, parse_url
+from ledger.config import StoreConfig, ensure_schema, parse_url, setup_lock
 from ledger.errors import (
     CreateConflictError,
     ExecutionNotFoundError,
@@ -45,8 +47,9 @@ from ledger.resources import (
 from ledger.transcodings import register_ledger_transcodings
 from ledger.validation import check_envelope, check_metadata_counts, check_spec
 
-MAX_WRITE_ATTEMPTS = 20
-"""How often a write without ``expected_version`` re-reads and retries after losing a race."""
+WRITE_RETRY_SECONDS = 30.0
+"""How long a write without ``expected_version`` keeps re-reading and retrying after
+losing races (with a short random pause between tries) before it gives up."""
 
 
 @dataclass(frozen=True)
@@ -118,7 +121,7 @@ class Ledger(Application[str]):
             )
         check_spec(kind, values.spec, execution_id=execution_id)
         check_metadata_counts(values.metadata, execution_id=execution_id)
-        for _ in range(MAX_WRITE_ATTEMPTS):
+        for _ in _retries():
             existing = self._find(execution_id)
             if existing is not None:
                 return self._same_or_conflict(existing, kind, values.spec)
@@ -224,7 +227,7 @@ class Ledger(Application[str]):
         expected_version: int | None,
         decide: Callable[[Execution], None],
     ) -> ExecutionRecord:
-        for _ in range(MAX_WRITE_ATTEMPTS):
+        for _ in _retries():
             execution = self._load(execution_id)
             if expected_version is not None and execution.version != expected_version:
                 raise VersionConflictError(execution_id, expected_version, execution.version)
@@ -285,6 +288,18 @@ class Ledger(Application[str]):
         return _record(existing)
 
 
+def _retries() -> Iterator[int]:
+    """Tries until :data:`WRITE_RETRY_SECONDS` pass, pausing randomly between them."""
+    deadline = time.monotonic() + WRITE_RETRY_SECONDS
+    attempt = 0
+    while True:
+        yield attempt
+        attempt += 1
+        if time.monotonic() > deadline:
+            return
+        time.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))  # noqa: S311
+
+
 def _record(execution: Execution) -> ExecutionRecord:
     return ExecutionRecord(resource=copy_resource(execution.resource), version=execution.version)
 
@@ -298,4 +313,5 @@ def open_ledger(url: str | None = None, *, cipher_key: str | None = None) -> Led
 def open_ledger_with(config: StoreConfig) -> Ledger:
     """Opens the ledger described by a parsed :class:`~ledger.config.StoreConfig`."""
     ensure_schema(config)
-    return Ledger(config.env)
+    with setup_lock(config):
+        return Ledger(config.env)

