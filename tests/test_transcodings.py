@@ -21,10 +21,10 @@ from eventsourcing.persistence import JSONTranscoder, Transcoder
 from eventsourcing.tests.persistence import (
     CustomType1AsDict,
     CustomType2AsDict,
+    Mydict,
     MyInt,
     MyList,
     MyStr,
-    Mydict,
     TranscoderTestCase,
 )
 from google.protobuf import descriptor_pool, message_factory
