@@ -158,7 +158,7 @@ def setup_lock(config: StoreConfig) -> Iterator[None]:
     if not config.is_postgres:
         yield
         return
-    with _connect(config) as conn:
+    with connect(config) as conn:
         conn.execute(
             "SELECT pg_advisory_lock(hashtext(%s))",
             ("ledger-setup:" + config.env["POSTGRES_SCHEMA"],),
@@ -172,7 +172,8 @@ def setup_lock(config: StoreConfig) -> Iterator[None]:
             )
 
 
-def _connect(config: StoreConfig) -> Any:
+def connect(config: StoreConfig) -> Any:
+    """A psycopg connection (autocommit) to the PostgreSQL store of ``config``."""
     import psycopg
 
     from ledger.errors import StoreUnavailableError
@@ -200,7 +201,7 @@ def ensure_schema(config: StoreConfig) -> None:
     from psycopg import sql
 
     # A concurrent creator can win the race: UniqueViolation then means it exists.
-    with _connect(config) as conn, contextlib.suppress(psycopg.errors.UniqueViolation):
+    with connect(config) as conn, contextlib.suppress(psycopg.errors.UniqueViolation):
         conn.execute(
             sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
                 sql.Identifier(config.env["POSTGRES_SCHEMA"])

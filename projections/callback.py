@@ -115,7 +115,11 @@ class CallbackSender:
         while True:
             tries += 1
             try:
-                call = await self._call(token, call, resource, outcome_event)
+                await self._call(token, call, resource, outcome_event)
+            except _CancellationNotRequestedError:
+                call = Call.FAIL_CANCELLED  # The caller did not ask to cancel: fail instead.
+                tries -= 1  # The refusal is an answer, not a failed try.
+                continue
             except RPCError as e:
                 status = e.status
                 if status == RPCStatusCode.NOT_FOUND:
@@ -124,7 +128,7 @@ class CallbackSender:
                 if status == RPCStatusCode.INVALID_ARGUMENT:
                     return CallbackResult(Outcome.REJECTED, call, status.name, e.message, tries)
                 grpc_status, detail = status.name, e.message
-            except (TimeoutError, ConnectionError, OSError) as e:
+            except Exception as e:  # Connection failures, timeouts: transient.
                 grpc_status, detail = type(e).__name__, str(e)
             else:
                 return CallbackResult(Outcome.DELIVERED, call, "OK", "", tries)
@@ -145,7 +149,7 @@ class CallbackSender:
 
     async def _call(
         self, token: bytes, call: Call, resource: Message, outcome: Execution.Completed
-    ) -> Call:
+    ) -> None:
         handle = self.client.get_async_activity_handle(task_token=token)
         timeout = self.policy.rpc_timeout
         if call is Call.COMPLETE:
@@ -165,9 +169,9 @@ class CallbackSender:
             try:
                 await handle.report_cancellation(resource, rpc_timeout=timeout)
             except RPCError as e:
-                if not _cancellation_not_requested(e):
-                    raise
-                return await self._call(token, Call.FAIL_CANCELLED, resource, outcome)
+                if _cancellation_not_requested(e):
+                    raise _CancellationNotRequestedError from e
+                raise
         else:
             await handle.fail(
                 ApplicationError(
@@ -178,7 +182,10 @@ class CallbackSender:
                 ),
                 rpc_timeout=timeout,
             )
-        return call
+
+
+class _CancellationNotRequestedError(Exception):
+    """Temporal refused ``report_cancellation``: the caller had not asked to cancel."""
 
 
 def _cancellation_not_requested(error: RPCError) -> bool:

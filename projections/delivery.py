@@ -87,8 +87,8 @@ class Delivery(BaseAggregate[str]):
         call: str
 
         def apply(self, aggregate: Delivery) -> None:
-            if aggregate.in_flight:
-                aggregate.unconfirmed_attempts += 1  # The previous attempt was cut off.
+            if aggregate.in_flight or aggregate.outcome is Outcome.PARKED:
+                aggregate.unconfirmed_attempts += 1  # The previous attempt's fate is unknown.
             aggregate.attempts = self.attempt
             aggregate.last_call = self.call
             aggregate.in_flight = True

@@ -35,11 +35,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, cast
 
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
+from eventsourcing.domain import CanMutateAggregate
 from eventsourcing.persistence import (
     IntegrityError,
     JSONTranscoder,
@@ -51,14 +52,15 @@ from eventsourcing.persistence import (
 from eventsourcing.utils import get_topic
 from temporalio.client import Client
 
-from ledger.application import Ledger
-from ledger.config import StoreConfig, TemporalSettings
+from ledger.application import Ledger, open_ledger_with
+from ledger.config import StoreConfig, TemporalSettings, setup_lock
 from ledger.execution import Execution
 from ledger.redaction import redact_token
 from ledger.resources import Phase
 from ledger.transcodings import register_ledger_transcodings
 from projections.callback import CallbackResult, CallbackSender, RetryPolicy, call_for
 from projections.delivery import Delivery, Outcome
+from projections.single_active import SingleActive
 from projections.subscription import PollingSubscription
 
 logger = logging.getLogger(__name__)
@@ -95,10 +97,14 @@ class DispatcherLog(Application[str]):
         except AggregateNotFoundError:
             return None
 
-    def record(self, deliveries: Iterable[Delivery], tracking: Tracking | None = None) -> None:
-        """Records the deliveries' pending events (and the position) in one transaction."""
+    def record(
+        self,
+        items: Iterable[Delivery | CanMutateAggregate[str]],
+        tracking: Tracking | None = None,
+    ) -> None:
+        """Records deliveries' pending events, or events, and the position, atomically."""
         processing = ProcessingEvent[str](tracking=tracking)
-        processing.collect_events(*deliveries)
+        processing.collect_events(*items)
         if processing.events or tracking is not None:
             self._record(processing)
 
@@ -160,8 +166,9 @@ class Dispatcher:
         start_at_head: bool = False,
     ) -> None:
         self.config = config
-        self.ledger = Ledger(config.env)
-        self.log = DispatcherLog(config.component_env("dispatcher"))
+        self.ledger = open_ledger_with(config)
+        with setup_lock(config):
+            self.log = DispatcherLog(config.component_env("dispatcher"))
         self.sender = CallbackSender(client, retry)
         self.max_in_flight = max_in_flight
         self.page_size = page_size
@@ -176,16 +183,36 @@ class Dispatcher:
         self._pending: dict[int, bool] = {}
         """Ledger positions seen and not yet covered by the tracking: done or not."""
         self._tracked = 0
+        self._subscription: PollingSubscription | None = None
+        self._active = SingleActive(config, "dispatcher")
+        self._is_active = False
 
     # Public API.
 
     def stop(self) -> None:
         """Asks :meth:`run` to finish: no new calls; in-flight ones end and are recorded."""
         self._stop.set()
+        if self._subscription is not None:
+            self._subscription.wake()
 
     def close(self) -> None:
+        self._active.release()
         self.ledger.close()
         self.log.close()
+
+    @contextlib.asynccontextmanager
+    async def _activity(self) -> AsyncIterator[None]:
+        """Holds the single-active lock (waiting for it) unless already held."""
+        if self._is_active:
+            yield
+            return
+        await self._active.acquire()
+        self._is_active = True
+        try:
+            yield
+        finally:
+            self._is_active = False
+            self._active.release()
 
     def lag(self) -> tuple[int, int]:
         """(position, head of the ledger's log)."""
@@ -193,7 +220,14 @@ class Dispatcher:
 
     async def run(self, *, until_caught_up: bool = False) -> DispatchStats:
         """Follows the ledger until :meth:`stop` (or, with ``until_caught_up``, until
-        a read finds nothing new and every call in flight is recorded)."""
+        a read finds nothing new and every call in flight is recorded).
+
+        Waits first to be the one active dispatcher of this store.
+        """
+        async with self._activity():
+            return await self._run(until_caught_up=until_caught_up)
+
+    async def _run(self, *, until_caught_up: bool) -> DispatchStats:
         start = await asyncio.to_thread(self._start_position)
         self._tracked = start
         await self.retry_parked()
@@ -204,6 +238,7 @@ class Dispatcher:
             poll_interval=self.poll_interval,
             page_size=self.page_size,
         )
+        self._subscription = subscription
         slots = asyncio.Semaphore(self.max_in_flight)
         tasks: set[asyncio.Task[None]] = set()
         flusher = asyncio.create_task(self._flush_periodically())
@@ -229,6 +264,10 @@ class Dispatcher:
 
     async def retry_parked(self) -> int:
         """Retries every parked delivery now; returns how many were retried."""
+        async with self._activity():
+            return await self._retry_parked()
+
+    async def _retry_parked(self) -> int:
         parked = await asyncio.to_thread(self.log.deliveries_in, Outcome.PARKED)
         jobs: list[_Job] = []
         for delivery in parked:
@@ -328,11 +367,22 @@ class Dispatcher:
 
     async def _deliver(self, job: _Job, slots: asyncio.Semaphore) -> None:
         try:
-            result: CallbackResult = await self.sender.send(
-                job.execution,
-                job.token,
-                earlier_attempt_unconfirmed=job.delivery.unconfirmed_attempts > 0,
-            )
+            try:
+                result: CallbackResult = await self.sender.send(
+                    job.execution,
+                    job.token,
+                    earlier_attempt_unconfirmed=job.delivery.unconfirmed_attempts > 0,
+                )
+            except Exception as e:  # A bug or an unforeseen error: park, never stall.
+                logger.exception(
+                    "callback for %s failed unexpectedly; parking it", job.execution.id
+                )
+                result = CallbackResult(
+                    Outcome.PARKED,
+                    call_for(Phase(job.delivery.phase)),
+                    type(e).__name__,
+                    str(e),
+                )
             job.delivery.resolve(
                 result.outcome,
                 call=result.call.value,
@@ -371,14 +421,17 @@ class Dispatcher:
     def _flush(self) -> None:
         """Records resolved deliveries with the new position, in one transaction."""
         resolved, self._resolved = self._resolved, []
+        events = [event for delivery in resolved for event in delivery.collect_events()]
         watermark = self._watermark()
         tracking = Tracking(LEDGER_LOG, watermark) if watermark > self._tracked else None
         try:
-            self.log.record(resolved, tracking)
+            self.log.record(events, tracking)
         except IntegrityError:
+            if tracking is None:
+                raise
             # The position was recorded further by another run: keep the outcomes.
             logger.warning("dispatcher position moved by another run; recording outcomes alone")
-            self.log.record(resolved)
+            self.log.record(events)
         if tracking is not None:
             self._tracked = watermark
             for position in [p for p in self._pending if p <= watermark]:
