@@ -23,6 +23,7 @@ from ledger.errors import (
     TerminalPhaseError,
     TransitionError,
     UnknownKindError,
+    UnreadableEventError,
     UserError,
     VersionConflictError,
 )
@@ -59,6 +60,7 @@ __all__ = [
     "TerminalPhaseError",
     "TransitionError",
     "UnknownKindError",
+    "UnreadableEventError",
     "UserError",
     "VersionConflictError",
     "WorkflowExecution",

@@ -20,6 +20,7 @@ from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import (
     InterfaceError,
     JSONTranscoder,
+    MapperDeserialisationError,
     OperationalError,
     RecordConflictError,
 )
@@ -31,6 +32,7 @@ from ledger.errors import (
     ExecutionNotFoundError,
     InvalidResourceError,
     StoreUnavailableError,
+    UnreadableEventError,
     VersionConflictError,
 )
 from ledger.execution import Execution
@@ -46,6 +48,7 @@ from ledger.resources import (
 )
 from ledger.transcodings import register_ledger_transcodings
 from ledger.validation import check_envelope, check_metadata_counts, check_spec
+from ledger.vault import SecretVault
 
 WRITE_RETRY_SECONDS = 30.0
 """How long a write without ``expected_version`` keeps re-reading and retrying after
@@ -90,6 +93,7 @@ class Ledger(Application[str]):
     def __init__(self, env: Mapping[str, str] | None = None) -> None:
         try:
             super().__init__(env)
+            self.vault = SecretVault(self.recorder, self.mapper.cipher)
         except (OperationalError, InterfaceError) as e:
             raise StoreUnavailableError(f"cannot open the ledger's store: {e}") from e
 
@@ -125,14 +129,15 @@ class Ledger(Application[str]):
             existing = self._find(execution_id)
             if existing is not None:
                 return self._same_or_conflict(existing, kind, values.spec)
-            execution = Execution.create(
-                execution_id, kind, values.metadata, values.spec, actor=actor
-            )
+            spec: Any = type(values.spec)()
+            spec.CopyFrom(values.spec)
+            self.vault.seal(execution_id, spec)
+            execution = Execution.create(execution_id, kind, values.metadata, spec, actor=actor)
             try:
                 self._save(execution)
             except RecordConflictError:
                 continue  # Created by someone else meanwhile: compare with theirs.
-            return _record(execution)
+            return self._as_record(execution)
         raise StoreUnavailableError(f"execution {execution_id!r}: too many conflicting writes")
 
     def update_status(
@@ -197,7 +202,7 @@ class Ledger(Application[str]):
 
     def read(self, execution_id: str) -> ExecutionRecord:
         """The execution's current resource and version."""
-        return _record(self._load(execution_id))
+        return self._as_record(self._load(execution_id))
 
     def history(self, execution_id: str) -> list[HistoryEntry]:
         """Every event of one execution, in order, with its time, version and phase."""
@@ -239,8 +244,18 @@ class Ledger(Application[str]):
                     actual = self._load(execution_id).version
                     raise VersionConflictError(execution_id, expected_version, actual) from None
                 continue
-            return _record(execution)
+            if execution.phase.is_terminal:
+                self.vault.destroy(execution_id)  # Crypto-shred the secret values.
+            return self._as_record(execution)
         raise StoreUnavailableError(f"execution {execution_id!r}: too many conflicting writes")
+
+    def _as_record(self, execution: Execution) -> ExecutionRecord:
+        """A copy of the execution's resource, its secret values decrypted (or shredded)."""
+        resource = copy_resource(execution.resource)
+        if execution.phase.is_terminal and self.vault.has_key(execution.id):
+            self.vault.destroy(execution.id)  # A crash cut off the shredding: finish it.
+        self.vault.reveal(execution.id, resource.spec)
+        return ExecutionRecord(resource=resource, version=execution.version)
 
     def _save(self, execution: Execution) -> None:
         try:
@@ -265,6 +280,8 @@ class Ledger(Application[str]):
             return cast(Execution, self.repository.get(execution_id))
         except AggregateNotFoundError:
             raise ExecutionNotFoundError(execution_id) from None
+        except MapperDeserialisationError as e:
+            raise _unreadable(execution_id, e) from e
         except (OperationalError, InterfaceError) as e:
             raise StoreUnavailableError(
                 f"execution {execution_id!r}: the store is unavailable: {e}"
@@ -274,6 +291,8 @@ class Ledger(Application[str]):
         try:
             for event in self.events.get(execution_id):
                 yield cast(Execution.Event, event)
+        except MapperDeserialisationError as e:
+            raise _unreadable(execution_id, e) from e
         except (OperationalError, InterfaceError) as e:
             raise StoreUnavailableError(
                 f"execution {execution_id!r}: the store is unavailable: {e}"
@@ -282,10 +301,11 @@ class Ledger(Application[str]):
     def _same_or_conflict(self, existing: Execution, kind: Kind, spec: Message) -> ExecutionRecord:
         if existing.kind_name != kind.name:
             raise CreateConflictError(existing.id, f"kind ({existing.kind_name})")
-        recorded = existing.resource.spec.SerializeToString(deterministic=True)
-        if recorded != spec.SerializeToString(deterministic=True):
+        record = self._as_record(existing)
+        shredded = existing.phase.is_terminal
+        if _comparable(record.resource.spec, shredded) != _comparable(spec, shredded):
             raise CreateConflictError(existing.id, "spec")
-        return _record(existing)
+        return record
 
 
 def _retries() -> Iterator[int]:
@@ -300,8 +320,23 @@ def _retries() -> Iterator[int]:
         time.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))  # noqa: S311
 
 
-def _record(execution: Execution) -> ExecutionRecord:
-    return ExecutionRecord(resource=copy_resource(execution.resource), version=execution.version)
+def _unreadable(execution_id: str, error: Exception) -> UnreadableEventError:
+    return UnreadableEventError(
+        f"execution {execution_id!r}: a stored event cannot be decoded ({error}); "
+        "check LEDGER_CIPHER_KEY and LEDGER_CIPHER_OLD_KEYS"
+    )
+
+
+def _comparable(spec: Message, without_secrets: bool) -> bytes:
+    """The spec's bytes, with secret values left out once they are shredded."""
+    if without_secrets:
+        values: Any = type(spec)()
+        values.CopyFrom(spec)
+        for value in values.runtime_env.values():
+            if value.is_secret:
+                value.value = ""
+        spec = values
+    return spec.SerializeToString(deterministic=True)
 
 
 def open_ledger(url: str | None = None, *, cipher_key: str | None = None) -> Ledger:

@@ -14,7 +14,8 @@
 
 ``LEDGER_CIPHER_KEY`` (a base64 AES key, see ``ledger keygen``) encrypts every
 stored event with the library's AES cipher, so the callback token is never at
-rest in the clear.
+rest in the clear; ``LEDGER_CIPHER_OLD_KEYS`` (comma-separated) keeps events
+written under earlier keys readable after a rotation (:mod:`ledger.cipher`).
 
 The URL becomes the library's variables (``PERSISTENCE_MODULE``,
 ``SQLITE_DBNAME``, ``POSTGRES_*``, ``CIPHER_TOPIC``, ``CIPHER_KEY``), which are
@@ -35,6 +36,7 @@ from ledger.errors import ConfigurationError
 
 LEDGER_URL = "LEDGER_URL"
 LEDGER_CIPHER_KEY = "LEDGER_CIPHER_KEY"
+LEDGER_CIPHER_OLD_KEYS = "LEDGER_CIPHER_OLD_KEYS"
 
 
 def default_url() -> str:
@@ -141,8 +143,11 @@ def parse_url(url: str | None = None, *, cipher_key: str | None = None) -> Store
         )
     env["ORIGINATOR_ID_TYPE"] = "text"
     if cipher_key:
-        env["CIPHER_TOPIC"] = "eventsourcing.cipher:AESCipher"
+        env["CIPHER_TOPIC"] = "ledger.cipher:RotatingAESCipher"
         env["CIPHER_KEY"] = cipher_key
+        old_keys = os.environ.get(LEDGER_CIPHER_OLD_KEYS)
+        if old_keys:
+            env["CIPHER_OLD_KEYS"] = old_keys
     return StoreConfig(url=url, scheme=scheme, env=env)
 
 

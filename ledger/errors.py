@@ -105,5 +105,10 @@ class ConfigurationError(UserError):
     """A setting (``LEDGER_URL`` and friends) is malformed."""
 
 
+class UnreadableEventError(LedgerError):
+    """A stored event cannot be decoded: most often a missing or wrong cipher key
+    (``LEDGER_CIPHER_KEY`` / ``LEDGER_CIPHER_OLD_KEYS``)."""
+
+
 class StoreUnavailableError(LedgerError):
     """The store could not be reached; the command wrote nothing and may be retried."""
