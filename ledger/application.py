@@ -9,6 +9,7 @@ lost and exactly one of two racing completions wins.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -33,6 +34,7 @@ from ledger.errors import (
     InvalidResourceError,
     StoreUnavailableError,
     UnreadableEventError,
+    UserError,
     VersionConflictError,
 )
 from ledger.execution import Execution
@@ -125,20 +127,17 @@ class Ledger(Application[str]):
             )
         check_spec(kind, values.spec, execution_id=execution_id)
         check_metadata_counts(values.metadata, execution_id=execution_id)
-        for _ in _retries():
-            existing = self._find(execution_id)
-            if existing is not None:
-                return self._same_or_conflict(existing, kind, values.spec)
-            spec: Any = type(values.spec)()
-            spec.CopyFrom(values.spec)
-            self.vault.seal(execution_id, spec)
-            execution = Execution.create(execution_id, kind, values.metadata, spec, actor=actor)
-            try:
-                self._save(execution)
-            except RecordConflictError:
-                continue  # Created by someone else meanwhile: compare with theirs.
-            return self._as_record(execution)
-        raise StoreUnavailableError(f"execution {execution_id!r}: too many conflicting writes")
+        # Optimistic: write first; an existing id shows up as a conflict, then compare.
+        spec: Any = type(values.spec)()
+        spec.CopyFrom(values.spec)
+        self.vault.seal(execution_id, spec)
+        execution = Execution.create(execution_id, kind, values.metadata, spec, actor=actor)
+        try:
+            self._save(execution)
+        except RecordConflictError:
+            self._evict(execution_id)
+            return self._same_or_conflict(self._load(execution_id), kind, values.spec)
+        return self._as_record(execution)
 
     def update_status(
         self,
@@ -201,7 +200,8 @@ class Ledger(Application[str]):
         return self.read(execution_id).resource
 
     def read(self, execution_id: str) -> ExecutionRecord:
-        """The execution's current resource and version."""
+        """The execution's current resource and version (always read from the store)."""
+        self._evict(execution_id)
         return self._as_record(self._load(execution_id))
 
     def history(self, execution_id: str) -> list[HistoryEntry]:
@@ -232,29 +232,46 @@ class Ledger(Application[str]):
         expected_version: int | None,
         decide: Callable[[Execution], None],
     ) -> ExecutionRecord:
+        # The aggregate cache (when enabled) is only a hint: the store's version check
+        # catches a stale one, and anything refused on cached state is re-decided fresh.
+        fresh = False
         for _ in _retries():
             execution = self._load(execution_id)
-            if expected_version is not None and execution.version != expected_version:
-                raise VersionConflictError(execution_id, expected_version, execution.version)
-            decide(execution)
+            try:
+                if expected_version is not None and execution.version != expected_version:
+                    raise VersionConflictError(execution_id, expected_version, execution.version)
+                decide(execution)
+            except UserError:
+                if fresh or self.repository.cache is None:
+                    raise
+                fresh = True
+                self._evict(execution_id)
+                continue
             try:
                 self._save(execution)
             except RecordConflictError:
+                self._evict(execution_id)
                 if expected_version is not None:
                     actual = self._load(execution_id).version
                     raise VersionConflictError(execution_id, expected_version, actual) from None
                 continue
-            if execution.phase.is_terminal:
+            if execution.phase.is_terminal and execution.has_sealed_secrets:
                 self.vault.destroy(execution_id)  # Crypto-shred the secret values.
             return self._as_record(execution)
         raise StoreUnavailableError(f"execution {execution_id!r}: too many conflicting writes")
 
+    def _evict(self, execution_id: str) -> None:
+        if self.repository.cache is not None:
+            with contextlib.suppress(KeyError):
+                self.repository.cache.get(execution_id, evict=True)
+
     def _as_record(self, execution: Execution) -> ExecutionRecord:
         """A copy of the execution's resource, its secret values decrypted (or shredded)."""
         resource = copy_resource(execution.resource)
-        if execution.phase.is_terminal and self.vault.has_key(execution.id):
-            self.vault.destroy(execution.id)  # A crash cut off the shredding: finish it.
-        self.vault.reveal(execution.id, resource.spec)
+        if execution.has_sealed_secrets:
+            if execution.phase.is_terminal and self.vault.has_key(execution.id):
+                self.vault.destroy(execution.id)  # A crash cut off the shredding: finish it.
+            self.vault.reveal(execution.id, resource.spec)
         return ExecutionRecord(resource=resource, version=execution.version)
 
     def _save(self, execution: Execution) -> None:
@@ -267,12 +284,6 @@ class Ledger(Application[str]):
                 f"execution {execution.id!r}: the store is unavailable, nothing was written "
                 f"(retry later): {e}"
             ) from e
-
-    def _find(self, execution_id: str) -> Execution | None:
-        try:
-            return self._load(execution_id)
-        except ExecutionNotFoundError:
-            return None
 
     def _load(self, execution_id: str) -> Execution:
         check_id(execution_id, kind_of_id(execution_id))
@@ -339,14 +350,24 @@ def _comparable(spec: Message, without_secrets: bool) -> bytes:
     return spec.SerializeToString(deterministic=True)
 
 
+WRITER_CACHE = {"AGGREGATE_CACHE_MAXSIZE": "1000", "AGGREGATE_CACHE_FASTFORWARD": "n"}
+"""A writer keeps the executions it last wrote, so its next command needs no read;
+the store's version check catches a copy made stale by another process."""
+
+
 def open_ledger(url: str | None = None, *, cipher_key: str | None = None) -> Ledger:
     """Opens the ledger at ``url`` (default ``$LEDGER_URL``, else the SQLite default)."""
     config = parse_url(url, cipher_key=cipher_key)
     return open_ledger_with(config)
 
 
-def open_ledger_with(config: StoreConfig) -> Ledger:
-    """Opens the ledger described by a parsed :class:`~ledger.config.StoreConfig`."""
+def open_ledger_with(config: StoreConfig, *, cache: bool = True) -> Ledger:
+    """Opens the ledger described by a parsed :class:`~ledger.config.StoreConfig`.
+
+    ``cache``: keep recently written executions in memory (see :data:`WRITER_CACHE`);
+    followers that only read pass ``False``.
+    """
     ensure_schema(config)
+    env = {**config.env, **WRITER_CACHE} if cache else config.env
     with setup_lock(config):
-        return Ledger(config.env)
+        return Ledger(env)

@@ -133,6 +133,9 @@ def parse_url(url: str | None = None, *, cipher_key: str | None = None) -> Store
             "POSTGRES_USER": unquote(parts.username or "postgres"),
             "POSTGRES_PASSWORD": unquote(parts.password or ""),
             "POSTGRES_SCHEMA": query.get("schema", "public"),
+            # One round trip per write, keeping the table lock's ordering guarantee.
+            "APPLICATION_RECORDER_TOPIC": "ledger.recorder:LedgerPostgresApplicationRecorder",
+            "PROCESS_RECORDER_TOPIC": "ledger.recorder:LedgerPostgresProcessRecorder",
         }
     elif scheme == "memory":
         env = {"PERSISTENCE_MODULE": "eventsourcing.popo"}

@@ -40,6 +40,7 @@ from ledger.errors import (
 )
 from ledger.resources import API_VERSION, KINDS, Kind, Phase, Resource
 from ledger.status import apply_patch, check_patch
+from ledger.vault import ENCRYPTED_PREFIX
 from ledger.validation import (
     MAX_OUTCOME_BYTES,
     MAX_STATUS_PATCH_BYTES,
@@ -130,6 +131,12 @@ class Execution(BaseAggregate[str]):
     @property
     def phase(self) -> Phase:
         return Phase(self.resource.status.phase)
+
+    @property
+    def has_sealed_secrets(self) -> bool:
+        """Whether the spec holds secret values encrypted by the vault."""
+        env: Any = self.resource.spec.runtime_env
+        return any(v.value.startswith(ENCRYPTED_PREFIX) for v in env.values())
 
     @property
     def callback_token(self) -> bytes:

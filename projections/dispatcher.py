@@ -166,7 +166,7 @@ class Dispatcher:
         start_at_head: bool = False,
     ) -> None:
         self.config = config
-        self.ledger = open_ledger_with(config)
+        self.ledger = open_ledger_with(config, cache=False)
         with setup_lock(config):
             self.log = DispatcherLog(config.component_env("dispatcher"))
         self.sender = CallbackSender(client, retry)

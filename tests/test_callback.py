@@ -34,6 +34,7 @@ from ledger.resources import (
     WorkflowExecution,
     WorkflowExecutionSpec,
 )
+from ledger.vault import ENCRYPTED_PREFIX
 from projections.callback import (
     CANCELLED_ERROR_TYPE,
     CallbackResult,
@@ -387,10 +388,11 @@ def test_final_resource_clears_the_token_and_blanks_secrets(ledger: Ledger) -> N
     assert final.metadata.id == execution.id
     assert Phase(final.status.phase) is Phase.COMPLETED
     assert final.spec.agent_id == "agent"
-    # The execution itself is untouched.
+    # The execution itself is untouched (its secret value stays sealed by the vault).
     spec: Any = execution.resource.spec
     assert execution.callback_token == TOKEN
-    assert spec.runtime_env["API_KEY"].value == "s3cret"
+    assert spec.runtime_env["API_KEY"].value.startswith(ENCRYPTED_PREFIX)
+    assert "s3cret" not in spec.runtime_env["API_KEY"].value
 
 
 def test_final_resource_of_a_workflow_execution_keeps_its_output(ledger: Ledger) -> None:

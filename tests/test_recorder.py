@@ -1,0 +1,496 @@
+"""The one-round-trip recorders (ledger.recorder) on a real PostgreSQL server.
+
+The library's own contract tests (``eventsourcing.tests.persistence``) run
+against :class:`~ledger.recorder.LedgerPostgresApplicationRecorder` and
+:class:`~ledger.recorder.LedgerPostgresProcessRecorder`, each test in a schema
+of its own that is dropped afterwards; then the properties the ledger relies
+on: racing writers of one version, commit order of notification ids, the lock
+timeout, and the Ledger API opened with the recorder's variables.
+
+PostgreSQL: ``LEDGER_TEST_POSTGRES`` (default
+``postgresql://postgres@127.0.0.1:5432/postgres``); the same rule as the
+``postgres_server`` fixture: fails (never skips) when PostgreSQL is unreachable.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import unittest
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import cache, partial
+from typing import Any, ClassVar, Literal
+
+import psycopg
+import pytest
+from eventsourcing.persistence import (
+    ApplicationRecorder,
+    IntegrityError,
+    OperationalError,
+    ProcessRecorder,
+    StoredEvent,
+    Tracking,
+)
+from eventsourcing.postgres import PostgresDatastore
+from eventsourcing.tests.persistence import (
+    ApplicationRecorderTestCase,
+    NonInterleavingNotificationIDsBaseCase,
+    ProcessRecorderTestCase,
+)
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+
+from ledger.api.agentexecution.v1 import enum_pb2
+from ledger.application import Ledger
+from ledger.config import StoreConfig, parse_url
+from ledger.errors import TerminalPhaseError
+from ledger.recorder import (
+    LedgerPostgresApplicationRecorder,
+    LedgerPostgresProcessRecorder,
+    db_function_name,
+)
+from ledger.resources import API_VERSION, AgentExecution, AgentExecutionStatus
+
+POSTGRES_URL = os.environ.get(
+    "LEDGER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+
+RECORDER_ENV = {
+    "APPLICATION_RECORDER_TOPIC": "ledger.recorder:LedgerPostgresApplicationRecorder",
+    "PROCESS_RECORDER_TOPIC": "ledger.recorder:LedgerPostgresProcessRecorder",
+    "AGGREGATE_CACHE_MAXSIZE": "1000",
+    "AGGREGATE_CACHE_FASTFORWARD": "n",
+}
+"""What ledger.config adds to the PostgreSQL environment (see the recorder's docstring)."""
+
+
+@cache
+def postgres_problem() -> str | None:
+    """Why PostgreSQL cannot be reached (checked once per session), or None."""
+    try:
+        with psycopg.connect(POSTGRES_URL, connect_timeout=3) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.OperationalError as e:
+        return str(e)
+    return None
+
+
+def require_postgres() -> None:
+    """Fails the calling test when PostgreSQL is unreachable (never skips: see conftest)."""
+    problem = postgres_problem()
+    if problem is not None:
+        pytest.fail(f"PostgreSQL is required and unreachable at {POSTGRES_URL}: {problem}")
+
+
+def new_schema() -> str:
+    name = "t_rec_" + uuid.uuid4().hex[:10]
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
+    return name
+
+
+def drop_schema(name: str) -> None:
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
+
+
+def new_datastore(
+    schema: str,
+    originator_id_type: Literal["uuid", "text"] = "uuid",
+    *,
+    pool_size: int = 1,
+    lock_timeout: int = 0,
+) -> PostgresDatastore:
+    params = conninfo_to_dict(POSTGRES_URL)
+    return PostgresDatastore(
+        dbname=str(params.get("dbname", "postgres")),
+        host=str(params.get("host", "127.0.0.1")),
+        port=str(params.get("port", "5432")),
+        user=str(params.get("user", "postgres")),
+        password=str(params.get("password", "")),
+        pool_size=pool_size,
+        max_overflow=0,
+        schema=schema,
+        originator_id_type=originator_id_type,
+        lock_timeout=lock_timeout,
+    )
+
+
+class WithPostgresSchema(unittest.TestCase):
+    """A datastore on a fresh schema for each test, dropped afterwards."""
+
+    originator_id_type: ClassVar[Literal["uuid", "text"]] = "uuid"
+
+    def setUp(self) -> None:
+        require_postgres()
+        super().setUp()
+        self.schema = new_schema()
+        self.datastore = new_datastore(self.schema, self.originator_id_type)
+
+    def tearDown(self) -> None:
+        self.datastore.close()
+        drop_schema(self.schema)
+        super().tearDown()
+
+    def new_originator_id(self) -> uuid.UUID | str:
+        if self.originator_id_type == "text":
+            return "aex-" + uuid.uuid4().hex
+        return uuid.uuid4()
+
+    def resize_pool(self, size: int) -> None:
+        self.datastore.pool.open()
+        self.datastore.pool.resize(size, size)
+
+
+# The library's contract tests.
+
+
+class TestApplicationRecorderContract(
+    WithPostgresSchema, ApplicationRecorderTestCase[LedgerPostgresApplicationRecorder]
+):
+    def create_recorder(self) -> LedgerPostgresApplicationRecorder:
+        recorder = LedgerPostgresApplicationRecorder(self.datastore, events_table_name="events")
+        recorder.create_table()
+        return recorder
+
+    def test_insert_subscribe(self) -> None:
+        self.resize_pool(2)
+        self.optional_test_insert_subscribe()
+
+    def test_concurrent_no_conflicts(self, initial_position: int = 0) -> None:
+        self.resize_pool(12)
+        super().test_concurrent_no_conflicts(initial_position)
+
+    def test_concurrent_throughput(self) -> None:
+        self.resize_pool(10)
+        super().test_concurrent_throughput()
+
+
+class TestApplicationRecorderContractWithTextIds(TestApplicationRecorderContract):
+    originator_id_type = "text"
+
+
+class TestNonInterleavingNotificationIds(
+    WithPostgresSchema, NonInterleavingNotificationIDsBaseCase
+):
+    originator_id_type = "text"
+
+    def create_recorder(self) -> ApplicationRecorder:
+        self.resize_pool(2)
+        recorder = LedgerPostgresApplicationRecorder(self.datastore, events_table_name="events")
+        recorder.create_table()
+        return recorder
+
+
+class TestProcessRecorderContract(WithPostgresSchema, ProcessRecorderTestCase):
+    def create_recorder(self) -> ProcessRecorder:
+        recorder = LedgerPostgresProcessRecorder(
+            self.datastore, events_table_name="events", tracking_table_name="tracking"
+        )
+        recorder.create_table()
+        return recorder
+
+    def test_tracking_failure_writes_no_events(self) -> None:
+        recorder = self.create_recorder()
+        recorder.insert_events([], tracking=Tracking("upstream", 5))
+        event = StoredEvent(self.new_originator_id(), 1, "topic", b"state")
+        with self.assertRaises(IntegrityError):
+            recorder.insert_events([event], tracking=Tracking("upstream", 5))
+        self.assertEqual(recorder.select_events(event.originator_id), [])
+        self.assertEqual(recorder.max_tracking_id("upstream"), 5)
+
+    def test_event_conflict_writes_no_tracking(self) -> None:
+        recorder = self.create_recorder()
+        event = StoredEvent(self.new_originator_id(), 1, "topic", b"state")
+        recorder.insert_events([event])
+        with self.assertRaises(IntegrityError):
+            recorder.insert_events([event], tracking=Tracking("upstream", 1))
+        self.assertIsNone(recorder.max_tracking_id("upstream"))
+
+
+class TestProcessRecorderContractWithTextIds(TestProcessRecorderContract):
+    originator_id_type = "text"
+
+
+# What the ledger relies on.
+
+
+class TestRecorderProperties(WithPostgresSchema):
+    originator_id_type = "text"
+
+    def create_recorder(self) -> LedgerPostgresApplicationRecorder:
+        self.resize_pool(4)
+        recorder = LedgerPostgresApplicationRecorder(self.datastore, events_table_name="events")
+        recorder.create_table()
+        return recorder
+
+    @staticmethod
+    def in_threads(*functions: Callable[[], Any]) -> list[BaseException | Any]:
+        """Runs the functions at the same moment; returns each result or exception."""
+        results: list[BaseException | Any] = [None] * len(functions)
+        barrier = threading.Barrier(len(functions))
+
+        def run(index: int) -> None:
+            barrier.wait()
+            try:
+                results[index] = functions[index]()
+            except BaseException as e:
+                results[index] = e
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(functions))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        return results
+
+    @staticmethod
+    @contextmanager
+    def held_table_lock(schema: str) -> Iterator[psycopg.Connection[Any]]:
+        """A connection holding the events table's EXCLUSIVE lock until closed."""
+        conn = psycopg.connect(POSTGRES_URL)
+        conn.execute(
+            sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(sql.Identifier(schema, "events"))
+        )
+        try:
+            yield conn
+        finally:
+            conn.rollback()
+            conn.close()
+
+    def waiting_for_lock(self, count: int) -> None:
+        """Waits until ``count`` backends wait for a lock on this schema's events table."""
+        deadline = time.monotonic() + 10
+        query = (
+            "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE NOT l.granted AND n.nspname = %s AND c.relname = 'events'"
+        )
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            while time.monotonic() < deadline:
+                row = conn.execute(query, (self.schema,)).fetchone()
+                if row is not None and row[0] >= count:
+                    return
+                time.sleep(0.01)
+        self.fail(f"{count} inserts did not queue on the table lock")
+
+    def test_function_names_fit_and_differ(self) -> None:
+        long_name = "e" * 63
+        name = db_function_name(long_name, "insert")
+        self.assertLessEqual(len(name), 63)
+        self.assertNotEqual(name, db_function_name("e" * 62 + "f", "insert"))
+        self.assertEqual(db_function_name("ledger_events", "insert"), "ledger_events_insert")
+
+    def test_racing_inserts_of_one_version(self) -> None:
+        """Two inserts of the same (originator_id, version): one wins, one IntegrityError."""
+        recorder = self.create_recorder()
+        for attempt in range(20):
+            originator_id = self.new_originator_id()
+            # First both surely in flight together (queued behind a held table lock),
+            # then started together from a barrier.
+            results = self.race(recorder, originator_id, behind_lock=attempt == 0)
+            errors = [r for r in results if isinstance(r, BaseException)]
+            wins = [r for r in results if not isinstance(r, BaseException)]
+            self.assertEqual(len(wins), 1, results)
+            self.assertEqual(len(errors), 1, results)
+            self.assertIsInstance(errors[0], IntegrityError)
+            stored = recorder.select_events(originator_id)
+            self.assertEqual(len(stored), 1)
+            self.assertIn(stored[0].state, (b"first", b"second"))
+
+    def race(
+        self,
+        recorder: LedgerPostgresApplicationRecorder,
+        originator_id: uuid.UUID | str,
+        *,
+        behind_lock: bool,
+    ) -> list[BaseException | Any]:
+        insert_first, insert_second = (
+            partial(recorder.insert_events, [StoredEvent(originator_id, 1, "topic", state)])
+            for state in (b"first", b"second")
+        )
+        if not behind_lock:
+            return self.in_threads(insert_first, insert_second)
+        results: list[BaseException | Any] = []
+
+        def run(insert: Callable[[], Any]) -> None:
+            try:
+                results.append(insert())
+            except BaseException as e:
+                results.append(e)
+
+        racers = [threading.Thread(target=run, args=(f,)) for f in (insert_first, insert_second)]
+        with self.held_table_lock(self.schema):
+            for racer in racers:
+                racer.start()
+            self.waiting_for_lock(2)
+        for racer in racers:
+            racer.join(timeout=30)
+        return results
+
+    def test_a_later_insert_waits_for_the_earlier_commit(self) -> None:
+        """The table lock is taken before ids are drawn and held until commit."""
+        recorder = self.create_recorder()
+        with psycopg.connect(POSTGRES_URL) as open_tx:  # Not autocommit: stays open.
+            row = open_tx.execute(
+                sql.SQL("SELECT * FROM {}.{}(%s, %s, %s, %s, %s)").format(
+                    sql.Identifier(self.schema),
+                    sql.Identifier(recorder.insert_one_function_name),
+                ),
+                ("0s", "aex-early", 1, "topic", b"early"),
+            ).fetchone()
+            assert row is not None
+            early_id = row[0]
+            later: list[Any] = []
+            thread = threading.Thread(
+                target=lambda: later.append(
+                    recorder.insert_events([StoredEvent("aex-later", 1, "topic", b"later")])
+                )
+            )
+            thread.start()
+            self.waiting_for_lock(1)
+            self.assertEqual(later, [])  # Still waiting: the early one has not committed.
+            open_tx.commit()
+            thread.join(timeout=30)
+        self.assertEqual(len(later), 1)
+        self.assertGreater(later[0][0], early_id)
+
+    def test_notification_ids_follow_commit_order(self) -> None:
+        """A follower polling while writers race never sees a gap filled later."""
+        recorder = self.create_recorder()
+        self.resize_pool(6)
+        stop = threading.Event()
+        writes_per_writer = 150
+        seen: list[int] = []
+        gaps: list[tuple[int, int]] = []
+
+        def write() -> None:
+            for i in range(writes_per_writer):
+                originator_id = self.new_originator_id()
+                count = 1 + i % 3  # One event (insert1) or several (insert).
+                recorder.insert_events(
+                    [StoredEvent(originator_id, v, "topic", b"state") for v in range(count)]
+                )
+
+        def follow() -> None:
+            last = 0
+            while not stop.is_set():
+                for notification in recorder.select_notifications(
+                    last, 100, inclusive_of_start=False
+                ):
+                    if notification.id != last + 1:
+                        gaps.append((last, notification.id))
+                    last = notification.id
+                    seen.append(notification.id)
+
+        follower = threading.Thread(target=follow)
+        follower.start()
+        try:
+            results = self.in_threads(write, write, write, write)
+        finally:
+            time.sleep(0.2)
+            stop.set()
+            follower.join(timeout=30)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        # No rollbacks happened, so the sequence has no holes: every id was seen, in order.
+        self.assertEqual(gaps, [])
+        max_id = recorder.max_notification_id()
+        assert max_id is not None
+        self.assertEqual(seen, list(range(1, max_id + 1)))
+
+    def test_lock_timeout(self) -> None:
+        """POSTGRES_LOCK_TIMEOUT bounds the wait for the table lock."""
+        self.datastore.lock_timeout = 1
+        recorder = self.create_recorder()
+        with self.held_table_lock(self.schema):
+            started = time.monotonic()
+            with self.assertRaises(OperationalError) as raised:
+                # _call: one attempt (insert_events retries operational errors).
+                recorder._call(
+                    recorder.sql_call_insert_one_function,
+                    ("1s", "aex-timeout", 1, "topic", b"state"),
+                )
+            self.assertIn("lock timeout", str(raised.exception))
+            self.assertLess(time.monotonic() - started, 5)
+        self.assertEqual(recorder.insert_events([StoredEvent("aex-x", 1, "t", b"s")]), [1])
+
+    def test_create_table_twice_and_concurrently(self) -> None:
+        recorders = [
+            LedgerPostgresProcessRecorder(
+                new_datastore(self.schema, "text"),
+                events_table_name="events",
+                tracking_table_name="tracking",
+            )
+            for _ in range(4)
+        ]
+        try:
+            results = self.in_threads(*(r.create_table for r in recorders))
+            self.assertFalse([r for r in results if isinstance(r, BaseException)], results)
+            recorders[0].create_table()
+            self.assertEqual(recorders[1].insert_events([StoredEvent("aex-a", 1, "t", b"s")]), [1])
+        finally:
+            for recorder in recorders:
+                recorder.datastore.close()
+
+
+# The Ledger API with the recorder's variables.
+
+
+def resource() -> AgentExecution:
+    value = AgentExecution(api_version=API_VERSION, kind="AgentExecution")
+    value.spec.agent_id = "agt-1"
+    value.spec.session_id = "ses-1"
+    value.spec.message = "hello"
+    value.spec.callback_token = b"\x01" * 300
+    return value
+
+
+class TestLedgerWithRecorder(unittest.TestCase):
+    def setUp(self) -> None:
+        require_postgres()
+        self.schema = new_schema()
+        config = parse_url(f"{POSTGRES_URL}?schema={self.schema}")
+        self.config = StoreConfig(
+            url=config.url, scheme=config.scheme, env={**config.env, **RECORDER_ENV}
+        )
+        self.ledgers: list[Ledger] = []
+
+    def tearDown(self) -> None:
+        for ledger in self.ledgers:
+            ledger.close()
+        drop_schema(self.schema)
+
+    def open(self) -> Ledger:
+        ledger = Ledger(self.config.env)
+        self.ledgers.append(ledger)
+        return ledger
+
+    def test_lifecycle_uses_the_recorder(self) -> None:
+        ledger = self.open()
+        self.assertIsInstance(ledger.recorder, LedgerPostgresApplicationRecorder)
+        record = ledger.create(resource())
+        ledger.update_status(record.id, AgentExecutionStatus(phase=enum_pb2.EXECUTION_IN_PROGRESS))
+        done = ledger.complete(record.id, {"ok": True})
+        self.assertEqual(done.version, 3)
+        self.assertEqual([n.id for n in ledger.notification_log.select(1, 10)], [1, 2, 3])
+        with self.assertRaises(TerminalPhaseError):
+            ledger.complete(record.id)
+        self.assertEqual(ledger.read(record.id).version, 3)
+
+    def test_stale_cache_in_another_process_rereads(self) -> None:
+        """Two ledgers (as two processes): the one with a stale cache must still win."""
+        first, second = self.open(), self.open()
+        record = first.create(resource())  # first's cache: version 1
+        second.update_status(
+            record.id, AgentExecutionStatus(phase=enum_pb2.EXECUTION_IN_PROGRESS)
+        )  # now version 2
+        self.assertEqual(first.read(record.id).version, 2)
+        updated = first.update_status(
+            record.id, AgentExecutionStatus(phase=enum_pb2.EXECUTION_IN_PROGRESS)
+        )
+        self.assertEqual(updated.version, 3)
