@@ -40,7 +40,6 @@ from ledger.errors import (
 )
 from ledger.resources import API_VERSION, KINDS, Kind, Phase, Resource
 from ledger.status import apply_patch, check_patch
-from ledger.vault import ENCRYPTED_PREFIX
 from ledger.validation import (
     MAX_OUTCOME_BYTES,
     MAX_STATUS_PATCH_BYTES,
@@ -50,6 +49,7 @@ from ledger.validation import (
     check_text,
     json_depth,
 )
+from ledger.vault import ENCRYPTED_PREFIX
 
 DEFAULT_ERROR_TYPE = "ExecutionFailed"
 
