@@ -38,7 +38,7 @@ from ledger.errors import (
     PhaseBackwardsError,
     TerminalPhaseError,
 )
-from ledger.resources import API_VERSION, KINDS, Kind, Phase, Resource
+from ledger.resources import API_VERSION, KINDS, Kind, Phase, Resource, copy_resource
 from ledger.status import apply_patch, check_patch
 from ledger.validation import (
     MAX_OUTCOME_BYTES,
@@ -121,6 +121,15 @@ class Execution(BaseAggregate[str]):
         self.outcome: Completed | None = None
         self._audit("spec_audit", actor, timestamp, "created", created=True)
         self._audit("status_audit", actor, timestamp, "created", created=True)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Execution:
+        """A copy for a command (the library copies cached aggregates): the resource
+        message is copied by protobuf, the events it holds are immutable."""
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        clone.resource = copy_resource(self.resource)
+        clone._pending_events = list(self._pending_events)
+        return clone
 
     # Reads.
 
