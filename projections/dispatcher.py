@@ -34,17 +34,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, cast
+from typing import Any, ClassVar, TypeVar, cast
 
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
 from eventsourcing.domain import CanMutateAggregate
 from eventsourcing.persistence import (
     IntegrityError,
+    InterfaceError,
     JSONTranscoder,
     Notification,
+    OperationalError,
     ProcessRecorder,
     RecordConflictError,
     Tracking,
@@ -54,6 +57,7 @@ from temporalio.client import Client
 
 from ledger.application import Ledger, open_ledger_with
 from ledger.config import StoreConfig, TemporalSettings, setup_lock
+from ledger.errors import StoreUnavailableError
 from ledger.execution import Execution
 from ledger.redaction import redact_token
 from ledger.resources import Phase
@@ -63,9 +67,12 @@ from projections.delivery import Delivery, Outcome
 from projections.single_active import SingleActive
 from projections.subscription import PollingSubscription
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("projections.dispatcher")  # Also under python -m.
 
 COMPLETED_TOPIC = get_topic(Execution.Completed)
+STORE_ERRORS = (OperationalError, InterfaceError, StoreUnavailableError)
+"""Errors that mean the store is unreachable for now (the library already retried)."""
+T = TypeVar("T")
 LEDGER_LOG = Ledger.name
 """The application name the dispatcher's tracking position refers to."""
 
@@ -183,6 +190,9 @@ class Dispatcher:
         self._pending: dict[int, bool] = {}
         """Ledger positions seen and not yet covered by the tracking: done or not."""
         self._tracked = 0
+        self._unrecorded: list[CanMutateAggregate[str]] = []
+        """Outcome events collected and not yet recorded (kept across a failed write)."""
+        self._flush_lock = threading.Lock()
         self._subscription: PollingSubscription | None = None
         self._active = SingleActive(config, "dispatcher")
         self._is_active = False
@@ -245,10 +255,11 @@ class Dispatcher:
         try:
             with subscription:
                 while not self._stop.is_set():
-                    page = await asyncio.to_thread(subscription.next_page, self.poll_interval)
+                    page = await self._outlasting_store(subscription.next_page, self.poll_interval)
                     if not page and until_caught_up:
                         break
-                    for job in await asyncio.to_thread(self._prepare, page):
+                    # The subscription has moved past this page: prepare it until it works.
+                    for job in await self._outlasting_store(self._prepare, page):
                         await slots.acquire()
                         task = asyncio.create_task(self._deliver(job, slots))
                         tasks.add(task)
@@ -261,6 +272,19 @@ class Dispatcher:
                 await flusher
             await asyncio.to_thread(self._flush)
         return self.stats
+
+    async def _outlasting_store(self, step: Callable[..., T], *args: Any) -> T:
+        """Runs a blocking step, retrying with backoff while the store is unavailable."""
+        delay = 0.5
+        while True:
+            try:
+                return await asyncio.to_thread(step, *args)
+            except STORE_ERRORS as e:
+                if self._stop.is_set():
+                    raise
+                logger.warning("store unavailable (%s); retrying in %.1fs", e, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
 
     async def retry_parked(self) -> int:
         """Retries every parked delivery now; returns how many were retried."""
@@ -405,10 +429,17 @@ class Dispatcher:
             slots.release()
 
     async def _flush_periodically(self) -> None:
+        delay = self.flush_interval
         while True:
-            await asyncio.sleep(self.flush_interval)
-            if self._resolved or self._watermark() > self._tracked:
-                await asyncio.to_thread(self._flush)
+            await asyncio.sleep(delay)
+            if self._resolved or self._unrecorded or self._watermark() > self._tracked:
+                try:
+                    await asyncio.to_thread(self._flush)
+                except STORE_ERRORS as e:  # Kept in memory; tried again after a pause.
+                    delay = min(max(delay * 2, 0.5), 10.0)
+                    logger.warning("cannot record outcomes yet (%s); retrying in %.1fs", e, delay)
+                    continue
+            delay = self.flush_interval
 
     def _watermark(self) -> int:
         watermark = self._tracked
@@ -420,18 +451,21 @@ class Dispatcher:
 
     def _flush(self) -> None:
         """Records resolved deliveries with the new position, in one transaction."""
-        resolved, self._resolved = self._resolved, []
-        events = [event for delivery in resolved for event in delivery.collect_events()]
-        watermark = self._watermark()
-        tracking = Tracking(LEDGER_LOG, watermark) if watermark > self._tracked else None
-        try:
-            self.log.record(events, tracking)
-        except IntegrityError:
-            if tracking is None:
-                raise
-            # The position was recorded further by another run: keep the outcomes.
-            logger.warning("dispatcher position moved by another run; recording outcomes alone")
-            self.log.record(events)
+        with self._flush_lock:
+            resolved, self._resolved = self._resolved, []
+            self._unrecorded += [e for delivery in resolved for e in delivery.collect_events()]
+            events = list(self._unrecorded)
+            watermark = self._watermark()
+            tracking = Tracking(LEDGER_LOG, watermark) if watermark > self._tracked else None
+            try:
+                self.log.record(events, tracking)
+            except IntegrityError:
+                if tracking is None:
+                    raise
+                # The position was recorded further by another run: keep the outcomes.
+                logger.warning("dispatcher position moved by another run; recording outcomes alone")
+                self.log.record(events)
+            del self._unrecorded[: len(events)]
         if tracking is not None:
             self._tracked = watermark
             for position in [p for p in self._pending if p <= watermark]:

@@ -27,6 +27,7 @@ from typing import Any, TypeVar, cast
 
 import psycopg
 import pytest
+from eventsourcing.domain import CanMutateAggregate
 from eventsourcing.persistence import Tracking
 from google.protobuf.struct_pb2 import Struct
 from psycopg import sql
@@ -833,7 +834,8 @@ def test_outcomes_are_kept_when_another_run_moved_the_position(
             moved: list[int] = []
 
             def record_after_another_run(
-                deliveries: Iterable[Delivery], tracking: Tracking | None = None
+                deliveries: Iterable[Delivery | CanMutateAggregate[str]],
+                tracking: Tracking | None = None,
             ) -> None:
                 if tracking is not None and not moved:
                     other_run.record([], Tracking(LEDGER_LOG, tracking.notification_id))
