@@ -49,7 +49,7 @@ from ledger.resources import (
     kind_of_id,
 )
 from ledger.transcodings import register_ledger_transcodings
-from ledger.validation import check_envelope, check_metadata_counts, check_spec
+from ledger.validation import check_envelope, check_metadata_counts, check_spec, check_text
 from ledger.vault import SecretVault
 
 WRITE_RETRY_SECONDS = 30.0
@@ -127,6 +127,7 @@ class Ledger(Application[str]):
             )
         check_spec(kind, values.spec, execution_id=execution_id)
         check_metadata_counts(values.metadata, execution_id=execution_id)
+        check_text(actor, execution_id=execution_id, field="actor")
         # Optimistic: write first; an existing id shows up as a conflict, then compare.
         spec: Any = type(values.spec)()
         spec.CopyFrom(values.spec)

@@ -38,6 +38,7 @@ from typing import Any
 from temporalio import activity
 
 from ledger.application import Ledger
+from ledger.redaction import install_temporal_log_redaction
 from ledger.resources import (
     AGENT_EXECUTION,
     WORKFLOW_EXECUTION,
@@ -48,6 +49,9 @@ from ledger.resources import (
     copy_resource,
 )
 from ledger.workflow import START_AGENT_EXECUTION, START_WORKFLOW_EXECUTION
+
+# The worker that runs these activities holds task tokens: keep them out of its logs.
+install_temporal_log_redaction()
 
 
 def execution_id_for(

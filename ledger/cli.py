@@ -104,12 +104,34 @@ def _print_json(value: Any) -> None:
     out.print_json(data=value) if sys.stdout.isatty() else print(json.dumps(value, indent=2))
 
 
+MAX_INPUT_BYTES = 16 * 1024 * 1024
+"""A document given to the CLI is at most 16 MiB."""
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML without anchors' aliases: no "billion laughs", no recursive documents."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            raise yaml.composer.ComposerError(
+                None, None, "YAML aliases (*name) are not accepted", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+
 def _read_document(path: str) -> Any:
     """A JSON or YAML document from a file, or stdin for ``-``."""
     try:
-        raw = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+        if path == "-":
+            raw = sys.stdin.buffer.read(MAX_INPUT_BYTES + 1)
+        else:
+            with Path(path).open("rb") as file:
+                raw = file.read(MAX_INPUT_BYTES + 1)
     except OSError as e:
         raise InputError(f"cannot read {path!r}: {e.strerror or e}") from None
+    if len(raw) > MAX_INPUT_BYTES:
+        raise InputError(f"{path!r} is larger than {MAX_INPUT_BYTES // (1024 * 1024)} MiB")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -121,7 +143,7 @@ def _read_document(path: str) -> Any:
     except RecursionError:
         raise InputError(f"{path!r} nests too deeply") from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
         raise InputError(f"{path!r} is neither JSON nor YAML: {str(e).splitlines()[0]}") from None
     except RecursionError:

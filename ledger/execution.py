@@ -27,7 +27,7 @@ from eventsourcing.domain import (
     CanMutateAggregate,
     MetaDomainEvent,
 )
-from google.protobuf.json_format import MessageToDict, ParseDict
+from google.protobuf.json_format import MessageToDict, ParseDict, ParseError
 from google.protobuf.message import Message
 from google.protobuf.struct_pb2 import Struct
 
@@ -47,9 +47,10 @@ from ledger.validation import (
     check_size,
     check_structs,
     check_text,
+    check_utf8,
     json_depth,
 )
-from ledger.vault import ENCRYPTED_PREFIX
+from ledger.vault import is_sealed
 
 DEFAULT_ERROR_TYPE = "ExecutionFailed"
 
@@ -145,7 +146,7 @@ class Execution(BaseAggregate[str]):
     def has_sealed_secrets(self) -> bool:
         """Whether the spec holds secret values encrypted by the vault."""
         env: Any = self.resource.spec.runtime_env
-        return any(v.value.startswith(ENCRYPTED_PREFIX) for v in env.values())
+        return any(is_sealed(v) for v in env.values())
 
     @property
     def callback_token(self) -> bytes:
@@ -225,6 +226,7 @@ class Execution(BaseAggregate[str]):
             "message": message,
             "details": self._check_json("error.details", details) or {},
         }
+        check_utf8(message, execution_id=self.id, field="error.message")
         if len(message.encode()) > MAX_OUTCOME_BYTES:
             raise LimitExceededError(
                 f"execution {self.id!r}: error.message is over {MAX_OUTCOME_BYTES} bytes",
@@ -285,7 +287,14 @@ class Execution(BaseAggregate[str]):
                 execution_id=self.id,
                 field=field,
             )
-        depth = json_depth(value)
+        try:
+            depth = json_depth(value)
+        except ValueError as e:
+            raise LimitExceededError(
+                f"execution {self.id!r}: {field} is too large: {e}",
+                execution_id=self.id,
+                field=field,
+            ) from None
         if depth > MAX_STRUCT_DEPTH:
             raise LimitExceededError(
                 f"execution {self.id!r}: {field} nests {depth} levels deep, "
@@ -294,9 +303,10 @@ class Execution(BaseAggregate[str]):
                 field=field,
             )
         try:
-            encoded = json.dumps(value, allow_nan=False)
+            encoded = json.dumps(value, allow_nan=False, ensure_ascii=False)
+            encoded.encode("utf-8")
             struct = _struct(json.loads(encoded))
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, OverflowError, ParseError) as e:
             raise InvalidResourceError(
                 f"execution {self.id!r}: {field} is not a JSON object: {e}",
                 execution_id=self.id,

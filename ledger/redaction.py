@@ -9,6 +9,7 @@ characters of its base64 and its length in bytes. ``runtime_env`` values marked
 from __future__ import annotations
 
 import base64
+import logging
 from typing import Any
 
 from google.protobuf.json_format import MessageToDict
@@ -39,3 +40,40 @@ def display_dict(resource: Message) -> dict[str, Any]:
         if isinstance(value, dict) and value.get("is_secret"):
             value["value"] = SECRET_MASK
     return shown
+
+
+class TokenRedactingFilter(logging.Filter):
+    """Redacts task tokens in the Temporal SDK's own DEBUG logs of the activity worker.
+
+    The SDK logs ``(token %s)`` with the raw bytes and whole activity completions
+    (whose ``task_token`` field is the token). This filter rewrites such arguments
+    before any handler sees them: bytes become :func:`redact_token`, a message
+    with a ``task_token`` field is shown with it redacted.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(_redact_argument(a) for a in record.args)
+        return True
+
+
+def _redact_argument(value: object) -> object:
+    if isinstance(value, (bytes, bytearray)):
+        return redact_token(bytes(value))
+    if isinstance(value, Message) and "task_token" in value.DESCRIPTOR.fields_by_name:
+        token = bytes(getattr(value, "task_token", b""))
+        copy = type(value)()
+        copy.CopyFrom(value)
+        copy.ClearField("task_token")
+        return f"{copy} task_token: {redact_token(token)}"
+    return value
+
+
+TEMPORAL_ACTIVITY_LOGGER = "temporalio.worker._activity"
+
+
+def install_temporal_log_redaction() -> None:
+    """Adds :class:`TokenRedactingFilter` to the SDK's activity worker logger (once)."""
+    sdk_logger = logging.getLogger(TEMPORAL_ACTIVITY_LOGGER)
+    if not any(isinstance(f, TokenRedactingFilter) for f in sdk_logger.filters):
+        sdk_logger.addFilter(TokenRedactingFilter())

@@ -153,8 +153,8 @@ def kind_of_id(execution_id: str) -> Kind:
         if kind.id_prefix == prefix:
             return kind
     raise InvalidIdError(
-        f"execution id {execution_id!r} must start with 'aex-' or 'wex-'",
-        execution_id=execution_id,
+        f"execution id {execution_id[:80]!r} must start with 'aex-' or 'wex-'",
+        execution_id=execution_id[:80],
         field="metadata.id",
     )
 

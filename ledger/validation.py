@@ -39,6 +39,10 @@ MAX_STRUCT_DEPTH = 32
 """google.protobuf.Struct values nest at most 32 levels deep."""
 MAX_TEXT_CHARS = 4096
 """Error types, cancellation reasons and actor names: at most 4096 characters."""
+MAX_METADATA_BYTES = 64 * 1024
+"""Metadata (name, labels, annotations, tags...) is at most 64 KiB on the wire."""
+MAX_JSON_NODES = 200_000
+"""Output and error details hold at most 200,000 values (a guard against bombs)."""
 
 
 def check_envelope(kind: Kind, api_version: str, kind_name: str, *, execution_id: str) -> None:
@@ -104,6 +108,8 @@ def check_spec(kind: Kind, spec: Message, *, execution_id: str) -> None:
 
 
 def check_metadata_counts(metadata: Message, *, execution_id: str) -> None:
+    """Labels, annotations and tags counts, and the metadata's total size."""
+    check_size(metadata, MAX_METADATA_BYTES, execution_id=execution_id, field="metadata")
     values: Any = metadata
     for name in ("labels", "annotations", "tags"):
         count = len(getattr(values, name))
@@ -126,7 +132,21 @@ def check_size(message: Message, limit: int, *, execution_id: str, field: str) -
         )
 
 
+def check_utf8(value: str, *, execution_id: str, field: str) -> None:
+    """Text must be encodable as UTF-8 (no lone surrogates)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InvalidResourceError(
+            f"execution {execution_id!r}: {field} is not valid Unicode text ({e.reason} "
+            f"at position {e.start})",
+            execution_id=execution_id,
+            field=field,
+        ) from None
+
+
 def check_text(value: str, *, execution_id: str, field: str) -> None:
+    check_utf8(value, execution_id=execution_id, field=field)
     if len(value) > MAX_TEXT_CHARS:
         raise LimitExceededError(
             f"execution {execution_id!r}: {field} is {len(value)} characters, "
@@ -189,16 +209,29 @@ def _depth(value: Struct | ListValue | Value) -> int:
     return deepest
 
 
-def json_depth(value: object) -> int:
-    """Nesting depth of a JSON-like value (dicts and lists), computed iteratively."""
+def json_depth(value: object, *, limit: int = MAX_STRUCT_DEPTH) -> int:
+    """Nesting depth of a JSON-like value (dicts and lists), computed iteratively.
+
+    Stops as soon as the depth passes ``limit`` (so a cycle ends the walk) and
+    raises ``ValueError`` past :data:`MAX_JSON_NODES` values (shared-reference bombs).
+    """
     deepest = 0
+    nodes = 0
     stack: list[tuple[object, int]] = [(value, 0)]
     while stack:
         item, depth = stack.pop()
+        nodes += 1
+        if nodes > MAX_JSON_NODES:
+            msg = f"more than {MAX_JSON_NODES} values"
+            raise ValueError(msg)
         if isinstance(item, Mapping):
-            stack.extend((v, depth + 1) for v in item.values())
-            deepest = max(deepest, depth + 1)
+            children: Iterable[object] = item.values()
         elif isinstance(item, (list, tuple)):
-            stack.extend((v, depth + 1) for v in item)
-            deepest = max(deepest, depth + 1)
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth + 1)
+        if deepest > limit:
+            return deepest
+        stack.extend((v, depth + 1) for v in children)
     return deepest

@@ -78,14 +78,13 @@ class SecretVault:
             return
         cipher = self._cipher(self._key(execution_id, create=True))
         assert cipher is not None
-        for value in secrets:
-            if not value.value.startswith(ENCRYPTED_PREFIX):
-                sealed = cipher.encrypt(value.value.encode("utf-8"))
-                value.value = ENCRYPTED_PREFIX + base64.b64encode(sealed).decode("ascii")
+        for value in secrets:  # Every one, even text that happens to look sealed.
+            sealed = cipher.encrypt(value.value.encode("utf-8"))
+            value.value = ENCRYPTED_PREFIX + base64.b64encode(sealed).decode("ascii")
 
     def reveal(self, execution_id: str, spec: Any) -> None:
         """Decrypts the secret values of ``spec`` in place; blanks them if shredded."""
-        sealed = [v for v in spec.runtime_env.values() if v.value.startswith(ENCRYPTED_PREFIX)]
+        sealed = [v for v in spec.runtime_env.values() if is_sealed(v)]
         if not sealed:
             return
         cipher = self._cipher(self._key(execution_id, create=False))
@@ -140,6 +139,11 @@ class SecretVault:
         with datastore.transaction(commit=True) as cursor:
             cursor.execute(self._statements[name], params)
             return cursor.fetchone() if fetch else None
+
+
+def is_sealed(value: Any) -> bool:
+    """Whether a runtime_env value was sealed by the vault (secret values only)."""
+    return bool(value.is_secret) and str(value.value).startswith(ENCRYPTED_PREFIX)
 
 
 def _open(cipher: AESCipher, sealed: str) -> str:
