@@ -23,6 +23,7 @@ from eventsourcing.persistence import (
     JSONTranscoder,
     MapperDeserialisationError,
     OperationalError,
+    ProgrammingError,
     RecordConflictError,
 )
 from google.protobuf.message import Message
@@ -32,6 +33,7 @@ from ledger.errors import (
     CreateConflictError,
     ExecutionNotFoundError,
     InvalidResourceError,
+    PermissionDeniedError,
     StoreUnavailableError,
     UnreadableEventError,
     UserError,
@@ -95,7 +97,11 @@ class Ledger(Application[str]):
     def __init__(self, env: Mapping[str, str] | None = None) -> None:
         try:
             super().__init__(env)
-            self.vault = SecretVault(self.recorder, self.mapper.cipher)
+            self.vault = SecretVault(
+                self.recorder,
+                self.mapper.cipher,
+                create_table=getattr(self.factory, "env_create_table", lambda: True)(),
+            )
         except (OperationalError, InterfaceError) as e:
             raise StoreUnavailableError(f"cannot open the ledger's store: {e}") from e
 
@@ -270,8 +276,10 @@ class Ledger(Application[str]):
         """A copy of the execution's resource, its secret values decrypted (or shredded)."""
         resource = copy_resource(execution.resource)
         if execution.has_sealed_secrets:
-            if execution.phase.is_terminal and self.vault.has_key(execution.id):
-                self.vault.destroy(execution.id)  # A crash cut off the shredding: finish it.
+            if execution.phase.is_terminal:
+                with contextlib.suppress(ProgrammingError):  # A reader may not destroy.
+                    if self.vault.has_key(execution.id):
+                        self.vault.destroy(execution.id)  # A crash cut off the shredding.
             self.vault.reveal(execution.id, resource.spec)
         return ExecutionRecord(resource=resource, version=execution.version)
 
@@ -290,6 +298,8 @@ class Ledger(Application[str]):
                 self._evict(execution.id)
                 return
             raise
+        except ProgrammingError as e:
+            raise _denied_or(e, execution.id) from e
         except (OperationalError, InterfaceError) as e:
             raise StoreUnavailableError(
                 f"execution {execution.id!r}: the store is unavailable, nothing was written "
@@ -313,6 +323,8 @@ class Ledger(Application[str]):
             raise ExecutionNotFoundError(execution_id) from None
         except MapperDeserialisationError as e:
             raise _unreadable(execution_id, e) from e
+        except ProgrammingError as e:
+            raise _denied_or(e, execution_id) from e
         except (OperationalError, InterfaceError) as e:
             raise StoreUnavailableError(
                 f"execution {execution_id!r}: the store is unavailable: {e}"
@@ -349,6 +361,15 @@ def _retries() -> Iterator[int]:
         if time.monotonic() > deadline:
             return
         time.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))  # noqa: S311
+
+
+def _denied_or(error: ProgrammingError, execution_id: str) -> Exception:
+    """A permission refusal as a :class:`PermissionDeniedError`; anything else unchanged."""
+    if "permission denied" in str(error):
+        return PermissionDeniedError(
+            f"execution {execution_id!r}: the store refused this role: {error}".strip()
+        )
+    return error
 
 
 def _unreadable(execution_id: str, error: Exception) -> UnreadableEventError:

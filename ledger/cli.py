@@ -701,6 +701,52 @@ def dispatcher_retry_parked(url: UrlOption = None, as_json: JsonOption = False) 
 
 
 @app.command()
+def setup(url: UrlOption = None) -> None:
+    """Create the schema, tables and functions of the ledger, dispatcher and views.
+
+    Run once as the schema's owner; runtime roles then need no CREATE rights
+    (see `ledger roles`).
+    """
+    from projections.dispatcher import DispatcherLog
+    from projections.views import Views
+
+    with _errors():
+        config = _config(url)
+        for closable in (
+            open_ledger_with(config, cache=False),
+            _with_lock(config, lambda: DispatcherLog(config.component_env("dispatcher"))),
+            _with_lock(config, lambda: Views(config)),
+        ):
+            closable.close()
+    out.print(f"set up {config.redacted_url}")
+
+
+def _with_lock(config: StoreConfig, make: Callable[[], Any]) -> Any:
+    from ledger.config import setup_lock
+
+    with setup_lock(config):
+        return make()
+
+
+@app.command()
+def roles(
+    url: UrlOption = None,
+    prefix: Annotated[str, typer.Option(help="Role name prefix.")] = "ledger",
+) -> None:
+    """Print the SQL granting least-privilege roles (writer, follower, reader).
+
+    Run it as the owner after `ledger setup`, e.g. `ledger roles | psql ...`.
+    """
+    from ledger.roles import roles_sql
+
+    with _errors():
+        config = _config(url)
+        if not config.is_postgres:
+            raise InputError("roles are for PostgreSQL: LEDGER_URL is not a postgresql:// URL")
+        print(roles_sql(config.env["POSTGRES_SCHEMA"], prefix), end="")
+
+
+@app.command()
 def keygen() -> None:
     """Print a new AES key for LEDGER_CIPHER_KEY (encryption at rest)."""
     from eventsourcing.cipher import AESCipher

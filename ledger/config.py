@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,13 @@ class StoreConfig:
     url: str
     scheme: str
     env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def creates_tables(self) -> bool:
+        """False when ``CREATE_TABLE`` (the library's variable) says not to create
+        anything: runtime roles under least privilege (see :mod:`ledger.roles`)."""
+        value = self.env.get("CREATE_TABLE", "y").strip().lower()
+        return value not in ("n", "no", "f", "false", "off", "0")
 
     @property
     def is_postgres(self) -> bool:
@@ -145,6 +153,8 @@ def parse_url(url: str | None = None, *, cipher_key: str | None = None) -> Store
             "expected sqlite:///path, postgresql://... or memory://"
         )
     env["ORIGINATOR_ID_TYPE"] = "text"
+    if os.environ.get("CREATE_TABLE"):
+        env["CREATE_TABLE"] = os.environ["CREATE_TABLE"]
     if cipher_key:
         env["CIPHER_TOPIC"] = "ledger.cipher:RotatingAESCipher"
         env["CIPHER_KEY"] = cipher_key
@@ -166,18 +176,30 @@ def setup_lock(config: StoreConfig) -> Iterator[None]:
     if not config.is_postgres:
         yield
         return
+    key = "ledger-setup:" + config.env["POSTGRES_SCHEMA"]
+    held: set[str] = _setup_locks.__dict__.setdefault("held", set())
+    if key in held:  # Re-entrant within a thread (e.g. the views open the ledger).
+        yield
+        return
+    held.add(key)
+    try:
+        with _locked(config, key):
+            yield
+    finally:
+        held.discard(key)
+
+
+_setup_locks = threading.local()
+
+
+@contextlib.contextmanager
+def _locked(config: StoreConfig, key: str) -> Iterator[None]:
     with connect(config) as conn:
-        conn.execute(
-            "SELECT pg_advisory_lock(hashtext(%s))",
-            ("ledger-setup:" + config.env["POSTGRES_SCHEMA"],),
-        )
+        conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (key,))
         try:
             yield
         finally:
-            conn.execute(
-                "SELECT pg_advisory_unlock(hashtext(%s))",
-                ("ledger-setup:" + config.env["POSTGRES_SCHEMA"],),
-            )
+            conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (key,))
 
 
 def connect(config: StoreConfig) -> Any:
@@ -203,7 +225,7 @@ def connect(config: StoreConfig) -> Any:
 
 def ensure_schema(config: StoreConfig) -> None:
     """Creates the PostgreSQL schema named in the URL when it is missing."""
-    if not config.is_postgres:
+    if not config.is_postgres or not config.creates_tables:
         return
     import psycopg
     from psycopg import sql

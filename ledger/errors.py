@@ -105,6 +105,10 @@ class ConfigurationError(UserError):
     """A setting (``LEDGER_URL`` and friends) is malformed."""
 
 
+class PermissionDeniedError(LedgerError):
+    """The store refused the operation to this role (see ``ledger roles``)."""
+
+
 class UnreadableEventError(LedgerError):
     """A stored event cannot be decoded: most often a missing or wrong cipher key
     (``LEDGER_CIPHER_KEY`` / ``LEDGER_CIPHER_OLD_KEYS``)."""

@@ -173,11 +173,15 @@ class LedgerPostgresApplicationRecorder(PostgresApplicationRecorder):
         *,
         declare: SQL | None = None,
     ) -> Composed:
-        """``CREATE OR REPLACE FUNCTION``: sets ``lock_timeout`` (the first parameter),
-        then runs ``body``."""
+        """``CREATE OR REPLACE FUNCTION ... SECURITY DEFINER``: sets ``lock_timeout``
+        (the first parameter), then runs ``body`` (which names tables with their schema)."""
         return SQL(
             "CREATE OR REPLACE FUNCTION {schema}.{function}(p_lock_timeout text, {parameters}) "
-            "RETURNS {returns} LANGUAGE plpgsql AS $BODY$ "
+            "RETURNS {returns} LANGUAGE plpgsql "
+            # Runs with its owner's rights: a writer role needs only EXECUTE (and
+            # SELECT), never INSERT, UPDATE, DELETE or TRUNCATE on the events table.
+            "SECURITY DEFINER SET search_path = pg_catalog, pg_temp "
+            "AS $BODY$ "
             "{declare}"
             "BEGIN "
             "PERFORM set_config('lock_timeout', p_lock_timeout, true); "
