@@ -137,7 +137,10 @@ class Ledger(Application[str]):
         # Optimistic: write first; an existing id shows up as a conflict, then compare.
         spec: Any = type(values.spec)()
         spec.CopyFrom(values.spec)
-        self.vault.seal(execution_id, spec)
+        try:
+            self.vault.seal(execution_id, spec)
+        except ProgrammingError as e:
+            raise _denied_or(e, execution_id) from e
         execution = Execution.create(execution_id, kind, values.metadata, spec, actor=actor)
         try:
             self._save(execution)

@@ -25,6 +25,10 @@ from psycopg import sql
 
 from ledger.application import Ledger, open_ledger
 
+# Each ledger, view store and dispatcher log opens a pool; keep the suite well
+# inside the server's max_connections (the library's default pool is 5).
+os.environ.setdefault("POSTGRES_POOL_SIZE", "2")
+
 POSTGRES_URL = os.environ.get(
     "LEDGER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
