@@ -20,7 +20,13 @@ TOKEN_B64 = base64.b64encode(TOKEN).decode()
 def run(url: str, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "LEDGER_URL": url, "COLUMNS": "200"}
     return subprocess.run(
-        [LEDGER, *args], input=stdin, capture_output=True, text=True, env=env, timeout=60
+        [LEDGER, *args],
+        check=False,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
     )
 
 
@@ -90,7 +96,12 @@ def test_lifecycle_and_redaction(url: str, tmp_path: Path) -> None:
     assert shown["resource"]["status"]["tool_calls"][0]["name"] == "search"
 
     history = ok_json(url, "history", execution_id)
-    assert [e["event"] for e in history] == ["Created", "StatusChanged", "StatusChanged", "Completed"]
+    assert [e["event"] for e in history] == [
+        "Created",
+        "StatusChanged",
+        "StatusChanged",
+        "Completed",
+    ]
     assert history[-1]["output"] == {"answer": 42}
 
     for args in (("show", execution_id), ("history", execution_id)):
@@ -102,7 +113,9 @@ def test_lifecycle_and_redaction(url: str, tmp_path: Path) -> None:
 
 def test_fail_and_cancel(url: str, tmp_path: Path) -> None:
     first = create_agent(url, tmp_path)
-    failed = ok_json(url, "fail", first, "-m", "boom", "--type", "ToolError", "--details", '{"k": 1}')
+    failed = ok_json(
+        url, "fail", first, "-m", "boom", "--type", "ToolError", "--details", '{"k": 1}'
+    )
     assert failed["phase"] == "EXECUTION_FAILED"
     assert ok_json(url, "history", first)[-1]["error"] == {
         "type": "ToolError",

@@ -842,7 +842,7 @@ def test_outcomes_are_kept_when_another_run_moved_the_position(
                     moved.append(tracking.notification_id)
                 record(deliveries, tracking)
 
-            dispatcher.log.record = record_after_another_run  # type: ignore[method-assign]
+            dispatcher.log.record = record_after_another_run  # type: ignore[method-assign,assignment]
             stats = await dispatcher.run(until_caught_up=True)
             assert moved, "the outcomes were never recorded with a position"
             assert stats.outcomes == {"delivered": 2}
