@@ -32,6 +32,8 @@ protos: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/lifecycles.py
+	$(BIN)/python bench/catchup.py
+	$(BIN)/python bench/soak.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
