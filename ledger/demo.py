@@ -232,31 +232,24 @@ async def _show_results(
 
 
 def _show_audit(console: Console, config: StoreConfig, execution_ids: list[str]) -> None:
-    from projections.dispatcher import DispatcherLog
+    """The completion audit, from the audit read model (caught up from both logs)."""
+    from projections.views import Views
 
-    log = DispatcherLog(config.component_env("dispatcher"))
-    try:
-        table = Table(title="completion audit")
-        for column in ("execution", "phase", "callback", "outcome", "attempts", "latency"):
+    with Views(config) as views:
+        views.catch_up(["audit"])
+        table = Table(title="completion audit (audit view)")
+        for column in ("execution", "phase", "outcome", "attempts", "latency"):
             table.add_column(column)
         for execution_id in execution_ids:
-            delivery = log.delivery(execution_id)
-            if delivery is None:
-                table.add_row(execution_id, "", "", "pending", "0", "")
+            row = views.audit.get(execution_id)
+            if row is None:
+                table.add_row(execution_id, "", "missing", "", "")
                 continue
-            latency = (
-                f"{(delivery.resolved_at - delivery.completed_at).total_seconds() * 1000:.0f} ms"
-                if delivery.resolved_at
-                else ""
-            )
             table.add_row(
                 execution_id,
-                {3: "COMPLETED", 4: "FAILED", 5: "CANCELLED"}.get(delivery.phase, "?"),
-                delivery.last_call,
-                delivery.outcome.value,
-                str(delivery.attempts),
-                latency,
+                row.phase.removeprefix("EXECUTION_"),
+                row.outcome,
+                str(row.attempts),
+                f"{row.latency_ms:.0f} ms" if row.latency_ms is not None else "",
             )
         console.print(table)
-    finally:
-        log.close()
