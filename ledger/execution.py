@@ -21,12 +21,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, cast
 
-from eventsourcing.domain import (
-    BaseAggregate,
-    CanInitAggregate,
-    CanMutateAggregate,
-    MetaDomainEvent,
-)
+from eventsourcing.domain import BaseAggregate, CanInitAggregate
 from google.protobuf.json_format import MessageToDict, ParseDict, ParseError
 from google.protobuf.message import Message
 from google.protobuf.struct_pb2 import Struct
@@ -38,6 +33,7 @@ from ledger.errors import (
     PhaseBackwardsError,
     TerminalPhaseError,
 )
+from ledger.events import TextIdEvent
 from ledger.resources import API_VERSION, KINDS, Kind, Phase, Resource, copy_resource
 from ledger.status import apply_patch, check_patch
 from ledger.validation import (
@@ -55,19 +51,11 @@ from ledger.vault import is_sealed
 DEFAULT_ERROR_TYPE = "ExecutionFailed"
 
 
-class ExecutionEvent(CanMutateAggregate[str], metaclass=MetaDomainEvent):
-    """Base of the execution's events (text ids, so not the library's UUID events)."""
-
-    originator_id: str
-    originator_version: int
-    timestamp: datetime
-
-
 class Execution(BaseAggregate[str]):
     """One execution's current state, rebuilt from its events."""
 
-    class Event(ExecutionEvent):
-        pass
+    class Event(TextIdEvent):
+        """Base of the execution's events."""
 
     class Created(Event, CanInitAggregate[str]):
         """The execution was accepted: what was asked and where to report."""

