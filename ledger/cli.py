@@ -441,7 +441,11 @@ def _rows(rows: list[Any]) -> list[dict[str, Any]]:
 def _table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> Table:
     table = Table(title=title)
     for column in columns:
-        table.add_column(column)
+        if column in ("id", "execution_id"):  # Whole, so that it can be copied.
+            width = max((len(str(row.get(column) or "")) for row in rows), default=0)
+            table.add_column(column, no_wrap=True, min_width=max(width, len(column)))
+        else:
+            table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
     return table
@@ -525,7 +529,7 @@ def audit(
     with _views(url) as views:
         views.catch_up(["audit"])
         if pending:
-            shown = _rows(views.audit.pending())
+            shown = _rows(_every_pending(views))
             if as_json:
                 _print_json(shown)
             else:
@@ -542,6 +546,16 @@ def audit(
         _print_json(shown[0])
     else:
         out.print(_table(f"audit of {execution_id}", shown, columns))
+
+
+def _every_pending(views: Any, page: int = 1000) -> list[Any]:
+    """Every pending or parked callback, page after page."""
+    rows: list[Any] = []
+    while True:
+        batch = views.audit.pending(page, rows[-1] if rows else None)
+        rows += batch
+        if len(batch) < page:
+            return rows
 
 
 @projections_app.command("status")

@@ -308,19 +308,30 @@ class AuditView(View[Any]):
             values = tx.fetchone()
         return self._row(values) if values is not None else None
 
-    def pending(self, limit: int = 100) -> list[AuditRow]:
-        """Executions whose callback is pending or parked, oldest completion first."""
+    def pending(self, limit: int = 100, after: AuditRow | None = None) -> list[AuditRow]:
+        """Executions whose callback is pending or parked, oldest completion first.
+
+        ``after``: the last row of the previous page (keyset pagination on
+        ``(completed_at, execution_id)``).
+        """
         if limit < 1:
             raise ValueError(f"limit must be at least 1 (got {limit})")
         r = self.recorder
+        keyset = ""
+        params: list[Any] = []
+        if after is not None and after.completed_at is not None:
+            keyset = "AND (completed_at > %s OR (completed_at = %s AND execution_id > %s)) "
+            when = r.db_time(_utc(after.completed_at))
+            params += [when, when, after.execution_id]
         with r.read() as tx:
             tx.execute(
                 r.sql(
                     f"SELECT {_COLUMNS} FROM {{audit}} "  # noqa: S608
-                    "WHERE outcome IS NULL OR outcome = 'parked' "
+                    "WHERE (outcome IS NULL OR outcome = 'parked') "
+                    f"{keyset}"
                     "ORDER BY completed_at, execution_id LIMIT %s"
                 ),
-                (limit,),
+                (*params, limit),
             )
             return [self._row(values) for values in tx.fetchall()]
 
