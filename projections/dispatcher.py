@@ -353,12 +353,17 @@ class Dispatcher:
         jobs: list[_Job] = []
         touched: list[Delivery] = []
         counts: list[Outcome] = []
+        done: list[int] = []
         for notification in page:
-            self._pending[notification.id] = True  # Done unless a call is made below.
+            # Not done until this page's records are written (a concurrent flush must
+            # not record a position past it before then), nor, with a call, until its
+            # outcome is resolved.
+            self._pending[notification.id] = False
             execution_id = str(notification.originator_id)
             delivery = self.log.delivery(execution_id)
             if delivery is not None and (delivery.is_final or delivery.outcome is Outcome.PARKED):
                 self.stats.skipped += 1
+                done.append(notification.id)
                 continue
             execution = cast(
                 Execution,
@@ -380,11 +385,13 @@ class Dispatcher:
             if not token:
                 delivery.resolve(Outcome.NO_CALLBACK, detail="spec.callback_token is empty")
                 counts.append(Outcome.NO_CALLBACK)
+                done.append(notification.id)
                 continue
             delivery.attempt(call_for(Phase(completed.phase)))
-            self._pending[notification.id] = False
             jobs.append(_Job(notification.id, delivery, execution, token))
         self.log.record(touched)
+        for position in done:
+            self._pending[position] = True
         for outcome in counts:
             self.stats.count(outcome)
         return jobs
@@ -452,10 +459,12 @@ class Dispatcher:
     def _flush(self) -> None:
         """Records resolved deliveries with the new position, in one transaction."""
         with self._flush_lock:
+            # The position first: a delivery is marked done only after it joined
+            # _resolved, so every outcome the position covers is among those taken next.
+            watermark = self._watermark()
             resolved, self._resolved = self._resolved, []
             self._unrecorded += [e for delivery in resolved for e in delivery.collect_events()]
             events = list(self._unrecorded)
-            watermark = self._watermark()
             tracking = Tracking(LEDGER_LOG, watermark) if watermark > self._tracked else None
             try:
                 self.log.record(events, tracking)
@@ -468,7 +477,7 @@ class Dispatcher:
             del self._unrecorded[: len(events)]
         if tracking is not None:
             self._tracked = watermark
-            for position in [p for p in self._pending if p <= watermark]:
+            for position in [p for p in list(self._pending) if p <= watermark]:
                 del self._pending[position]
 
 

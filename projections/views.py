@@ -1160,18 +1160,20 @@ class Views:
         event in the ledger.
         """
         lags: list[Lag] = []
+        # Positions first, heads after: a follower that moves meanwhile can make a lag
+        # look larger than it is, never negative.
+        positions = {name: view.recorder.positions() for name, view in self._views.items()}
+        dispatcher_position = self.dispatcher_log.process_recorder.max_tracking_id(self.ledger.name)
         heads = {log_name: log.head() for log_name, log in self.logs.items()}
-        for view in self._views.values():
-            positions = view.recorder.positions()
+        for name, view in self._views.items():
             for log_name in view.follows:
                 lags.append(
                     Lag(
                         f"{view.name}<-{log_name}",
-                        positions.get(log_name, 0),
+                        positions[name].get(log_name, 0),
                         heads[log_name],
                     )
                 )
-        dispatcher_position = self.dispatcher_log.process_recorder.max_tracking_id(self.ledger.name)
         lags.append(
             Lag(
                 f"dispatcher<-{self.ledger.name}",
