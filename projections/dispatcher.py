@@ -84,7 +84,12 @@ class DispatcherLog(Application[str]):
     env: ClassVar[dict[str, str]] = {"ORIGINATOR_ID_TYPE": "text"}
 
     def construct_recorder(self) -> ProcessRecorder:
-        return self.factory.process_recorder()
+        try:
+            return self.factory.process_recorder()
+        except IntegrityError:
+            # Another process created the tables at this very moment (the library's
+            # tracking-table migration row is the one it got first): all is in place.
+            return self.factory.process_recorder()
 
     def register_transcodings(self, transcoder: JSONTranscoder) -> None:
         super().register_transcodings(transcoder)
