@@ -189,10 +189,3 @@ def copy_resource(resource: Resource) -> Resource:
     copy.CopyFrom(resource)
     return cast(Resource, copy)
 
-
-def spec_of(resource: Resource) -> Spec:
-    return resource.spec
-
-
-def status_of(resource: Resource) -> Status:
-    return resource.status

@@ -9,9 +9,10 @@ event-sourced log (never in the ledger's). Its events:
   *before* the call, so that a crash between the call and its outcome is told
   apart from a stale token).
 - an outcome: :class:`Delivery.Delivered` (with the call that was accepted),
-  :class:`Delivery.Stale` (Temporal no longer knows the token; ``after_restart``
-  when an earlier attempt was cut off by a crash, so the earlier attempt may have
-  been the one that got through), :class:`Delivery.Rejected` (malformed token),
+  :class:`Delivery.Stale` (Temporal no longer knows the token),
+  :class:`Delivery.StaleAfterAttempt` (the same, after an earlier attempt whose
+  fate is unknown: cut off by a crash, timed out, or parked; that attempt may be
+  the one that got through), :class:`Delivery.Rejected` (malformed token),
   :class:`Delivery.NoCallback` (empty token), or :class:`Delivery.Parked`
   (transient failures exhausted the bounded retries; a later retry may still
   deliver).
