@@ -1008,7 +1008,7 @@ class Views:
             poll_interval if poll_interval is not None else (1.0 if config.is_postgres else 0.1)
         )
         with contextlib.ExitStack() as opened:
-            self.ledger = open_ledger_with(config)
+            self.ledger = open_ledger_with(config, cache=False)  # A follower only reads.
             opened.callback(self.ledger.close)
             self.dispatcher_log = DispatcherLog(config.component_env("dispatcher"))
             opened.callback(self.dispatcher_log.close)
