@@ -188,4 +188,3 @@ def copy_resource(resource: Resource) -> Resource:
     copy: Any = type(resource)()
     copy.CopyFrom(resource)
     return cast(Resource, copy)
-
