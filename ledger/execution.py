@@ -293,7 +293,8 @@ class Execution(BaseAggregate[str]):
         try:
             encoded = json.dumps(value, allow_nan=False, ensure_ascii=False)
             encoded.encode("utf-8")
-            struct = _struct(json.loads(encoded))
+            result: dict[str, Any] = json.loads(encoded)
+            struct = _struct(result)
         except (TypeError, ValueError, OverflowError, ParseError) as e:
             raise InvalidResourceError(
                 f"execution {self.id!r}: {field} is not a JSON object: {e}",
@@ -301,7 +302,6 @@ class Execution(BaseAggregate[str]):
                 field=field,
             ) from None
         check_size(struct, MAX_OUTCOME_BYTES, execution_id=self.id, field=field)
-        result: dict[str, Any] = json.loads(encoded)
         return result
 
     def _complete(

@@ -179,11 +179,12 @@ class Delivery(BaseAggregate[str]):
             msg = f"delivery {self.id!r} is final ({self.outcome}) already"
             raise RuntimeError(msg)
         self.trigger_event(
-            _OUTCOME_EVENTS[outcome], call=call, grpc_status=grpc_status, detail=detail
+            OUTCOME_EVENTS[outcome], call=call, grpc_status=grpc_status, detail=detail
         )
 
 
-_OUTCOME_EVENTS: dict[Outcome, type[Delivery.Resolved]] = {
+OUTCOME_EVENTS: dict[Outcome, type[Delivery.Resolved]] = {
+    # The event that records each outcome.
     Outcome.DELIVERED: Delivery.Delivered,
     Outcome.STALE: Delivery.Stale,
     Outcome.STALE_AFTER_ATTEMPT: Delivery.StaleAfterAttempt,

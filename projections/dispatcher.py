@@ -63,7 +63,7 @@ from ledger.redaction import redact_token
 from ledger.resources import Phase
 from ledger.transcodings import register_ledger_transcodings
 from projections.callback import CallbackResult, CallbackSender, RetryPolicy, call_for
-from projections.delivery import Delivery, Outcome
+from projections.delivery import OUTCOME_EVENTS, Delivery, Outcome
 from projections.single_active import SingleActive
 from projections.subscription import PollingSubscription
 
@@ -131,15 +131,9 @@ class DispatcherLog(Application[str]):
             if len(page) < 1000:
                 break
             start = page[-1].id + 1
-        wanted = get_topic(_OUTCOME_CLASS[outcome])
+        wanted = get_topic(OUTCOME_EVENTS[outcome])
         found = (self.delivery(i) for i, topic in latest.items() if topic == wanted)
         return [d for d in found if d is not None and d.outcome is outcome]
-
-
-_OUTCOME_CLASS: dict[Outcome, type[Delivery.Event]] = {
-    Outcome.PARKED: Delivery.Parked,
-    Outcome.DELIVERED: Delivery.Delivered,
-}
 
 
 @dataclass
@@ -228,10 +222,6 @@ class Dispatcher:
         finally:
             self._is_active = False
             self._active.release()
-
-    def lag(self) -> tuple[int, int]:
-        """(position, head of the ledger's log)."""
-        return self.log.position() or 0, self.ledger.recorder.max_notification_id() or 0
 
     async def run(self, *, until_caught_up: bool = False) -> DispatchStats:
         """Follows the ledger until :meth:`stop` (or, with ``until_caught_up``, until
