@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar, cast
 
-from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
+from eventsourcing.domain import DomainEventProtocol, MutableOrImmutableAggregate
 from eventsourcing.persistence import (
     InterfaceError,
     JSONTranscoder,
@@ -25,6 +26,7 @@ from eventsourcing.persistence import (
     OperationalError,
     ProgrammingError,
     RecordConflictError,
+    Recording,
 )
 from google.protobuf.message import Message
 
@@ -108,6 +110,32 @@ class Ledger(Application[str]):
     def register_transcodings(self, transcoder: JSONTranscoder) -> None:
         super().register_transcodings(transcoder)
         register_ledger_transcodings(transcoder)
+
+    def save(
+        self,
+        *objs: MutableOrImmutableAggregate[str] | DomainEventProtocol[str] | None,
+        **kwargs: Any,
+    ) -> list[Recording[str]]:
+        """The library's ``save``; for executions alone, without its runtime checks.
+
+        The library tells aggregates from events with ``isinstance`` against
+        runtime-checkable Protocols, which costs about 10 µs a check on Python
+        3.11, twice per saved object: a fifth of a command's own CPU time. An
+        :class:`Execution` is known to be an aggregate, so its events are collected
+        directly; then everything goes on exactly as in the library's ``save``.
+        """
+        if kwargs or not all(type(obj) is Execution for obj in objs):
+            return super().save(*objs, **kwargs)
+        processing_event: ProcessingEvent[str] = ProcessingEvent()
+        for obj in objs:
+            execution = cast(Execution, obj)
+            processing_event.events.extend(execution.collect_events())
+            processing_event.aggregates[execution.id] = execution
+        recordings = self._record(processing_event)
+        self._take_snapshots(processing_event)
+        self._notify(recordings)
+        self.notify(processing_event.events)  # Deprecated in the library, still called.
+        return recordings
 
     # Commands.
 

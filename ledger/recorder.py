@@ -73,7 +73,7 @@ from eventsourcing.postgres import (
 )
 from eventsourcing.utils import retry
 from psycopg import Cursor
-from psycopg.rows import DictRow
+from psycopg.rows import DictRow, tuple_row
 from psycopg.sql import SQL, Composed, Identifier, Literal
 
 __all__ = [
@@ -156,10 +156,12 @@ class LedgerPostgresApplicationRecorder(PostgresApplicationRecorder):
         self.sql_call_insert_function = self._sql_call_function(
             self.insert_function_name,
             SQL("%s::{id_type}[], %s::bigint[], %s::text[], %s::bytea[]").format(id_type=id_type),
+            many=True,
         )
         self.sql_call_insert_one_function = self._sql_call_function(
             self.insert_one_function_name,
             SQL("%s::{id_type}, %s::bigint, %s::text, %s::bytea").format(id_type=id_type),
+            many=False,
         )
 
     # SQL.
@@ -197,13 +199,22 @@ class LedgerPostgresApplicationRecorder(PostgresApplicationRecorder):
             body=body,
         )
 
-    def _sql_call_function(self, name: str, placeholders: Composed) -> Composed:
-        return SQL(
-            "SELECT * FROM {schema}.{function}(%s::text, {placeholders}) AS notification_id"
-        ).format(
-            schema=Identifier(self.datastore.schema),
-            function=Identifier(name),
-            placeholders=placeholders,
+    def _sql_call_function(self, name: str, placeholders: Composed, *, many: bool) -> bytes:
+        """The call of a db function, rendered once (psycopg caches a bytes query's
+        conversion; a ``Composed`` would be rendered again on every execute)."""
+        template = (
+            "SELECT * FROM {schema}.{function}(%s::text, {placeholders})"
+            if many
+            else "SELECT {schema}.{function}(%s::text, {placeholders})"
+        )
+        return (
+            SQL(template)
+            .format(
+                schema=Identifier(self.datastore.schema),
+                function=Identifier(name),
+                placeholders=placeholders,
+            )
+            .as_bytes(None)
         )
 
     def _sql_lock_notify(self) -> Composed:
@@ -305,11 +316,12 @@ class LedgerPostgresApplicationRecorder(PostgresApplicationRecorder):
             (self._lock_timeout_setting(), *self._columns(stored_events)),
         )
 
-    def _call(self, statement: Composed, params: tuple[Any, ...]) -> list[int]:
+    def _call(self, statement: bytes, params: tuple[Any, ...]) -> list[int]:
         """One autocommit round trip: the prepared call of a db function."""
-        with self.datastore.get_connection() as conn, conn.cursor() as curs:
-            curs.execute(statement, params, prepare=True)
-            return [row["notification_id"] for row in curs.fetchall()]
+        with self.datastore.get_connection() as conn:
+            cursor = conn.cursor(row_factory=tuple_row)
+            cursor.execute(statement, params, prepare=True)
+            return [row[0] for row in cursor.fetchall()]
 
 
 class LedgerPostgresProcessRecorder(LedgerPostgresApplicationRecorder, PostgresProcessRecorder):
@@ -377,6 +389,7 @@ class LedgerPostgresProcessRecorder(LedgerPostgresApplicationRecorder, PostgresP
             SQL(
                 "%s::text, %s::bigint, %s::{id_type}[], %s::bigint[], %s::text[], %s::bytea[]"
             ).format(id_type=id_type),
+            many=True,
         )
 
     def insert_events(
