@@ -1,6 +1,6 @@
 """Catch-up: rebuilding the status view over N ledger events on PostgreSQL, beside raw psycopg.
 
-    .venv/bin/python bench/catchup.py [--events 1000000] [--page-size 500] [--url URL]
+    .venv/bin/python bench/catchup.py [--events 1000000] [--page-size 5000] [--url URL]
 
 1. **Events.** N ledger events are generated quickly: realistic lifecycles
    (``Created``, one to four ``StatusChanged``, then ``Completed`` as COMPLETED,
@@ -64,7 +64,7 @@ from ledger.resources import (
     WorkflowExecutionSpec,
     WorkflowExecutionStatus,
 )
-from projections.views import Views
+from projections.views import DEFAULT_PAGE_SIZE, Views
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 IN_FLIGHT = 100
@@ -498,7 +498,12 @@ def print_table(results: Sequence[Result], raw_results: Sequence[Result], page_s
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--events", type=int, default=1_000_000, help="ledger events (1,000,000)")
-    parser.add_argument("--page-size", type=int, default=500, help="events per page (500)")
+    parser.add_argument(
+        "--page-size",
+        type=int,
+        default=DEFAULT_PAGE_SIZE,
+        help=f"events per page (the views' default, {DEFAULT_PAGE_SIZE})",
+    )
     parser.add_argument(
         "--no-mapper", action="store_true", help="skip the rebuild through the library's mapper"
     )

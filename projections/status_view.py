@@ -31,6 +31,7 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any, ClassVar
 
 from eventsourcing.persistence import Notification
@@ -77,10 +78,11 @@ class ExecutionRow:
     version: int
 
 
-# Decoded events: only what the view needs.
+# Decoded events: only what the view needs (slotted, not frozen: a catch-up makes one
+# per event, and a frozen dataclass's __init__ costs three times as much).
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _Created:
     version: int
     timestamp: datetime
@@ -93,7 +95,7 @@ class _Created:
     has_callback: bool
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _PhaseChanged:
     version: int
     timestamp: datetime
@@ -247,9 +249,23 @@ class StatusView(View[dict[str, list[_Fact]]]):
         self._select_rows = r.sql(
             "SELECT id, kind, phase, completed_at, version FROM {status} WHERE id {in_ids}"
         )
-        self._insert_rows = r.bulk(
-            "INSERT INTO {status} AS a", _ROW_TYPES, "ON CONFLICT (id) DO NOTHING"
-        )
+        # On PostgreSQL one statement inserts the new rows and, from their labels
+        # column, their label rows (no label arrays to send); SQLite inserts both.
+        self._labels_with_rows = r.is_postgres
+        if self._labels_with_rows:
+            self._insert_rows = r.bulk(
+                "WITH created AS (INSERT INTO {status} AS a",
+                _ROW_TYPES,
+                "ON CONFLICT (id) DO NOTHING RETURNING id, labels, created_at) "
+                "INSERT INTO {labels} (execution_id, key, value, created_at) "
+                "SELECT c.id, l.key, l.value, c.created_at "
+                "FROM created c, json_each_text(c.labels::json) AS l "
+                "ON CONFLICT (key, value, created_at, execution_id) DO NOTHING",
+            )
+        else:
+            self._insert_rows = r.bulk(
+                "INSERT INTO {status} AS a", _ROW_TYPES, "ON CONFLICT (id) DO NOTHING"
+            )
         self._update_rows = r.bulk_update(
             "{status}",
             ("id", "text"),
@@ -337,7 +353,7 @@ class StatusView(View[dict[str, list[_Fact]]]):
                     created.workflow_id,
                     created.workflow_instance_id,
                     created.org,
-                    json.dumps(created.labels, sort_keys=True),
+                    _labels_json(created.labels),
                     created_at,
                     row.updated_at,
                     row.completed_at,
@@ -345,10 +361,11 @@ class StatusView(View[dict[str, list[_Fact]]]):
                     row.version,
                 )
             )
-            labels += [
-                (execution_id, key, value, created_at)
-                for key, value in sorted(created.labels.items())
-            ]
+            if created.labels and not self._labels_with_rows:
+                labels += [
+                    (execution_id, key, value, created_at)
+                    for key, value in sorted(created.labels.items())
+                ]
         self._insert_rows(tx, inserts)
         self._update_rows(tx, updates)
         self._insert_labels(tx, labels)
@@ -512,6 +529,17 @@ def _apply(row: _Row | None, fact: _Fact, db_time: Callable[[datetime], Any]) ->
     row.updated_at = at
     row.version = fact.version
     return row
+
+
+def _labels_json(labels: Mapping[str, str]) -> str:
+    """The ``labels`` column: the labels as a JSON object, keys sorted."""
+    return _labels_json_of(tuple(sorted(labels.items()))) if labels else "{}"
+
+
+@lru_cache(maxsize=4096)
+def _labels_json_of(items: tuple[tuple[str, str], ...]) -> str:
+    # Label sets repeat across executions (env, team, ...): each is encoded once.
+    return json.dumps(dict(items), sort_keys=True)
 
 
 def _phase_name(value: str) -> str:

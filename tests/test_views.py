@@ -13,6 +13,7 @@ live runner), and after a SIGKILL in the middle of a catch-up.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -27,6 +28,7 @@ from typing import Any
 
 import pytest
 from eventsourcing.persistence import StoredEvent, Tracking
+from eventsourcing.utils import get_topic
 
 from ledger.api.commons.v1 import metadata_pb2
 from ledger.application import Ledger, open_ledger
@@ -45,8 +47,8 @@ from ledger.resources import (
 from projections.audit_view import AuditRow
 from projections.delivery import Call, Delivery, Outcome
 from projections.dispatcher import DispatcherLog
-from projections.status_view import ExecutionRow
-from projections.views import Follower, Lag, Views
+from projections.status_view import ExecutionRow, _labels_json
+from projections.views import Follower, Lag, Views, timestamp_and_phase
 
 ROOT = Path(__file__).resolve().parent.parent
 ORGS = ("org-a", "org-b", "org-c")
@@ -337,6 +339,45 @@ def test_fast_decoding_equals_the_library_mapper(
     views.rebuild("status")
     views.rebuild("audit")
     assert snapshots(views) == fast
+
+
+def test_quick_timestamp_and_phase_agrees_with_a_json_parse(ledger: Ledger) -> None:
+    """The quick read of StatusChanged/Completed events gives what a JSON parse gives,
+    and None (the slow path) for any text of another shape."""
+    ids = drive(ledger, 0, 6)
+    states = [
+        n.state
+        for n in ledger.recorder.select_notifications(start=1, limit=1000)
+        if n.topic != get_topic(Execution.Created)
+    ]
+    assert states and all(n for n in states)
+    for state in states:
+        parsed = json.loads(state)
+        expected = (datetime.fromisoformat(parsed["timestamp"]["_data_"]), parsed["phase"])
+        assert timestamp_and_phase(state) == expected
+    assert ids
+    sample = states[0]
+    prefix_end = sample.index(b',"phase":')
+    others = [
+        b"",
+        b"{}",
+        sample.replace(b'"phase":', b'"phase": '),  # Another spacing.
+        sample.replace(b'"phase":', b'"phase":-', 1),  # Not digits.
+        sample[: prefix_end + len(b',"phase":')],  # Cut before the digits.
+        sample.replace(b'"datetime_iso"', b'"datetime_isoformat"'),
+        sample[:-1] + b',"class_version":2}',  # Needs upcasting: never the quick read.
+        sample.replace(b"T", b"\xff", 1),  # Not an ISO time.
+        sample.replace(b"T", "\u00e9".encode(), 1),  # Not ASCII.
+    ]
+    for other in others:
+        assert timestamp_and_phase(other) is None, other
+
+
+def test_labels_column_is_sorted_json() -> None:
+    assert _labels_json({}) == "{}"
+    assert _labels_json({"b": "2", "a": "1"}) == '{"a": "1", "b": "2"}'
+    assert _labels_json({"a": "1", "b": "2"}) == '{"a": "1", "b": "2"}'
+    assert json.loads(_labels_json({"q": '"\\', "\u00e9": "x"})) == {"q": '"\\', "\u00e9": "x"}
 
 
 def test_unknown_topics_are_skipped_but_tracked(
