@@ -582,7 +582,10 @@ def projections_run(
     chosen = _view_names(names)
     stop = threading.Event()
     _on_signals(stop.set)
+    from projections.views import freeze_startup_objects
+
     with _views(url) as views:
+        freeze_startup_objects()
         err.print(f"following {', '.join(chosen)}; Ctrl-C to stop")
         views.run(stop, chosen)
     err.print("stopped")
@@ -619,7 +622,10 @@ def projections_rebuild(
         TimeRemainingColumn,
     )
 
+    from projections.views import freeze_startup_objects
+
     with _views(url) as views:
+        freeze_startup_objects()
         progress = Progress(
             TextColumn(f"rebuilding {name}"),
             BarColumn(),

@@ -28,7 +28,7 @@ import base64
 import binascii
 import builtins
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -127,9 +127,24 @@ def _created(version: int, timestamp: datetime, kind: str, metadata: Any, spec: 
     )
 
 
-def decode_fact(log: LogReader, notification: Notification) -> _Fact | None:
-    """What one ledger event tells the status view (None: not an event it knows)."""
+_PHASE_TOPICS = (STATUS_CHANGED, COMPLETED)
+
+
+def decode_fact(
+    log: LogReader, notification: Notification, plain: Collection[str] = ()
+) -> _Fact | None:
+    """What one ledger event tells the status view (None: not an event it knows).
+
+    ``plain``: topics whose stored state is known to be the library's plain JSON
+    (:meth:`LogReader.plain_topics`), read without any further check.
+    """
     topic = notification.topic
+    if topic in plain:
+        quick = timestamp_and_phase(notification.state)
+        if quick is not None:
+            return _PhaseChanged(
+                notification.originator_version, quick[0], quick[1], topic == COMPLETED
+            )
     if topic not in (CREATED, STATUS_CHANGED, COMPLETED):
         return None
     version = notification.originator_version
@@ -300,8 +315,9 @@ class StatusView(View[dict[str, list[_Fact]]]):
 
     def prepare(self, log: LogReader, page: Sequence[Notification]) -> dict[str, list[_Fact]]:
         facts: dict[str, list[_Fact]] = {}
+        plain = log.plain_topics(_PHASE_TOPICS)
         for notification in page:
-            fact = decode_fact(log, notification)
+            fact = decode_fact(log, notification, plain)
             if fact is not None:
                 facts.setdefault(str(notification.originator_id), []).append(fact)
         return facts

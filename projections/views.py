@@ -71,6 +71,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -79,7 +80,7 @@ import re
 import sqlite3
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -725,6 +726,14 @@ class LogReader:
     def head(self) -> int:
         return self.recorder.max_notification_id() or 0
 
+    def plain_topics(self, topics: Collection[str]) -> frozenset[str]:
+        """Those of ``topics`` whose stored state is the library's plain JSON, as is:
+        the fast path is on, there is no cipher nor compressor, and their classes
+        have nothing to upcast (a page's events are then read without more checks)."""
+        if not self.fast or self.mapper.cipher is not None or self.mapper.compressor is not None:
+            return frozenset()
+        return frozenset(topic for topic in topics if _is_current_version(topic))
+
     def data(self, notification: Notification) -> bytes | None:
         """The event's stored JSON (after the cipher and compressor), or None when it
         must go through :meth:`event` (fast path off, or a class with upcasting)."""
@@ -1195,6 +1204,22 @@ class Views:
 
     def __exit__(self, *args: object) -> None:
         self.close()
+
+
+def freeze_startup_objects() -> None:
+    """Takes every object alive now out of the garbage collector's sight (``gc.freeze``).
+
+    For a process about to follow or rebuild views for a long time, once its
+    stores are open (``ledger projections run`` and ``rebuild`` call it): the
+    modules, applications and connections made at start-up are never garbage, yet
+    every full collection traverses them all. A catch-up promotes a page of events
+    to the oldest generation about once a page, so full collections run that often;
+    with the start-up objects frozen each costs a few milliseconds instead of ~40
+    (measured here: a rebuild spent 2 us of its ~17 us per event in them, 0.25
+    once frozen). Objects made afterwards are collected as usual.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def last_notification_id(recorder: ApplicationRecorder, topic: str) -> int:
