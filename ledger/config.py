@@ -202,8 +202,9 @@ def _locked(config: StoreConfig, key: str) -> Iterator[None]:
             conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (key,))
 
 
-def connect(config: StoreConfig) -> Any:
-    """A psycopg connection (autocommit) to the PostgreSQL store of ``config``."""
+def connect(config: StoreConfig, **options: Any) -> Any:
+    """A psycopg connection (autocommit) to the PostgreSQL store of ``config``
+    (``options``: more libpq parameters, e.g. ``application_name``)."""
     import psycopg
 
     from ledger.errors import StoreUnavailableError
@@ -218,6 +219,7 @@ def connect(config: StoreConfig) -> Any:
             password=env["POSTGRES_PASSWORD"] or None,
             autocommit=True,
             connect_timeout=int(os.environ.get("POSTGRES_CONNECT_TIMEOUT", "5")),
+            **options,
         )
     except psycopg.OperationalError as e:
         raise StoreUnavailableError(f"cannot reach PostgreSQL at {config.redacted_url}: {e}") from e

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import base64
 import logging
+import re
+import warnings
 from typing import Any
 
 from google.protobuf.json_format import MessageToDict
@@ -72,8 +74,21 @@ def _redact_argument(value: object) -> object:
 TEMPORAL_ACTIVITY_LOGGER = "temporalio.worker._activity"
 
 
+_UNKNOWN_CANCEL_WARNING = "Cannot find activity to cancel for token"
+"""The start of a warning the SDK's worker issues (``warnings.warn``, not logging)
+with the raw token's repr, when told to cancel an activity it no longer runs: an
+async activity's, after it went async (the ledger completes it, not the worker)."""
+
+
 def install_temporal_log_redaction() -> None:
-    """Adds :class:`TokenRedactingFilter` to the SDK's activity worker logger (once)."""
+    """Adds :class:`TokenRedactingFilter` to the SDK's activity worker logger (once),
+    and ignores the SDK's unknown-cancellation warning, which carries a whole token."""
     sdk_logger = logging.getLogger(TEMPORAL_ACTIVITY_LOGGER)
     if not any(isinstance(f, TokenRedactingFilter) for f in sdk_logger.filters):
         sdk_logger.addFilter(TokenRedactingFilter())
+    # Idempotent: the warnings module drops an identical filter before adding it.
+    warnings.filterwarnings(
+        "ignore",
+        message=re.escape(_UNKNOWN_CANCEL_WARNING),
+        module=re.escape(TEMPORAL_ACTIVITY_LOGGER),
+    )

@@ -64,7 +64,7 @@ from ledger.resources import Phase
 from ledger.transcodings import register_ledger_transcodings
 from projections.callback import CallbackResult, CallbackSender, RetryPolicy, call_for
 from projections.delivery import OUTCOME_EVENTS, Delivery, Outcome
-from projections.single_active import SingleActive
+from projections.single_active import CHECK_TIMEOUT, SingleActive
 from projections.subscription import PollingSubscription
 
 logger = logging.getLogger("projections.dispatcher")  # Also under python -m.
@@ -156,6 +156,10 @@ class _Job:
     token: bytes
 
 
+class _LockLostError(Exception):
+    """The single-active lock was lost while a step waited for the store."""
+
+
 class Dispatcher:
     """Follows the ledger and wakes each completed execution's caller."""
 
@@ -170,6 +174,7 @@ class Dispatcher:
         flush_interval: float = 0.05,
         retry: RetryPolicy | None = None,
         start_at_head: bool = False,
+        lock_check_interval: float = 2.0,
     ) -> None:
         self.config = config
         self.ledger = open_ledger_with(config, cache=False)
@@ -195,6 +200,9 @@ class Dispatcher:
         self._subscription: PollingSubscription | None = None
         self._active = SingleActive(config, "dispatcher")
         self._is_active = False
+        self.lock_check_interval = lock_check_interval
+        self._lost = asyncio.Event()
+        """Set when the single-active lock was lost during a run."""
 
     # Public API.
 
@@ -227,10 +235,48 @@ class Dispatcher:
         """Follows the ledger until :meth:`stop` (or, with ``until_caught_up``, until
         a read finds nothing new and every call in flight is recorded).
 
-        Waits first to be the one active dispatcher of this store.
+        Waits first to be the one active dispatcher of this store, and checks every
+        ``lock_check_interval`` seconds that it still is (see
+        :meth:`SingleActive.held`). When the lock is lost (its connection ended: a
+        server restart, a terminated backend), it makes no new calls, lets the calls
+        in flight end, records their outcomes if it still can (else forgets them, as
+        a crash would: see :meth:`_flush_or_forget`), and stands by again: another
+        dispatcher may be active meanwhile, and none calls Temporal for a delivery
+        whose outcome is recorded. Once it holds the lock again it carries on from
+        the recorded position.
         """
-        async with self._activity():
-            return await self._run(until_caught_up=until_caught_up)
+        while True:
+            async with self._activity():
+                self._lost.clear()
+                watcher = asyncio.create_task(self._watch_lock())
+                try:
+                    await self._run(until_caught_up=until_caught_up)
+                finally:
+                    watcher.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await watcher
+            if not self._lost.is_set() or self._stop.is_set():
+                return self.stats
+            logger.error(
+                "lost the single-active lock (its connection to the store ended); "
+                "stopped calling Temporal, standing by to take the lock again"
+            )
+
+    async def _watch_lock(self) -> None:
+        """Sets :attr:`_lost` (and wakes the run) when the single-active lock is gone."""
+        while True:
+            await asyncio.sleep(self.lock_check_interval)
+            try:
+                held = await asyncio.wait_for(
+                    asyncio.to_thread(self._active.held), timeout=CHECK_TIMEOUT * 2
+                )
+            except TimeoutError:
+                held = False
+            if not held:
+                self._lost.set()
+                if self._subscription is not None:
+                    self._subscription.wake()
+                return
 
     async def _run(self, *, until_caught_up: bool) -> DispatchStats:
         start = await asyncio.to_thread(self._start_position)
@@ -249,27 +295,55 @@ class Dispatcher:
         flusher = asyncio.create_task(self._flush_periodically())
         try:
             with subscription:
-                while not self._stop.is_set():
-                    page = await self._outlasting_store(subscription.next_page, self.poll_interval)
-                    if not page and until_caught_up:
-                        break
-                    # The subscription has moved past this page: prepare it until it works.
-                    for job in await self._outlasting_store(self._prepare, page):
-                        await slots.acquire()
-                        task = asyncio.create_task(self._deliver(job, slots))
-                        tasks.add(task)
-                        task.add_done_callback(tasks.discard)
+                with contextlib.suppress(_LockLostError):
+                    while not self._stop.is_set() and not self._lost.is_set():
+                        page = await self._outlasting_store(
+                            subscription.next_page, self.poll_interval
+                        )
+                        if not page and until_caught_up:
+                            break
+                        # The subscription has moved past this page: prepare it until it works.
+                        for job in await self._outlasting_store(self._prepare, page):
+                            await slots.acquire()
+                            task = asyncio.create_task(self._deliver(job, slots))
+                            tasks.add(task)
+                            task.add_done_callback(tasks.discard)
                 if tasks:
                     await asyncio.gather(*tasks)
         finally:
             flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
-            await asyncio.to_thread(self._flush)
+            if self._lost.is_set():
+                await self._flush_or_forget()
+            else:
+                await asyncio.to_thread(self._flush)
         return self.stats
 
+    async def _flush_or_forget(self) -> None:
+        """After losing the lock: records the outcomes it can, and forgets the rest and
+        every position it has not recorded, as a crash at this point would. Another
+        dispatcher (or this one, once it holds the lock again) starts from the
+        recorded position: an attempted delivery whose outcome was not recorded is
+        attempted again, and Temporal refuses a second completion of a token
+        (``stale_after_attempt``)."""
+        try:
+            await asyncio.to_thread(self._flush)
+        except (*STORE_ERRORS, IntegrityError) as e:
+            forgotten = len(self._unrecorded) + len(self._resolved)
+            logger.warning(
+                "single-active lock lost before %d outcome events could be recorded (%s); "
+                "the active dispatcher attempts those deliveries again",
+                forgotten,
+                e,
+            )
+        self._resolved.clear()
+        self._unrecorded.clear()
+        self._pending.clear()
+
     async def _outlasting_store(self, step: Callable[..., T], *args: Any) -> T:
-        """Runs a blocking step, retrying with backoff while the store is unavailable."""
+        """Runs a blocking step, retrying with backoff while the store is unavailable
+        (unless the single-active lock is lost meanwhile: :class:`_LockLostError`)."""
         delay = 0.5
         while True:
             try:
@@ -277,6 +351,8 @@ class Dispatcher:
             except STORE_ERRORS as e:
                 if self._stop.is_set():
                     raise
+                if self._lost.is_set():
+                    raise _LockLostError from e
                 logger.warning("store unavailable (%s); retrying in %.1fs", e, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -212,3 +214,23 @@ def test_bad_url_is_a_user_error(tmp_path: Path) -> None:
 def test_keygen_prints_a_usable_key() -> None:
     key = ok("memory://", "keygen").strip()
     assert len(base64.b64decode(key)) == 32
+
+
+@pytest.mark.parametrize("delay", [0.15, 0.3])
+def test_ctrl_c_while_the_cli_starts_is_one_line(tmp_path: Path, delay: float) -> None:
+    """A SIGINT while the CLI is still importing: no traceback, exit 130."""
+    process = subprocess.Popen(
+        [LEDGER, "projections", "run"],
+        env={**os.environ, "LEDGER_URL": "sqlite:///" + str(tmp_path / "ledger.db")},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(delay)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=30)
+    assert "Traceback" not in stderr, stderr
+    # Interrupted while importing (130), or already following and stopped cleanly (0).
+    assert process.returncode in (130, 0), (process.returncode, stderr)
+    if process.returncode == 130:
+        assert stderr.strip().splitlines()[-1] == "interrupted"

@@ -887,6 +887,77 @@ def test_two_dispatchers_at_once_deliver_each_completion_once(
     run(scenario())
 
 
+def lock_holder(url: str) -> int | None:
+    """The pid of the backend holding the dispatcher's single-active lock of the
+    ledger at ``url`` (an advisory lock on ``hashtext('ledger-dispatcher:<schema>')``)."""
+    key = f"ledger-dispatcher:{parse_url(url).env['POSTGRES_SCHEMA']}"
+    with psycopg.connect(url.partition("?")[0], autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT l.pid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE l.locktype = 'advisory' AND l.granted "
+            "AND l.objid = (hashtext(%s)::bigint & 4294967295)::text::oid "
+            "AND a.application_name = 'ledger-single-active'",
+            (key,),
+        ).fetchone()
+    return int(row[0]) if row else None
+
+
+def test_a_dispatcher_that_loses_its_lock_stands_by_and_a_standby_takes_over(
+    pg_url: str, temporal_address: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The active dispatcher's lock connection is terminated (as a server restart
+    would): it notices, stops calling Temporal and stands by; one of the two takes
+    the lock again (a new backend) and delivers what follows; every caller is woken
+    once, by one call of one of them."""
+
+    async def scenario() -> None:
+        async with world(pg_url, temporal_address) as w:
+            first = w.dispatcher(poll_interval=0.1, lock_check_interval=0.1)
+            second = w.dispatcher(
+                await Client.connect(temporal_address), poll_interval=0.1, lock_check_interval=0.1
+            )
+            first_calls, second_calls = count_calls(first), count_calls(second)
+            running = [asyncio.create_task(first.run())]
+            deadline = time.monotonic() + 10
+            while lock_holder(w.url) is None:
+                assert time.monotonic() < deadline, "the first dispatcher never took the lock"
+                await asyncio.sleep(0.05)
+            holder = lock_holder(w.url)
+            running.append(asyncio.create_task(second.run()))  # Stands by.
+            callers = [await w.start_agent() for _ in range(4)]
+            await asyncio.to_thread(w.ledger.complete, callers[0].execution_id)
+            await result_of(callers[0])
+
+            with psycopg.connect(w.url.partition("?")[0], autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (holder,))
+            deadline = time.monotonic() + 15
+            while lock_holder(w.url) in (None, holder):
+                assert time.monotonic() < deadline, "the standby never took the lock"
+                await asyncio.sleep(0.05)
+            for caller in callers[1:]:
+                await asyncio.to_thread(w.ledger.complete, caller.execution_id)
+            for caller in callers[1:]:
+                await result_of(caller)
+
+            for dispatcher in (first, second):
+                dispatcher.stop()
+            w.ledger.create(agent_resource())  # A NOTIFY ends the waits at once.
+            await asyncio.wait_for(asyncio.gather(*running), 30)
+            assert first_calls[:1] == [callers[0].execution_id]
+            assert sorted(first_calls + second_calls) == sorted(c.execution_id for c in callers)
+            for caller in callers:
+                assert (await activity_events(caller.handle))["COMPLETED"] == 1
+            log = w.log()
+            for caller in callers:
+                assert event_names(log, caller.execution_id).count("Delivered") == 1
+            head = w.ledger.recorder.max_notification_id()
+            assert head is not None and log.position() == head - 1  # The create after.
+            assert "lost the single-active lock" in caplog.text
+
+    with caplog.at_level("WARNING", logger="projections.dispatcher"):
+        run(scenario())
+
+
 # 6. Live: completions appended while a dispatcher runs.
 
 

@@ -48,6 +48,7 @@ import sys
 import tempfile
 import time
 import uuid
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -631,3 +632,26 @@ def test_demo_output_shows_tokens_only_redacted() -> None:
     assert not LONG_BASE64.search(output), LONG_BASE64.findall(output)
     assert not LONG_HEX.search(output)
     assert not BYTES_REPR.search(output)
+
+
+def test_the_sdks_unknown_cancellation_warning_is_not_shown() -> None:
+    """The SDK's worker warns, with the token's repr, when told to cancel an activity it
+    no longer runs (an async one, after it went async): that warning is ignored once
+    the caller side is imported; other warnings of the same module still show."""
+    from ledger import redaction
+
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        redaction.install_temporal_log_redaction()
+        for message in (
+            f"Cannot find activity to cancel for token {HANDMADE_TOKEN!r}",
+            "Activity task raised during worker shutdown",
+        ):
+            warnings.warn_explicit(
+                message,
+                UserWarning,
+                filename="temporalio/worker/_activity.py",
+                lineno=227,
+                module=redaction.TEMPORAL_ACTIVITY_LOGGER,
+            )
+    assert [str(w.message) for w in shown] == ["Activity task raised during worker shutdown"]
