@@ -10,21 +10,24 @@
    mapper; every execution then gets its own id, timestamps and org/labels
    variant, and the stored events are written with ``COPY`` into the Ledger's
    events table (so the view reads exactly what the Ledger would have stored).
-2. **View rebuild.** :meth:`projections.views.Views.rebuild` of the status view:
-   reads the log with the subscription in pages, decodes, writes one transaction
-   per page (rows, labels, counts, position). Measured twice: decoding only what
-   the view needs from the stored JSON (the default), and through the library's
-   mapper (whole events, with upcasting).
+2. **View rebuild.** :meth:`projections.views.Views.rebuild` of the status view,
+   as ``ledger projections rebuild status`` runs it (start-up objects frozen out
+   of the garbage collector's way first, :func:`projections.views.freeze_startup_objects`):
+   reads the log with the subscription in pages (the views' default page size),
+   decodes, writes one transaction per page (rows, labels, counts, position).
+   Measured twice: decoding only what the view needs from the stored JSON (the
+   default), and through the library's mapper (whole events, with upcasting).
 3. **Raw psycopg.** In the same run, the same work written by hand, with the
    same techniques as the view: a keyset read of the same rows (``WHERE
    notification_id > %s ORDER BY notification_id LIMIT page``, tuple rows), and
    for each page one transaction (``synchronous_commit = off``, as the view's)
    writing, into tables of the view's shape and indexes (``LIKE ... INCLUDING
-   ALL``), the same row writes as the view: one upsert per execution the page
-   touches (phase from the event's topic, version from the event, the rest from
-   the view's final row, so no decoding at all) and the label rows of the
-   executions created in the page, each table in one ``unnest`` statement with
-   binary parameters. It is measured after each rebuild and averaged.
+   ALL``), the same rows as the view (phase from the event's topic, version from
+   the event, the rest from the view's final row, so no decoding at all) with the
+   view's statements and binary parameters: the executions created in the page
+   inserted by one ``unnest`` statement that inserts their label rows too, the
+   others updated by one ``UPDATE ... FROM unnest``. It checks that it wrote as
+   many rows as the view, and is measured after each rebuild and averaged.
 
 Peak memory is the process's peak resident set during each rebuild (Linux
 ``VmHWM``, reset before each run via ``/proc/self/clear_refs``) and its rise over
