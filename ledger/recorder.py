@@ -334,7 +334,15 @@ class LedgerPostgresApplicationRecorder(PostgresApplicationRecorder):
         statement rendered once per shape and tuple rows: the views and the
         dispatcher read every event through it, and a catch-up spent more time
         building these statements and dict rows than reading."""
-        shape = (start is not None, inclusive_of_start, stop is not None, bool(topics))
+        if topics:  # As the library checks: a sequence of strings, not one string.
+            assert isinstance(topics, (tuple, list)), topics
+            assert all(isinstance(t, str) for t in topics), topics
+        shape = (
+            start is not None,
+            start is not None and inclusive_of_start,
+            stop is not None,
+            bool(topics),
+        )
         statement = self._select_notifications_statements.get(shape)
         if statement is None:
             statement = self._select_notifications_statements[shape] = (

@@ -122,6 +122,26 @@ class DispatcherLog(Application[str]):
 
     def deliveries_in(self, outcome: Outcome) -> list[Delivery]:
         """Every delivery whose current outcome is ``outcome`` (a scan of the log)."""
+        wanted = get_topic(OUTCOME_EVENTS[outcome])
+        found = (self.delivery(i) for i, topic in self._latest_topics().items() if topic == wanted)
+        return [d for d in found if d is not None and d.outcome is outcome]
+
+    def attempts_cut_off(self, position: int) -> list[Delivery]:
+        """Deliveries whose last event is an attempt and whose completion is at or
+        before ``position``: a retry of a parked delivery cut off (a crash, a lost
+        lock) between recording its attempt and its outcome. The main follow never
+        reads them again (the position is past them), so they are retried with the
+        parked ones."""
+        wanted = get_topic(Delivery.Attempted)
+        found = (self.delivery(i) for i, topic in self._latest_topics().items() if topic == wanted)
+        return [
+            d
+            for d in found
+            if d is not None and d.in_flight and not d.is_final and d.ledger_position <= position
+        ]
+
+    def _latest_topics(self) -> dict[str, str]:
+        """Each delivery's last event topic (a scan of the log)."""
         latest: dict[str, str] = {}
         start = 1
         while True:
@@ -131,9 +151,7 @@ class DispatcherLog(Application[str]):
             if len(page) < 1000:
                 break
             start = page[-1].id + 1
-        wanted = get_topic(OUTCOME_EVENTS[outcome])
-        found = (self.delivery(i) for i, topic in latest.items() if topic == wanted)
-        return [d for d in found if d is not None and d.outcome is outcome]
+        return latest
 
 
 @dataclass
@@ -218,15 +236,18 @@ class Dispatcher:
         self.log.close()
 
     @contextlib.asynccontextmanager
-    async def _activity(self) -> AsyncIterator[None]:
-        """Holds the single-active lock (waiting for it) unless already held."""
+    async def _activity(self) -> AsyncIterator[bool]:
+        """Holds the single-active lock (waiting for it) unless already held; yields
+        False, not holding it, when :meth:`stop` is called while waiting."""
         if self._is_active:
-            yield
+            yield True
             return
-        await self._active.acquire()
+        if not await self._active.acquire(self._stop):
+            yield False
+            return
         self._is_active = True
         try:
-            yield
+            yield True
         finally:
             self._is_active = False
             self._active.release()
@@ -238,25 +259,37 @@ class Dispatcher:
         Waits first to be the one active dispatcher of this store, and checks every
         ``lock_check_interval`` seconds that it still is (see
         :meth:`SingleActive.held`). When the lock is lost (its connection ended: a
-        server restart, a terminated backend), it makes no new calls, lets the calls
-        in flight end, records their outcomes if it still can (else forgets them, as
-        a crash would: see :meth:`_flush_or_forget`), and stands by again: another
-        dispatcher may be active meanwhile, and none calls Temporal for a delivery
-        whose outcome is recorded. Once it holds the lock again it carries on from
-        the recorded position.
+        server restart, a terminated backend), it starts no new call, lets the calls
+        in flight end, records their outcomes if it can (else keeps them: see
+        :meth:`_flush_or_keep`), and stands by again; another dispatcher may be
+        active meanwhile. Once it holds the lock again it records what it kept (a
+        delivery the other recorded meanwhile is left to it) and carries on from the
+        recorded position. With ``until_caught_up`` it may so wait in standby while
+        another dispatcher holds the lock. :meth:`stop` ends a standby too.
         """
+        retaking = False
         while True:
-            async with self._activity():
+            async with self._activity() as active:
+                if not active or self._stop.is_set():
+                    return self.stats
                 self._lost.clear()
                 watcher = asyncio.create_task(self._watch_lock())
                 try:
                     await self._run(until_caught_up=until_caught_up)
+                except (*STORE_ERRORS, _LockLostError) as e:
+                    # Taking the lock again after a loss (a server restart): the store
+                    # may still be coming back. Stand by and try again, as after a loss.
+                    if not retaking or self._stop.is_set() or until_caught_up:
+                        raise
+                    logger.warning("store unavailable as the run started again (%s)", e)
+                    self._lost.set()
                 finally:
                     watcher.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await watcher
             if not self._lost.is_set() or self._stop.is_set():
                 return self.stats
+            retaking = True
             logger.error(
                 "lost the single-active lock (its connection to the store ended); "
                 "stopped calling Temporal, standing by to take the lock again"
@@ -279,8 +312,12 @@ class Dispatcher:
                 return
 
     async def _run(self, *, until_caught_up: bool) -> DispatchStats:
-        start = await asyncio.to_thread(self._start_position)
+        start = await self._outlasting_store(self._start_position)
         self._tracked = start
+        if self._resolved or self._unrecorded:
+            # Outcomes kept from before a lost lock: recorded before anything is
+            # attempted again (those another dispatcher recorded meanwhile are its).
+            await self._outlasting_store(self._flush)
         await self.retry_parked()
         subscription = PollingSubscription(
             self.ledger.recorder,
@@ -305,6 +342,11 @@ class Dispatcher:
                         # The subscription has moved past this page: prepare it until it works.
                         for job in await self._outlasting_store(self._prepare, page):
                             await slots.acquire()
+                            if self._stop.is_set() or self._lost.is_set():
+                                # No new calls: the rest of the page stays attempted
+                                # without an outcome, and is attempted again later.
+                                slots.release()
+                                break
                             task = asyncio.create_task(self._deliver(job, slots))
                             tasks.add(task)
                             task.add_done_callback(tasks.discard)
@@ -312,33 +354,34 @@ class Dispatcher:
                     await asyncio.gather(*tasks)
         finally:
             flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            flusher_error: BaseException | None = None
+            try:
                 await flusher
+            except asyncio.CancelledError:
+                pass
+            except BaseException as e:  # Raised after the last flush below.
+                flusher_error = e
             if self._lost.is_set():
-                await self._flush_or_forget()
+                await self._flush_or_keep()
             else:
                 await asyncio.to_thread(self._flush)
+            if flusher_error is not None:
+                raise flusher_error
         return self.stats
 
-    async def _flush_or_forget(self) -> None:
-        """After losing the lock: records the outcomes it can, and forgets the rest and
-        every position it has not recorded, as a crash at this point would. Another
-        dispatcher (or this one, once it holds the lock again) starts from the
-        recorded position: an attempted delivery whose outcome was not recorded is
-        attempted again, and Temporal refuses a second completion of a token
-        (``stale_after_attempt``)."""
+    async def _flush_or_keep(self) -> None:
+        """After losing the lock: records the outcomes it can now; those it cannot
+        are kept and recorded first when it holds the lock again (a delivery another
+        dispatcher recorded meanwhile is left to it). The positions not recorded are
+        forgotten: the next run starts from the recorded one."""
         try:
             await asyncio.to_thread(self._flush)
-        except (*STORE_ERRORS, IntegrityError) as e:
-            forgotten = len(self._unrecorded) + len(self._resolved)
+        except STORE_ERRORS as e:
             logger.warning(
-                "single-active lock lost before %d outcome events could be recorded (%s); "
-                "the active dispatcher attempts those deliveries again",
-                forgotten,
+                "single-active lock lost; %d outcome events kept until it is back (%s)",
+                len(self._unrecorded) + len(self._resolved),
                 e,
             )
-        self._resolved.clear()
-        self._unrecorded.clear()
         self._pending.clear()
 
     async def _outlasting_store(self, step: Callable[..., T], *args: Any) -> T:
@@ -358,12 +401,13 @@ class Dispatcher:
                 delay = min(delay * 2, 10.0)
 
     async def retry_parked(self) -> int:
-        """Retries every parked delivery now; returns how many were retried."""
-        async with self._activity():
-            return await self._retry_parked()
+        """Retries every parked delivery now (and any retry of one that was cut off
+        between its attempt and its outcome); returns how many were retried."""
+        async with self._activity() as active:
+            return await self._retry_parked() if active else 0
 
     async def _retry_parked(self) -> int:
-        parked = await asyncio.to_thread(self.log.deliveries_in, Outcome.PARKED)
+        parked = await asyncio.to_thread(self._parked_and_cut_off)
         jobs: list[_Job] = []
         for delivery in parked:
             execution = await asyncio.to_thread(self._execution, delivery.id)
@@ -384,6 +428,10 @@ class Dispatcher:
         return len(jobs)
 
     # Steps.
+
+    def _parked_and_cut_off(self) -> list[Delivery]:
+        parked = self.log.deliveries_in(Outcome.PARKED)
+        return parked + self.log.attempts_cut_off(self.log.position() or 0)
 
     def _start_position(self) -> int:
         recorded = self.log.position()
@@ -540,16 +588,33 @@ class Dispatcher:
             try:
                 self.log.record(events, tracking)
             except IntegrityError:
-                if tracking is None:
-                    raise
-                # The position was recorded further by another run: keep the outcomes.
-                logger.warning("dispatcher position moved by another run; recording outcomes alone")
-                self.log.record(events)
+                # The position was recorded further by another run, or (after a lost
+                # lock) another dispatcher recorded some of these deliveries: record
+                # each delivery's outcome on its own, leaving those to the other.
+                logger.warning(
+                    "dispatcher position or deliveries recorded by another run; "
+                    "recording outcomes one delivery at a time"
+                )
+                self._record_each(events)
             del self._unrecorded[: len(events)]
         if tracking is not None:
             self._tracked = watermark
             for position in [p for p in list(self._pending) if p <= watermark]:
                 del self._pending[position]
+
+    def _record_each(self, events: Sequence[CanMutateAggregate[str]]) -> None:
+        by_delivery: dict[str, list[CanMutateAggregate[str]]] = {}
+        for event in events:
+            by_delivery.setdefault(str(event.originator_id), []).append(event)
+        for delivery_id, own in by_delivery.items():
+            try:
+                self.log.record(own)
+            except IntegrityError:
+                logger.warning(
+                    "delivery %s was recorded by another dispatcher meanwhile; "
+                    "its record stands, this run's outcome for it is dropped",
+                    delivery_id,
+                )
 
 
 async def connect_client(settings: TemporalSettings) -> Client:

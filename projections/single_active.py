@@ -12,10 +12,11 @@ A standby polls for the lock and says once that it is waiting.
 The holder can lose the lock without dying: on PostgreSQL the lock lives as long
 as its connection, and a server restart or a terminated backend ends that
 connection while the process goes on. :meth:`SingleActive.held` tells: the
-connection answers a query within :data:`CHECK_TIMEOUT` seconds (TCP keepalives
-on that connection detect a silent peer too), else the lock is considered lost,
-the connection is closed, and the holder must stop and stand by again (the
-dispatcher does, see :meth:`projections.dispatcher.Dispatcher.run`).
+connection answers a query within about :data:`CHECK_TIMEOUT` seconds (the
+server's ``statement_timeout``, and ``tcp_user_timeout`` for a peer that has gone
+silent), else the connection is closed and the lock is considered lost; the
+holder must then stop and stand by again (the dispatcher does, see
+:meth:`projections.dispatcher.Dispatcher.run`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -38,15 +40,21 @@ logger = logging.getLogger(__name__)
 CHECK_TIMEOUT = 5.0
 """Seconds the lock's connection has to answer :meth:`SingleActive.held`."""
 
-_LOCK_CONNECTION_OPTIONS: dict[str, Any] = {
-    "application_name": "ledger-single-active",
-    "options": f"-c statement_timeout={int(CHECK_TIMEOUT * 1000)}",
-    "keepalives": 1,
-    "keepalives_idle": 5,
-    "keepalives_interval": 2,
-    "keepalives_count": 3,
-}
-"""The lock's connection: named in ``pg_stat_activity``, kept alive and checked by TCP."""
+
+def _lock_connection_options() -> dict[str, Any]:
+    """The lock's connection: named in ``pg_stat_activity`` (``PGAPPNAME`` wins when
+    set), a statement timeout on the server, and TCP timeouts on this side so that a
+    silent peer fails a check in seconds rather than after minutes of retransmits."""
+    timeout_ms = int(CHECK_TIMEOUT * 1000)
+    return {
+        "application_name": os.environ.get("PGAPPNAME") or "ledger-single-active",
+        "options": f"-c statement_timeout={timeout_ms}",
+        "tcp_user_timeout": timeout_ms,
+        "keepalives": 1,
+        "keepalives_idle": 5,
+        "keepalives_interval": 2,
+        "keepalives_count": 3,
+    }
 
 
 class SingleActive:
@@ -58,63 +66,88 @@ class SingleActive:
         self.poll_interval = poll_interval
         self._connection: Any = None
         self._fd: int | None = None
+        self._lock = threading.Lock()
+        """Guards ``_connection``: a check still running in a worker thread must not
+        close a connection opened after it (and with it the lock taken again)."""
 
-    async def acquire(self) -> None:
+    async def acquire(self, stop: asyncio.Event | None = None) -> bool:
         """Waits until this process is the active one (while the store is unreachable
-        too: it says so and tries again)."""
+        too: it says so once and tries again); returns False, not holding the lock,
+        if ``stop`` is set first."""
         said = False
-        while True:
+        unreachable = False
+        while stop is None or not stop.is_set():
             try:
                 if await asyncio.to_thread(self._try_acquire):
-                    break
+                    if said:
+                        logger.warning("%s is now active", self.name)
+                    return True
                 if not said:
                     logger.warning("another %s is active on this store; standing by", self.name)
                     said = True
+                unreachable = False
             except (StoreUnavailableError, psycopg.Error) as e:
                 self.release()
-                logger.warning(
-                    "cannot take the %s lock (%s); trying again in %.1fs",
-                    self.name,
-                    e,
-                    self.poll_interval,
-                )
-                said = True
-            await asyncio.sleep(self.poll_interval)
-        if said:
-            logger.warning("%s is now active", self.name)
+                if not unreachable:
+                    logger.warning(
+                        "cannot take the %s lock (%s); trying again every %.1fs",
+                        self.name,
+                        e,
+                        self.poll_interval,
+                    )
+                said = unreachable = True
+            if stop is None:
+                await asyncio.sleep(self.poll_interval)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.poll_interval)
+        return False
 
     def held(self) -> bool:
         """Whether this process still holds the lock (blocking, at most about
         :data:`CHECK_TIMEOUT` seconds). On PostgreSQL: its connection answers; when
-        it does not, the connection is closed and the lock is lost."""
-        if self._connection is None:
+        it does not, that connection is closed and the lock is lost."""
+        with self._lock:
+            connection = self._connection
+        if connection is None:
             return self._fd is not None or not self.config.is_postgres
         try:
-            self._connection.execute("SELECT 1").fetchone()
+            connection.execute("SELECT 1").fetchone()
         except psycopg.Error:
-            self.release()
+            self._drop(connection)
             return False
         return True
 
     def release(self) -> None:
-        if self._connection is not None:
+        with self._lock:
+            connection, self._connection = self._connection, None
+        if connection is not None:
             with contextlib.suppress(Exception):
-                self._connection.close()  # Closing the session releases the lock.
-            self._connection = None
+                connection.close()  # Closing the session releases the lock.
         if self._fd is not None:
             with contextlib.suppress(OSError):
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
 
+    def _drop(self, connection: Any) -> None:
+        """Closes ``connection``, forgetting it only if it is still the lock's."""
+        with self._lock:
+            if self._connection is connection:
+                self._connection = None
+        with contextlib.suppress(Exception):
+            connection.close()
+
     def _try_acquire(self) -> bool:
         if self.config.is_postgres:
-            if self._connection is None:
-                self._connection = connect(self.config, **_LOCK_CONNECTION_OPTIONS)
+            with self._lock:
+                connection = self._connection
+            if connection is None:
+                connection = connect(self.config, **_lock_connection_options())
+                with self._lock:
+                    self._connection = connection
             key = f"ledger-{self.name}:{self.config.env['POSTGRES_SCHEMA']}"
-            row = self._connection.execute(
-                "SELECT pg_try_advisory_lock(hashtext(%s))", (key,)
-            ).fetchone()
+            row = connection.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (key,)).fetchone()
             return bool(row and row[0])
         if self.config.is_sqlite and self.config.env["SQLITE_DBNAME"] != ":memory:":
             if self._fd is None:

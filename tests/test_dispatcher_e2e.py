@@ -618,6 +618,75 @@ def test_parked_while_temporal_is_down_then_retry_parked_delivers(
     run(scenario())
 
 
+def test_a_retry_of_a_parked_delivery_cut_off_before_its_outcome_is_retried(
+    sqlite_url: str, temporal_address: str
+) -> None:
+    """A retry of a parked delivery recorded its attempt, then the process died (or
+    lost its lock) before the outcome: the position is long past that completion,
+    so only the retry of parked deliveries can find it, and it does."""
+
+    async def scenario() -> None:
+        proxy = TcpProxy(temporal_address)
+        await proxy.start()
+        async with world(sqlite_url, temporal_address) as w:
+            through_proxy = await proxied_client(proxy)
+            caller = await w.start_agent()
+            w.ledger.complete(caller.execution_id)
+            await proxy.stop()
+            dispatcher = w.dispatcher(through_proxy, retry=FAST_RETRY)
+            assert (await dispatcher.run(until_caught_up=True)).outcomes == {"parked": 1}
+            # The cut-off retry: its attempt recorded, no call, no outcome.
+            delivery = dispatcher.log.delivery(caller.execution_id)
+            assert delivery is not None
+            delivery.attempt(Call.COMPLETE)
+            dispatcher.log.record([delivery])
+            assert dispatcher.log.deliveries_in(Outcome.PARKED) == []
+
+            await proxy.start()
+            again = w.dispatcher(through_proxy)
+            calls = count_calls(again)
+            assert await again.retry_parked() == 1
+            await result_of(caller)
+            assert calls == [caller.execution_id]
+            assert event_names(w.log(), caller.execution_id) == [
+                "Opened",
+                "Attempted",
+                "Parked",
+                "Attempted",
+                "Attempted",
+                "Delivered",
+            ]
+            assert await again.retry_parked() == 0
+        await proxy.stop()
+
+    run(scenario())
+
+
+def test_a_standby_dispatcher_stops_when_asked(pg_url: str, temporal_address: str) -> None:
+    """stop() ends a run that is still waiting for the single-active lock."""
+
+    async def scenario() -> None:
+        async with world(pg_url, temporal_address) as w:
+            active = w.dispatcher(poll_interval=0.1)
+            standby = w.dispatcher(poll_interval=0.1)
+            running = asyncio.create_task(active.run())
+            deadline = time.monotonic() + 10
+            while lock_holder(w.url) is None:
+                assert time.monotonic() < deadline, "the first dispatcher never took the lock"
+                await asyncio.sleep(0.05)
+            waiting = asyncio.create_task(standby.run())
+            await asyncio.sleep(0.5)
+            assert not waiting.done()
+            standby.stop()
+            stats = await asyncio.wait_for(waiting, 5)
+            assert stats.outcomes == {} and stats.skipped == 0
+            active.stop()
+            w.ledger.create(agent_resource())  # A NOTIFY ends the wait at once.
+            await asyncio.wait_for(running, 10)
+
+    run(scenario())
+
+
 def test_temporal_stopped_while_completions_arrive_then_started_again(
     store_url: str, temporal_address: str
 ) -> None:
@@ -894,9 +963,8 @@ def lock_holder(url: str) -> int | None:
     with psycopg.connect(url.partition("?")[0], autocommit=True) as conn:
         row = conn.execute(
             "SELECT l.pid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-            "WHERE l.locktype = 'advisory' AND l.granted "
-            "AND l.objid = (hashtext(%s)::bigint & 4294967295)::text::oid "
-            "AND a.application_name = 'ledger-single-active'",
+            "WHERE l.locktype = 'advisory' AND l.granted AND a.datname = current_database() "
+            "AND l.objid = (hashtext(%s)::bigint & 4294967295)::text::oid",
             (key,),
         ).fetchone()
     return int(row[0]) if row else None
@@ -956,6 +1024,64 @@ def test_a_dispatcher_that_loses_its_lock_stands_by_and_a_standby_takes_over(
 
     with caplog.at_level("WARNING", logger="projections.dispatcher"):
         run(scenario())
+
+
+def test_losing_the_lock_with_calls_in_flight_wakes_each_caller_once(
+    pg_url: str, temporal_address: str
+) -> None:
+    """The lock is lost while the active dispatcher's calls are in flight (slowed
+    down here): it lets them end, and whichever records first, each caller is woken
+    once and each delivery ends with one outcome; neither run fails."""
+
+    async def scenario() -> None:
+        async with world(pg_url, temporal_address) as w:
+            first = w.dispatcher(poll_interval=0.1, lock_check_interval=0.1)
+            second = w.dispatcher(
+                await Client.connect(temporal_address), poll_interval=0.1, lock_check_interval=0.1
+            )
+            send = first.sender.send
+            sending = asyncio.Event()
+
+            async def slow(execution: Execution, token: bytes, **kwargs: Any) -> CallbackResult:
+                sending.set()
+                await asyncio.sleep(1.5)  # The lock is lost meanwhile.
+                return await send(execution, token, **kwargs)
+
+            first.sender.send = slow  # type: ignore[method-assign]
+            running = [asyncio.create_task(first.run())]
+            deadline = time.monotonic() + 10
+            while lock_holder(w.url) is None:
+                assert time.monotonic() < deadline, "the first dispatcher never took the lock"
+                await asyncio.sleep(0.05)
+            holder = lock_holder(w.url)
+            running.append(asyncio.create_task(second.run()))
+            callers = [await w.start_agent() for _ in range(3)]
+            for caller in callers:
+                await asyncio.to_thread(w.ledger.complete, caller.execution_id)
+            await asyncio.wait_for(sending.wait(), 10)
+            with psycopg.connect(w.url.partition("?")[0], autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (holder,))
+            for caller in callers:
+                await result_of(caller)
+            deadline = time.monotonic() + 20
+            log = w.log()
+            while not all(
+                (d := log.delivery(c.execution_id)) is not None and d.is_final for c in callers
+            ):
+                assert time.monotonic() < deadline, "a delivery never got its outcome"
+                await asyncio.sleep(0.1)
+            for dispatcher in (first, second):
+                dispatcher.stop()
+            w.ledger.create(agent_resource())
+            await asyncio.wait_for(asyncio.gather(*running), 30)  # Neither run failed.
+            for caller in callers:
+                assert (await activity_events(caller.handle))["COMPLETED"] == 1
+                names = event_names(w.log(), caller.execution_id)
+                outcomes = [n for n in names if n not in ("Opened", "Attempted")]
+                assert len(outcomes) == 1, names
+                assert outcomes[0] in ("Delivered", "StaleAfterAttempt"), names
+
+    run(scenario())
 
 
 # 6. Live: completions appended while a dispatcher runs.
