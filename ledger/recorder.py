@@ -38,6 +38,9 @@ Contract (the same as the library's recorder; the contract tests in
   than the recorded one raises ``IntegrityError`` and nothing is written.
   Legacy multi-row tracking (``SINGLE_ROW_TRACKING=no``) falls back to the
   library's pipeline.
+- **Reads.** ``select_notifications`` returns exactly the library's rows, read with
+  a statement rendered once per shape and binary tuple rows (the views and the
+  dispatcher read every event through it).
 - **Retries.** Like the library, an ``OperationalError``/``InterfaceError``
   (lost connection, lock timeout) is retried up to 10 times; the statement is
   one transaction, so nothing is ever half-applied (as with the library, a

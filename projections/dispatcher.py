@@ -283,6 +283,7 @@ class Dispatcher:
                         raise
                     logger.warning("store unavailable as the run started again (%s)", e)
                     self._lost.set()
+                    await asyncio.sleep(self._active.poll_interval)
                 finally:
                     watcher.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
