@@ -34,7 +34,7 @@ Every event is applied exactly once, whatever crashes, kills or races happen.
 
 Throughput
 ----------
-A catch-up reads and decodes the next pages in a thread of its own while the
+A catch-up reads and decodes the next page in a thread of its own while the
 current one is written (:class:`_ReadAhead`). On PostgreSQL a page is two round
 trips in psycopg's pipeline mode (begin, the position's compare-and-set and the
 rows the page updates; then every write, the check of the position, and the
