@@ -122,23 +122,31 @@ class DispatcherLog(Application[str]):
 
     def deliveries_in(self, outcome: Outcome) -> list[Delivery]:
         """Every delivery whose current outcome is ``outcome`` (a scan of the log)."""
-        wanted = get_topic(OUTCOME_EVENTS[outcome])
-        found = (self.delivery(i) for i, topic in self._latest_topics().items() if topic == wanted)
-        return [d for d in found if d is not None and d.outcome is outcome]
+        found = self._last_event_is(OUTCOME_EVENTS[outcome], self._latest_topics())
+        return [d for d in found if d.outcome is outcome]
 
-    def attempts_cut_off(self, position: int) -> list[Delivery]:
-        """Deliveries whose last event is an attempt and whose completion is at or
-        before ``position``: a retry of a parked delivery cut off (a crash, a lost
-        lock) between recording its attempt and its outcome. The main follow never
-        reads them again (the position is past them), so they are retried with the
-        parked ones."""
-        wanted = get_topic(Delivery.Attempted)
-        found = (self.delivery(i) for i, topic in self._latest_topics().items() if topic == wanted)
-        return [
-            d
-            for d in found
-            if d is not None and d.in_flight and not d.is_final and d.ledger_position <= position
+    def deliveries_to_retry(self, position: int) -> list[Delivery]:
+        """The parked deliveries, then those whose last event is an attempt and whose
+        completion is at or before ``position``: a retry of a parked delivery cut off
+        (a crash, a lost lock) between recording its attempt and its outcome. The
+        main follow never reads those again (the position is past them), so they
+        are retried with the parked ones. One scan of the log."""
+        latest = self._latest_topics()
+        parked = [
+            d for d in self._last_event_is(Delivery.Parked, latest) if d.outcome is Outcome.PARKED
         ]
+        cut_off = [
+            d
+            for d in self._last_event_is(Delivery.Attempted, latest)
+            if d.in_flight and not d.is_final and d.ledger_position <= position
+        ]
+        return parked + cut_off
+
+    def _last_event_is(self, event: type[Delivery.Event], latest: dict[str, str]) -> list[Delivery]:
+        """The deliveries whose last event (``latest``: id -> topic) is an ``event``."""
+        wanted = get_topic(event)
+        found = (self.delivery(i) for i, topic in latest.items() if topic == wanted)
+        return [d for d in found if d is not None]
 
     def _latest_topics(self) -> dict[str, str]:
         """Each delivery's last event topic (a scan of the log)."""
@@ -408,7 +416,7 @@ class Dispatcher:
             return await self._retry_parked() if active else 0
 
     async def _retry_parked(self) -> int:
-        parked = await asyncio.to_thread(self._parked_and_cut_off)
+        parked = await asyncio.to_thread(self.log.deliveries_to_retry, self.log.position() or 0)
         jobs: list[_Job] = []
         for delivery in parked:
             execution = await asyncio.to_thread(self._execution, delivery.id)
@@ -429,10 +437,6 @@ class Dispatcher:
         return len(jobs)
 
     # Steps.
-
-    def _parked_and_cut_off(self) -> list[Delivery]:
-        parked = self.log.deliveries_in(Outcome.PARKED)
-        return parked + self.log.attempts_cut_off(self.log.position() or 0)
 
     def _start_position(self) -> int:
         recorded = self.log.position()

@@ -139,16 +139,10 @@ def decode_fact(
     (:meth:`LogReader.plain_topics`), read without any further check.
     """
     topic = notification.topic
-    if topic in plain:
-        quick = timestamp_and_phase(notification.state)
-        if quick is not None:
-            return _PhaseChanged(
-                notification.originator_version, quick[0], quick[1], topic == COMPLETED
-            )
     if topic not in (CREATED, STATUS_CHANGED, COMPLETED):
         return None
     version = notification.originator_version
-    data = log.data(notification)
+    data = notification.state if topic in plain else log.data(notification)
     if data is not None and topic != CREATED:
         quick = timestamp_and_phase(data)
         if quick is not None:

@@ -670,10 +670,7 @@ def test_a_standby_dispatcher_stops_when_asked(pg_url: str, temporal_address: st
             active = w.dispatcher(poll_interval=0.1)
             standby = w.dispatcher(poll_interval=0.1)
             running = asyncio.create_task(active.run())
-            deadline = time.monotonic() + 10
-            while lock_holder(w.url) is None:
-                assert time.monotonic() < deadline, "the first dispatcher never took the lock"
-                await asyncio.sleep(0.05)
+            await lock_taken(w.url)
             waiting = asyncio.create_task(standby.run())
             await asyncio.sleep(0.5)
             assert not waiting.done()
@@ -970,6 +967,17 @@ def lock_holder(url: str) -> int | None:
     return int(row[0]) if row else None
 
 
+async def lock_taken(url: str, *, other_than: int | None = None, timeout: float = 10) -> int:
+    """Waits until a backend other than ``other_than`` holds the single-active lock;
+    returns its pid."""
+    deadline = time.monotonic() + timeout
+    while (holder := lock_holder(url)) in (None, other_than):
+        assert time.monotonic() < deadline, "no dispatcher took the lock"
+        await asyncio.sleep(0.05)
+    assert holder is not None
+    return holder
+
+
 def test_a_dispatcher_that_loses_its_lock_stands_by_and_a_standby_takes_over(
     pg_url: str, temporal_address: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -986,11 +994,7 @@ def test_a_dispatcher_that_loses_its_lock_stands_by_and_a_standby_takes_over(
             )
             first_calls, second_calls = count_calls(first), count_calls(second)
             running = [asyncio.create_task(first.run())]
-            deadline = time.monotonic() + 10
-            while lock_holder(w.url) is None:
-                assert time.monotonic() < deadline, "the first dispatcher never took the lock"
-                await asyncio.sleep(0.05)
-            holder = lock_holder(w.url)
+            holder = await lock_taken(w.url)
             running.append(asyncio.create_task(second.run()))  # Stands by.
             callers = [await w.start_agent() for _ in range(4)]
             await asyncio.to_thread(w.ledger.complete, callers[0].execution_id)
@@ -998,10 +1002,7 @@ def test_a_dispatcher_that_loses_its_lock_stands_by_and_a_standby_takes_over(
 
             with psycopg.connect(w.url.partition("?")[0], autocommit=True) as admin:
                 admin.execute("SELECT pg_terminate_backend(%s)", (holder,))
-            deadline = time.monotonic() + 15
-            while lock_holder(w.url) in (None, holder):
-                assert time.monotonic() < deadline, "the standby never took the lock"
-                await asyncio.sleep(0.05)
+            await lock_taken(w.url, other_than=holder, timeout=15)
             for caller in callers[1:]:
                 await asyncio.to_thread(w.ledger.complete, caller.execution_id)
             for caller in callers[1:]:
@@ -1049,11 +1050,7 @@ def test_losing_the_lock_with_calls_in_flight_wakes_each_caller_once(
 
             first.sender.send = slow  # type: ignore[method-assign]
             running = [asyncio.create_task(first.run())]
-            deadline = time.monotonic() + 10
-            while lock_holder(w.url) is None:
-                assert time.monotonic() < deadline, "the first dispatcher never took the lock"
-                await asyncio.sleep(0.05)
-            holder = lock_holder(w.url)
+            holder = await lock_taken(w.url)
             running.append(asyncio.create_task(second.run()))
             callers = [await w.start_agent() for _ in range(3)]
             for caller in callers:
