@@ -315,20 +315,13 @@ class Ledger(Application[str]):
         return ExecutionRecord(resource=resource, version=execution.version)
 
     def _save(self, execution: Execution) -> None:
-        """Saves the pending events; a conflict with *these very events* is a success.
+        """Saves the pending events, or raises ``RecordConflictError`` (a race lost).
 
-        When a commit's acknowledgement is lost, the library retries the insert,
-        which then conflicts with the events it had already committed: that is not
-        a race lost to another writer, and the command must not be decided again.
+        A commit whose acknowledgement was lost is not a conflict here: the
+        PostgreSQL recorder recognises its own rows (:mod:`ledger.recorder`).
         """
-        pending = [(type(e), e.originator_version, e.timestamp) for e in execution.pending_events]
         try:
             self.save(execution)
-        except RecordConflictError:
-            if pending and self._recorded_already(execution.id, pending):
-                self._evict(execution.id)
-                return
-            raise
         except ProgrammingError as e:
             raise _denied_or(e, execution.id) from e
         except (OperationalError, InterfaceError) as e:
@@ -336,15 +329,6 @@ class Ledger(Application[str]):
                 f"execution {execution.id!r}: the store is unavailable, nothing was written "
                 f"(retry later): {e}"
             ) from e
-
-    def _recorded_already(
-        self, execution_id: str, pending: list[tuple[type, int, datetime]]
-    ) -> bool:
-        first, last = pending[0][1], pending[-1][1]
-        stored = cast(
-            "Iterator[Execution.Event]", self.events.get(execution_id, gt=first - 1, lte=last)
-        )
-        return [(type(e), e.originator_version, e.timestamp) for e in stored] == pending
 
     def _load(self, execution_id: str) -> Execution:
         check_id(execution_id, kind_of_id(execution_id))

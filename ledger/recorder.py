@@ -43,8 +43,18 @@ Contract (the same as the library's recorder; the contract tests in
   dispatcher read every event through it).
 - **Retries.** Like the library, an ``OperationalError``/``InterfaceError``
   (lost connection, lock timeout) is retried up to 10 times; the statement is
-  one transaction, so nothing is ever half-applied (as with the library, a
-  connection lost just after the commit makes the retry report a conflict).
+  one transaction, so nothing is ever half-applied.
+- **A lost acknowledgement is recognised.** When the connection is lost after
+  the server committed but before the client heard so, the retry conflicts with
+  the call's own rows. Unlike the library, which then reports a conflict, a
+  conflict that follows an attempt of unknown fate is checked against the store:
+  when the rows at the events' ``(originator_id, originator_version)`` hold
+  exactly the bytes this call sent (topic and state; with a cipher the state
+  carries a random nonce, so no other writer's row can match), the call
+  succeeded and their notification ids are returned. Any other conflict, and
+  every conflict on a first attempt, is the writer's race lost: ``IntegrityError``.
+  Only without a cipher could another writer's row match, and only if it is the
+  very same event down to its microsecond timestamp, which leaves the same log.
 
 The price of the ordering guarantee, as with the library: the table lock is
 held through the commit's WAL flush, so concurrent writers commit one after the
@@ -58,8 +68,9 @@ Selected with ``APPLICATION_RECORDER_TOPIC=ledger.recorder:LedgerPostgresApplica
 from __future__ import annotations
 
 import hashlib
+import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from eventsourcing.persistence import (
@@ -88,6 +99,11 @@ __all__ = [
 
 _MAX_IDENTIFIER_LEN = 63
 _CREATE_TABLE_ATTEMPTS = 5
+
+INSERT_ATTEMPTS = 10
+"""Tries of an insert on a lost connection or a lock timeout (the library's figure)."""
+INSERT_RETRY_WAIT = 0.2
+"""Seconds between those tries, give or take 5% (the library's figure)."""
 
 
 def db_function_name(events_table_name: str, suffix: str) -> str:
@@ -163,6 +179,20 @@ class LedgerPostgresApplicationRecorder(PostgresApplicationRecorder):
             many=True,
         )
         self._select_notifications_statements: dict[tuple[bool, bool, bool, bool], bytes] = {}
+        self._sql_select_own_rows = (
+            SQL(
+                "SELECT e.originator_id, e.originator_version, e.notification_id, e.topic, "
+                "e.state FROM {schema}.{table} e "
+                "JOIN unnest(%s::{id_type}[], %s::bigint[]) AS k(originator_id, version) "
+                "ON e.originator_id = k.originator_id AND e.originator_version = k.version"
+            )
+            .format(
+                schema=Identifier(self.datastore.schema),
+                table=Identifier(self.events_table_name),
+                id_type=id_type,
+            )
+            .as_bytes(None)
+        )
         self.sql_call_insert_one_function = self._sql_call_function(
             self.insert_one_function_name,
             SQL("%s::{id_type}, %s::bigint, %s::text, %s::bytea").format(id_type=id_type),
@@ -298,7 +328,6 @@ class LedgerPostgresApplicationRecorder(PostgresApplicationRecorder):
             [e.state for e in stored_events],
         )
 
-    @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
     def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
@@ -306,20 +335,79 @@ class LedgerPostgresApplicationRecorder(PostgresApplicationRecorder):
             return []
         if len(stored_events) == 1:
             e = stored_events[0]
-            return self._call(
+            return self._call_retrying(
                 self.sql_call_insert_one_function,
-                (
+                lambda: (
                     self._lock_timeout_setting(),
                     e.originator_id,
                     e.originator_version,
                     e.topic,
                     e.state,
                 ),
+                stored_events,
             )
-        return self._call(
+        return self._call_retrying(
             self.sql_call_insert_function,
-            (self._lock_timeout_setting(), *self._columns(stored_events)),
+            lambda: (self._lock_timeout_setting(), *self._columns(stored_events)),
+            stored_events,
         )
+
+    def _call_retrying(
+        self,
+        statement: bytes,
+        params: Callable[[], tuple[Any, ...]],
+        stored_events: Sequence[StoredEvent],
+        tracking: Tracking | None = None,
+    ) -> list[int]:
+        """:meth:`_call`, retried on a lost connection or a lock timeout (as the
+        library's ``retry``: up to :data:`INSERT_ATTEMPTS` tries, :data:`INSERT_RETRY_WAIT`
+        seconds apart); a conflict after a try of unknown fate is checked by
+        :meth:`_recorded_ids` (a lost acknowledgement is a success)."""
+        fate_unknown = False
+        attempt = 1
+        while True:
+            try:
+                return self._call(statement, params())
+            except IntegrityError:
+                if fate_unknown:
+                    notification_ids: list[int] | None = self._recorded_ids(stored_events, tracking)
+                    if notification_ids is not None:
+                        return notification_ids
+                raise
+            except (InterfaceError, OperationalError):
+                if attempt >= INSERT_ATTEMPTS:
+                    raise
+                fate_unknown = True
+                attempt += 1
+                time.sleep(INSERT_RETRY_WAIT * (1 + 0.1 * (random.random() - 0.5)))  # noqa: S311
+
+    @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
+    def _recorded_ids(
+        self, stored_events: Sequence[StoredEvent], tracking: Tracking | None
+    ) -> list[int] | None:
+        """The notification ids of ``stored_events`` if the store holds exactly them
+        (and, with no events, ``tracking`` exactly), else ``None``.
+
+        The events' rows are compared byte for byte (topic and state) with what was
+        sent: events of another writer at the same versions differ (their own
+        timestamps and content; with a cipher, their own nonces)."""
+        if not stored_events:
+            return None
+        ids, versions, _, _ = self._columns(stored_events)
+        with self.datastore.get_connection() as conn:
+            cursor = conn.cursor(row_factory=tuple_row)
+            cursor.execute(self._sql_select_own_rows, (ids, versions), prepare=False, binary=True)
+            rows = {(row[0], row[1]): row[2:] for row in cursor.fetchall()}
+        notification_ids: list[int] = []
+        for e in stored_events:
+            row = rows.get((e.originator_id, e.originator_version))
+            if row is None:
+                return None
+            notification_id, topic, state = row
+            if topic != e.topic or bytes(state) != e.state:
+                return None
+            notification_ids.append(notification_id)
+        return notification_ids
 
     # Reading.
 
@@ -491,16 +579,29 @@ class LedgerPostgresProcessRecorder(LedgerPostgresApplicationRecorder, PostgresP
             notification_ids = self._insert_tracked(stored_events, tracking)
         return notification_ids
 
-    @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
+    def _recorded_ids(
+        self, stored_events: Sequence[StoredEvent], tracking: Tracking | None
+    ) -> list[int] | None:
+        """As the application recorder's; a tracking record written alone is
+        recognised when the recorded position is exactly the one sent (the
+        events, when there are some, were written in its transaction)."""
+        if stored_events or tracking is None:
+            notification_ids: list[int] | None = super()._recorded_ids(stored_events, tracking)
+            return notification_ids
+        recorded = self.max_tracking_id(tracking.application_name)
+        return [] if recorded == tracking.notification_id else None
+
     def _insert_tracked(
         self, stored_events: Sequence[StoredEvent], tracking: Tracking
     ) -> Sequence[int]:
-        return self._call(
+        return self._call_retrying(
             self.sql_call_insert_tracked_function,
-            (
+            lambda: (
                 self._lock_timeout_setting(),
                 tracking.application_name,
                 tracking.notification_id,
                 *self._columns(stored_events),
             ),
+            stored_events,
+            tracking,
         )

@@ -12,6 +12,7 @@ import re
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
@@ -50,6 +51,7 @@ from ledger.api.commons.v1 import audit_pb2, metadata_pb2
 from ledger.api.commons.v1.execution_value_pb2 import ExecutionValue
 from ledger.api.workflowexecution.v1 import enum_pb2 as workflow_enum
 from ledger.api.workflowexecution.v1 import status_pb2 as workflow_status
+from ledger.events import TextIdEvent
 from ledger.execution import Execution
 from ledger.resources import API_VERSION, MAX_CALLBACK_TOKEN_BYTES, Resource, Status
 from ledger.validation import MAX_LABELS, MAX_STRUCT_DEPTH
@@ -935,6 +937,37 @@ def test_a_stale_writer_loses_against_another_ledger_instance(store_url: str) ->
     finally:
         first.close()
         second.close()
+
+
+@pytest.mark.parametrize("cipher", [False, True])
+@pytest.mark.parametrize("loser", ["fail", "complete"])
+def test_a_racing_completion_with_the_same_timestamp_still_loses(
+    store_url: str, monkeypatch: pytest.MonkeyPatch, loser: str, cipher: bool
+) -> None:
+    """Two writers complete one execution with events of the same type, version and
+    timestamp (two processes released together stamp the same microsecond). The one
+    that lost must be told so: its conflict is another writer's event, not its own
+    acknowledgement lost, even when the events are alike down to the timestamp."""
+    moment = datetime(2026, 12, 2, 12, 0, 0, 123456, tzinfo=UTC)
+    monkeypatch.setattr(TextIdEvent, "create_timestamp", staticmethod(lambda: moment))
+    key = AESCipher.create_key(32) if cipher else None
+    winner = open_ledger(store_url, cipher_key=key)
+    stale = open_ledger(store_url, cipher_key=key)
+    try:
+        execution_id = stale.create(agent()).id  # ``stale`` caches version 1.
+        winner.complete(execution_id, {"by": "winner"})
+        with refused(stale, TerminalPhaseError, execution_id) as info:
+            if loser == "fail":
+                stale.fail(execution_id, "too late")
+            else:
+                stale.complete(execution_id, {"by": "winner"})  # Alike in every field.
+        assert info.value.current == "EXECUTION_COMPLETED"
+        completed = stale.history(execution_id)[-1].event
+        assert isinstance(completed, Execution.Completed)
+        assert completed.output == {"by": "winner"}
+    finally:
+        winner.close()
+        stale.close()
 
 
 # Outcomes.

@@ -419,6 +419,117 @@ class TestRecorderProperties(WithPostgresSchema):
             self.assertLess(time.monotonic() - started, 5)
         self.assertEqual(recorder.insert_events([StoredEvent("aex-x", 1, "t", b"s")]), [1])
 
+    @staticmethod
+    def lose_acknowledgement(
+        recorder: LedgerPostgresApplicationRecorder,
+        before_commit: Callable[[], Any] | None = None,
+        *,
+        commit: bool = True,
+    ) -> list[int]:
+        """Makes the recorder's next call go the way of a lost connection: the call
+        commits (or, ``commit=False``, never reaches the server), then raises
+        ``OperationalError`` as a connection lost before the acknowledgement does.
+        ``before_commit`` runs first (another writer getting in). Returns how many
+        calls reached ``_call`` in all."""
+        real_call = recorder._call
+        calls: list[int] = []
+
+        def call(statement: bytes, params: tuple[Any, ...]) -> list[int]:
+            calls.append(len(calls))
+            if len(calls) == 1:
+                if before_commit is not None:
+                    before_commit()
+                if commit:
+                    real_call(statement, params)
+                raise OperationalError("server closed the connection unexpectedly")
+            return real_call(statement, params)
+
+        recorder._call = call  # type: ignore[method-assign]
+        return calls
+
+    def test_a_lost_acknowledgement_is_recognised(self) -> None:
+        """Committed, then the connection lost: the retry finds its own rows and
+        returns their notification ids instead of a conflict."""
+        recorder = self.create_recorder()
+        recorder.insert_events([StoredEvent("aex-before", 1, "t", b"before")])
+        for events in (
+            [StoredEvent("aex-one", 1, "t", b"one")],
+            [StoredEvent("aex-many", v, "t", b"many-%d" % v) for v in (1, 2, 3)],
+        ):
+            with self.subTest(count=len(events)):
+                last = recorder.max_notification_id() or 0
+                calls = self.lose_acknowledgement(recorder)
+                ids = recorder.insert_events(events)
+                self.assertEqual(len(calls), 2)  # Retried, and the retry conflicted.
+                stored = recorder.select_notifications(last, 10, inclusive_of_start=False)
+                self.assertEqual(ids, [n.id for n in stored])
+                self.assertEqual([n.state for n in stored], [e.state for e in events])
+
+    def test_a_lost_connection_then_another_writers_row_is_a_conflict(self) -> None:
+        """The first try never committed and another writer took the version meanwhile:
+        the retry's conflict is a race lost, even though a try's fate was unknown."""
+        recorder = self.create_recorder()
+        other = self.create_recorder()
+        for same_bytes_but_topic in (False, True):
+            originator_id = self.new_originator_id()
+            theirs = StoredEvent(
+                originator_id, 1, "other" if same_bytes_but_topic else "t", b"theirs"
+            )
+            mine = StoredEvent(originator_id, 1, "t", b"theirs" if same_bytes_but_topic else b"x")
+            calls = self.lose_acknowledgement(
+                recorder, partial(other.insert_events, [theirs]), commit=False
+            )
+            with self.assertRaises(IntegrityError):
+                recorder.insert_events([mine])
+            self.assertEqual(len(calls), 2)
+            self.assertEqual(recorder.select_events(originator_id), [theirs])
+
+    def test_a_conflict_on_a_first_try_is_never_looked_up(self) -> None:
+        """Without a try of unknown fate, a conflict is a conflict, even with equal rows."""
+        recorder = self.create_recorder()
+        event = StoredEvent("aex-equal", 1, "t", b"same")
+        recorder.insert_events([event])
+        looked_up: list[object] = []
+
+        def recorded_ids(*args: object) -> None:
+            looked_up.append(args)
+
+        recorder._recorded_ids = recorded_ids
+        with self.assertRaises(IntegrityError):
+            recorder.insert_events([event])
+        self.assertEqual(looked_up, [])
+
+    def test_a_lost_acknowledgement_of_a_tracked_insert_is_recognised(self) -> None:
+        """The process recorder: events with their tracking record, and a tracking
+        record alone; another process's further position is still a conflict."""
+        self.resize_pool(4)
+        recorder = LedgerPostgresProcessRecorder(
+            self.datastore, events_table_name="events", tracking_table_name="tracking"
+        )
+        recorder.create_table()
+        calls = self.lose_acknowledgement(recorder)
+        ids = recorder.insert_events(
+            [StoredEvent("aex-tracked", 1, "t", b"s")], tracking=Tracking("Ledger", 5)
+        )
+        self.assertEqual((ids, len(calls)), ([1], 2))
+        self.assertEqual(recorder.max_tracking_id("Ledger"), 5)
+
+        calls = self.lose_acknowledgement(recorder)
+        self.assertEqual(recorder.insert_events([], tracking=Tracking("Ledger", 9)), [])
+        self.assertEqual((len(calls), recorder.max_tracking_id("Ledger")), (2, 9))
+
+        other = LedgerPostgresProcessRecorder(
+            self.datastore, events_table_name="events", tracking_table_name="tracking"
+        )
+        self.lose_acknowledgement(
+            recorder,
+            lambda: other.insert_events([], tracking=Tracking("Ledger", 12)),
+            commit=False,
+        )
+        with self.assertRaises(IntegrityError):
+            recorder.insert_events([], tracking=Tracking("Ledger", 11))
+        self.assertEqual(recorder.max_tracking_id("Ledger"), 12)
+
     def test_create_table_twice_and_concurrently(self) -> None:
         recorders = [
             LedgerPostgresProcessRecorder(
