@@ -14,7 +14,11 @@ INTERRUPTED_EXIT_CODE = 130
 
 
 def main() -> None:
-    """Imports and runs the CLI; a Ctrl-C meanwhile is one line on stderr, exit 130."""
+    """Imports and runs the CLI; a Ctrl-C meanwhile is one line on stderr, exit 130.
+
+    Typer ends a command interrupted before it installed its own signal handlers
+    with a silent ``Exit(130)``: that is the same interruption, told the same way.
+    """
     try:
         from ledger.cli import main as cli_main
 
@@ -22,6 +26,10 @@ def main() -> None:
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         raise SystemExit(INTERRUPTED_EXIT_CODE) from None
+    except SystemExit as e:
+        if e.code == INTERRUPTED_EXIT_CODE:
+            sys.stderr.write("interrupted\n")
+        raise
 
 
 if __name__ == "__main__":

@@ -326,8 +326,8 @@ class Ledger(Application[str]):
             raise _denied_or(e, execution.id) from e
         except (OperationalError, InterfaceError) as e:
             raise StoreUnavailableError(
-                f"execution {execution.id!r}: the store is unavailable, nothing was written "
-                f"(retry later): {e}"
+                f"execution {execution.id!r}: the store is unavailable and did not confirm "
+                f"the write (all or nothing: read the execution, or retry later): {e}"
             ) from e
 
     def _load(self, execution_id: str) -> Execution:
