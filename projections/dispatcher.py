@@ -36,7 +36,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar, cast
 
@@ -279,12 +279,16 @@ class Dispatcher:
         while True:
             async with self._activity() as active:
                 if not active or self._stop.is_set():
+                    if not active:
+                        await self._record_kept()
                     return self.stats
                 self._lost.clear()
                 watcher = asyncio.create_task(self._watch_lock())
                 try:
                     await self._run(until_caught_up=until_caught_up)
-                except (*STORE_ERRORS, _LockLostError) as e:
+                except _LockLostError:
+                    pass  # Lost while a step waited for the store: stand by, as below.
+                except STORE_ERRORS as e:
                     # Taking the lock again after a loss (a server restart): the store
                     # may still be coming back. Stand by and try again, as after a loss.
                     if not retaking or self._stop.is_set() or until_caught_up:
@@ -327,7 +331,7 @@ class Dispatcher:
             # Outcomes kept from before a lost lock: recorded before anything is
             # attempted again (those another dispatcher recorded meanwhile are its).
             await self._outlasting_store(self._flush)
-        await self.retry_parked()
+        await self._retry_parked(self._outlasting_store)
         subscription = PollingSubscription(
             self.ledger.recorder,
             gt=start,
@@ -411,32 +415,77 @@ class Dispatcher:
 
     async def retry_parked(self) -> int:
         """Retries every parked delivery now (and any retry of one that was cut off
-        between its attempt and its outcome); returns how many were retried."""
-        async with self._activity() as active:
-            return await self._retry_parked() if active else 0
+        between its attempt and its outcome); returns how many were called.
 
-    async def _retry_parked(self) -> int:
-        parked = await asyncio.to_thread(self.log.deliveries_to_retry, self.log.position() or 0)
+        Like :meth:`run`, it starts no new call once :meth:`stop` is called or the
+        lock is lost: the deliveries not called yet stay attempted, and the next
+        retry (or the next start) finds and retries them."""
+        async with self._activity() as active:
+            return await self._retry_parked(asyncio.to_thread) if active else 0
+
+    async def _retry_parked(self, step: Callable[..., Awaitable[Any]]) -> int:
+        """``step`` runs each blocking step: :func:`asyncio.to_thread` (a store error
+        ends the retry) or :meth:`_outlasting_store` (within a run)."""
+        parked: list[Delivery] = await step(self._parked_deliveries)
         jobs: list[_Job] = []
         for delivery in parked:
-            execution = await asyncio.to_thread(self._execution, delivery.id)
+            execution: Execution = await step(self._execution, delivery.id)
             delivery.attempt(call_for(Phase(delivery.phase)))
             jobs.append(_Job(0, delivery, execution, execution.callback_token))
         if not jobs:
             return 0
         logger.info("retrying %d parked deliveries", len(jobs))
-        await asyncio.to_thread(self.log.record, [j.delivery for j in jobs])
+        await step(self.log.record, [j.delivery for j in jobs])
         slots = asyncio.Semaphore(self.max_in_flight)
+        called = 0
 
         async def deliver(job: _Job) -> None:
+            nonlocal called
             await slots.acquire()
+            if self._stop.is_set() or self._lost.is_set():
+                slots.release()  # No new call: it stays attempted, retried later.
+                return
+            called += 1
             await self._deliver(job, slots)
 
         await asyncio.gather(*(deliver(job) for job in jobs))
-        await asyncio.to_thread(self._flush)
-        return len(jobs)
+        if called < len(jobs):
+            logger.warning(
+                "stopped retrying parked deliveries: %d of %d not called, left for the next retry",
+                len(jobs) - called,
+                len(jobs),
+            )
+        await step(self._flush)
+        return called
+
+    async def _record_kept(self) -> None:
+        """Stopped in standby with outcomes kept since a lost lock: records them now,
+        each delivery on its own and without a position (a delivery another
+        dispatcher recorded meanwhile is left to it). If the store still refuses,
+        they are lost as in a crash, and the log says so: their deliveries stay
+        attempted, and the next run settles them (``stale_after_attempt``)."""
+        with self._flush_lock:
+            resolved, self._resolved = self._resolved, []
+            self._unrecorded += [e for delivery in resolved for e in delivery.collect_events()]
+            events = list(self._unrecorded)
+        if not events:
+            return
+        try:
+            await asyncio.to_thread(self._record_each, events)
+        except STORE_ERRORS as e:
+            logger.error(
+                "stopping with %d outcome events not recorded, the store is unavailable (%s); "
+                "their deliveries stay attempted and the next run settles them",
+                len(events),
+                e,
+            )
+            return
+        del self._unrecorded[: len(events)]
 
     # Steps.
+
+    def _parked_deliveries(self) -> list[Delivery]:
+        return self.log.deliveries_to_retry(self.log.position() or 0)
 
     def _start_position(self) -> int:
         recorded = self.log.position()
