@@ -44,7 +44,7 @@ from ledger.api.workflowexecution.v1.status_pb2 import WorkflowTask
 from ledger.application import Ledger, open_ledger
 from ledger.caller import ExecutionActivities, execution_id_for
 from ledger.config import parse_url
-from ledger.errors import ExecutionNotFoundError
+from ledger.errors import ExecutionNotFoundError, StoreUnavailableError
 from ledger.execution import Execution
 from ledger.resources import (
     AGENT_EXECUTION,
@@ -658,6 +658,96 @@ def test_a_retry_of_a_parked_delivery_cut_off_before_its_outcome_is_retried(
             ]
             assert await again.retry_parked() == 0
         await proxy.stop()
+
+    run(scenario())
+
+
+def test_stopping_a_retry_of_parked_deliveries_starts_no_new_call(
+    sqlite_url: str, temporal_address: str
+) -> None:
+    """stop() while parked deliveries are being retried one at a time: the call in
+    flight ends and is recorded, no other starts; the rest stay attempted and the
+    next retry delivers them, each caller woken once."""
+
+    async def scenario() -> None:
+        proxy = TcpProxy(temporal_address)
+        await proxy.start()
+        async with world(sqlite_url, temporal_address) as w:
+            through_proxy = await proxied_client(proxy)
+            callers = [await w.start_agent() for _ in range(4)]
+            for caller in callers:
+                w.ledger.complete(caller.execution_id)
+            await proxy.stop()
+            parking = w.dispatcher(through_proxy, retry=FAST_RETRY)
+            assert (await parking.run(until_caught_up=True)).outcomes == {"parked": 4}
+            await proxy.start()
+
+            retrying = w.dispatcher(through_proxy, max_in_flight=1)
+            calls = count_calls(retrying)
+            send = retrying.sender.send
+
+            async def stopping(execution: Execution, token: bytes, **kwargs: Any) -> CallbackResult:
+                retrying.stop()  # Asked to stop while this first call is in flight.
+                return await send(execution, token, **kwargs)
+
+            retrying.sender.send = stopping  # type: ignore[method-assign]
+            assert await retrying.retry_parked() == 1
+            assert len(calls) == 1
+            log = w.log()
+            first = log.delivery(calls[0])
+            assert first is not None and first.outcome is Outcome.DELIVERED
+            rest = [c.execution_id for c in callers if c.execution_id != calls[0]]
+            for execution_id in rest:
+                assert event_names(log, execution_id)[-1] == "Attempted"
+
+            again = w.dispatcher(through_proxy)
+            again_calls = count_calls(again)
+            assert await again.retry_parked() == 3
+            assert sorted(again_calls) == sorted(rest)
+            for caller in callers:
+                await result_of(caller)
+                assert (await activity_events(caller.handle))["COMPLETED"] == 1
+        await proxy.stop()
+
+    run(scenario())
+
+
+def test_a_lock_lost_while_the_first_start_waits_for_the_store_stands_by(
+    pg_url: str, temporal_address: str
+) -> None:
+    """The first run took the lock, then the store failed its start-up read and the
+    lock was lost meanwhile (a server restart): the run stands by, takes the lock
+    again and delivers, instead of failing."""
+
+    async def scenario() -> None:
+        async with world(pg_url, temporal_address) as w:
+            caller = await w.start_agent()
+            w.ledger.complete(caller.execution_id)
+            dispatcher = w.dispatcher(lock_check_interval=0.05)
+            start_position = dispatcher._start_position
+            held = dispatcher._active.held
+            failures = 0
+
+            def failing_start() -> int:
+                nonlocal failures
+                if failures < 3:
+                    failures += 1
+                    raise StoreUnavailableError("the store is restarting")
+                return start_position()
+
+            checks = 0
+
+            def lost_once() -> bool:
+                nonlocal checks
+                checks += 1
+                return checks > 1 and held()
+
+            dispatcher._start_position = failing_start  # type: ignore[method-assign]
+            dispatcher._active.held = lost_once  # type: ignore[method-assign]
+            stats = await dispatcher.run(until_caught_up=True)
+            assert stats.outcomes == {"delivered": 1}
+            assert checks >= 1 and failures == 3
+            await result_of(caller)
 
     run(scenario())
 
