@@ -385,8 +385,8 @@ class LedgerPostgresApplicationRecorder(PostgresApplicationRecorder):
     def _recorded_ids(
         self, stored_events: Sequence[StoredEvent], tracking: Tracking | None
     ) -> list[int] | None:
-        """The notification ids of ``stored_events`` if the store holds exactly them
-        (and, with no events, ``tracking`` exactly), else ``None``.
+        """The notification ids of ``stored_events`` if the store holds exactly them,
+        else ``None`` (always ``None`` without events: see the process recorder).
 
         The events' rows are compared byte for byte (topic and state) with what was
         sent: events of another writer at the same versions differ (their own
