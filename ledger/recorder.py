@@ -70,7 +70,7 @@ from __future__ import annotations
 import hashlib
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from eventsourcing.persistence import (
@@ -337,7 +337,7 @@ class LedgerPostgresApplicationRecorder(PostgresApplicationRecorder):
             e = stored_events[0]
             return self._call_retrying(
                 self.sql_call_insert_one_function,
-                lambda: (
+                (
                     self._lock_timeout_setting(),
                     e.originator_id,
                     e.originator_version,
@@ -348,14 +348,14 @@ class LedgerPostgresApplicationRecorder(PostgresApplicationRecorder):
             )
         return self._call_retrying(
             self.sql_call_insert_function,
-            lambda: (self._lock_timeout_setting(), *self._columns(stored_events)),
+            (self._lock_timeout_setting(), *self._columns(stored_events)),
             stored_events,
         )
 
     def _call_retrying(
         self,
         statement: bytes,
-        params: Callable[[], tuple[Any, ...]],
+        params: tuple[Any, ...],
         stored_events: Sequence[StoredEvent],
         tracking: Tracking | None = None,
     ) -> list[int]:
@@ -367,7 +367,7 @@ class LedgerPostgresApplicationRecorder(PostgresApplicationRecorder):
         attempt = 1
         while True:
             try:
-                return self._call(statement, params())
+                return self._call(statement, params)
             except IntegrityError:
                 if fate_unknown:
                     notification_ids: list[int] | None = self._recorded_ids(stored_events, tracking)
@@ -596,7 +596,7 @@ class LedgerPostgresProcessRecorder(LedgerPostgresApplicationRecorder, PostgresP
     ) -> Sequence[int]:
         return self._call_retrying(
             self.sql_call_insert_tracked_function,
-            lambda: (
+            (
                 self._lock_timeout_setting(),
                 tracking.application_name,
                 tracking.notification_id,

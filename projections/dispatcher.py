@@ -465,9 +465,7 @@ class Dispatcher:
         they are lost as in a crash, and the log says so: their deliveries stay
         attempted, and the next run settles them (``stale_after_attempt``)."""
         with self._flush_lock:
-            resolved, self._resolved = self._resolved, []
-            self._unrecorded += [e for delivery in resolved for e in delivery.collect_events()]
-            events = list(self._unrecorded)
+            events = self._take_outcomes()
         if not events:
             return
         try:
@@ -635,9 +633,7 @@ class Dispatcher:
             # The position first: a delivery is marked done only after it joined
             # _resolved, so every outcome the position covers is among those taken next.
             watermark = self._watermark()
-            resolved, self._resolved = self._resolved, []
-            self._unrecorded += [e for delivery in resolved for e in delivery.collect_events()]
-            events = list(self._unrecorded)
+            events = self._take_outcomes()
             tracking = Tracking(LEDGER_LOG, watermark) if watermark > self._tracked else None
             try:
                 self.log.record(events, tracking)
@@ -655,6 +651,13 @@ class Dispatcher:
             self._tracked = watermark
             for position in [p for p in list(self._pending) if p <= watermark]:
                 del self._pending[position]
+
+    def _take_outcomes(self) -> list[CanMutateAggregate[str]]:
+        """Moves the resolved deliveries' events to those not yet recorded, and
+        returns all of these (the caller holds :attr:`_flush_lock`)."""
+        resolved, self._resolved = self._resolved, []
+        self._unrecorded += [e for delivery in resolved for e in delivery.collect_events()]
+        return list(self._unrecorded)
 
     def _record_each(self, events: Sequence[CanMutateAggregate[str]]) -> None:
         by_delivery: dict[str, list[CanMutateAggregate[str]]] = {}
