@@ -313,9 +313,11 @@ class Dispatcher:
         while True:
             await asyncio.sleep(self.lock_check_interval)
             try:
-                held = await asyncio.wait_for(
-                    asyncio.to_thread(self._active.held), timeout=CHECK_TIMEOUT * 2
-                )
+                # asyncio.timeout, not wait_for: on Python 3.11, wait_for swallows a
+                # cancellation that lands as the check returns, and the watcher would
+                # then run on for ever, holding up the end of run().
+                async with asyncio.timeout(CHECK_TIMEOUT * 2):
+                    held = await asyncio.to_thread(self._active.held)
             except TimeoutError:
                 held = False
             if not held:

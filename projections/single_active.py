@@ -99,8 +99,11 @@ class SingleActive:
             if stop is None:
                 await asyncio.sleep(self.poll_interval)
             else:
+                # asyncio.timeout, not wait_for, which on Python 3.11 can swallow a
+                # cancellation (see Dispatcher._watch_lock).
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.poll_interval)
+                    async with asyncio.timeout(self.poll_interval):
+                        await stop.wait()
         return False
 
     def held(self) -> bool:
