@@ -56,17 +56,17 @@ from psycopg import sql
 
 from ledger.api.commons.v1 import metadata_pb2
 from ledger.application import Ledger, open_ledger_with
-from ledger.config import StoreConfig, parse_url
-from ledger.execution import Execution
-from ledger.resources import (
+from ledger.contract.kinds import (
     AGENT_EXECUTION,
     WORKFLOW_EXECUTION,
     AgentExecutionSpec,
     AgentExecutionStatus,
-    Phase,
     WorkflowExecutionSpec,
     WorkflowExecutionStatus,
 )
+from ledger.contract.phases import Phase
+from ledger.domain.execution import Execution
+from ledger.store.url import StoreConfig, parse_url
 from projections.views import DEFAULT_PAGE_SIZE, Views, freeze_startup_objects
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"

@@ -44,8 +44,8 @@ from psycopg import sql
 
 from ledger.api.agentexecution.v1 import enum_pb2
 from ledger.application import Ledger, open_ledger_with
-from ledger.config import StoreConfig, parse_url
-from ledger.resources import API_VERSION, AgentExecution, AgentExecutionStatus
+from ledger.contract.kinds import API_VERSION, AgentExecution, AgentExecutionStatus
+from ledger.store.url import StoreConfig, parse_url
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 COMMANDS_PER_LIFECYCLE = 5
@@ -53,8 +53,8 @@ CALLBACK_TOKEN_BYTES = 300
 """About the size of a Temporal activity task token."""
 
 FAST_ENV: dict[str, str] = {
-    "APPLICATION_RECORDER_TOPIC": "ledger.recorder:LedgerPostgresApplicationRecorder",
-    "PROCESS_RECORDER_TOPIC": "ledger.recorder:LedgerPostgresProcessRecorder",
+    "APPLICATION_RECORDER_TOPIC": "ledger.store.recorder:LedgerPostgresApplicationRecorder",
+    "PROCESS_RECORDER_TOPIC": "ledger.store.recorder:LedgerPostgresProcessRecorder",
     "AGGREGATE_CACHE_MAXSIZE": "1000",
     "AGGREGATE_CACHE_FASTFORWARD": "n",
 }

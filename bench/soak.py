@@ -17,7 +17,7 @@ Everything runs for real, each part in a process of its own:
   result against what it recorded, and counts, from each workflow's history,
   how its activities closed (Temporal's side);
 - the views (``ledger projections run``, i.e. ``Views.run``) and the dispatcher
-  (``python -m projections.dispatcher``), following from the start.
+  (``python -m ledger dispatcher run``), following from the start.
 
 Every ``--interval`` seconds a line shows the writers' throughput (commands/s over
 the interval, from the progress files they keep) and the lag of each view and of
@@ -70,23 +70,24 @@ from ledger.api.agentexecution.v1.status_pb2 import AgentMessage
 from ledger.api.commons.v1.metadata_pb2 import ApiResourceMetadata
 from ledger.api.workflowexecution.v1.status_pb2 import WorkflowTask
 from ledger.application import Ledger, open_ledger
-from ledger.caller import ExecutionActivities, execution_id_for
-from ledger.config import parse_url
-from ledger.errors import ExecutionNotFoundError
-from ledger.resources import (
+from ledger.contract.errors import ExecutionNotFoundError
+from ledger.contract.kinds import (
     AGENT_EXECUTION,
     WORKFLOW_EXECUTION,
     AgentExecution,
     AgentExecutionSpec,
     AgentExecutionStatus,
-    Phase,
     Resource,
     WorkflowExecution,
     WorkflowExecutionSpec,
     WorkflowExecutionStatus,
     kind_named,
 )
-from ledger.workflow import execute_agent_execution, execute_workflow_execution
+from ledger.contract.names import COMPLETED_TOPICS
+from ledger.contract.phases import Phase
+from ledger.store.url import parse_url
+from ledger.temporal.caller import ExecutionActivities, execution_id_for
+from ledger.temporal.workflow import execute_agent_execution, execute_workflow_execution
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,7 +98,7 @@ ENDS = ("complete", "finish", "fail", "cancel")
 ERROR_TYPE = "SoakError"
 CANCELLED_TYPE = "ExecutionCancelled"
 CALL_TIMEOUT = timedelta(minutes=30)
-COMPLETED_TOPIC = "ledger.execution:Execution.Completed"
+COMPLETED_TOPIC = COMPLETED_TOPICS[0]
 
 
 # Lifecycles.
@@ -560,7 +561,7 @@ def run_soak(
             work / "views.log",
         )
         processes["dispatcher"] = python(
-            ["-m", "projections.dispatcher"], env, work / "dispatcher.log"
+            ["-m", "ledger", "dispatcher", "run"], env, work / "dispatcher.log"
         )
         for i in range(args.writers):
             processes[f"writer-{i}"] = python(

@@ -30,8 +30,7 @@ from eventsourcing.persistence import (
 )
 from google.protobuf.message import Message
 
-from ledger.config import StoreConfig, ensure_schema, parse_url, setup_lock
-from ledger.errors import (
+from ledger.contract.errors import (
     CreateConflictError,
     ExecutionNotFoundError,
     InvalidResourceError,
@@ -41,20 +40,15 @@ from ledger.errors import (
     UserError,
     VersionConflictError,
 )
-from ledger.execution import Execution
-from ledger.resources import (
-    Kind,
-    Phase,
-    Resource,
-    Status,
-    check_id,
-    copy_resource,
-    kind_of,
-    kind_of_id,
-)
-from ledger.transcodings import register_ledger_transcodings
-from ledger.validation import check_envelope, check_metadata_counts, check_spec, check_text
-from ledger.vault import SecretVault
+from ledger.contract.ids import check_id, kind_of_id
+from ledger.contract.kinds import Kind, Resource, Status, copy_resource, kind_of
+from ledger.contract.phases import Phase
+from ledger.domain.execution import Execution
+from ledger.domain.validation import check_envelope, check_metadata_counts, check_spec, check_text
+from ledger.store.connections import ensure_schema, setup_lock
+from ledger.store.transcodings import register_ledger_transcodings
+from ledger.store.url import StoreConfig, parse_url
+from ledger.store.vault import SecretVault
 
 WRITE_RETRY_SECONDS = 30.0
 """How long a write without ``expected_version`` keeps re-reading and retrying after
@@ -145,7 +139,7 @@ class Ledger(Application[str]):
         Without ``metadata.id`` the execution gets ``aex-<ulid>`` / ``wex-<ulid>``.
         Idempotent on the id: the same id with an identical kind and spec returns
         the recorded execution and appends nothing; a different spec raises
-        :class:`~ledger.errors.CreateConflictError`.
+        :class:`~ledger.contract.errors.CreateConflictError`.
         """
         kind = kind_of(resource)
         values: Any = resource

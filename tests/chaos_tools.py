@@ -51,21 +51,22 @@ from ledger.api.agentexecution.v1.status_pb2 import AgentMessage
 from ledger.api.commons.v1.metadata_pb2 import ApiResourceMetadata
 from ledger.api.workflowexecution.v1.status_pb2 import WorkflowTask
 from ledger.application import Ledger, open_ledger
-from ledger.errors import StoreUnavailableError, VersionConflictError
-from ledger.execution import Execution
-from ledger.resources import (
+from ledger.contract.errors import StoreUnavailableError, VersionConflictError
+from ledger.contract.kinds import (
     AGENT_EXECUTION,
     WORKFLOW_EXECUTION,
     AgentExecution,
     AgentExecutionSpec,
     AgentExecutionStatus,
-    Phase,
     Resource,
     WorkflowExecution,
     WorkflowExecutionSpec,
     WorkflowExecutionStatus,
 )
-from ledger.workflow import execute_agent_execution, execute_workflow_execution
+from ledger.contract.names import COMPLETED_TOPICS, CREATED_TOPICS
+from ledger.contract.phases import Phase
+from ledger.domain.execution import Execution
+from ledger.temporal.workflow import execute_agent_execution, execute_workflow_execution
 
 OWNER_LABEL = "chaos-owner"
 PLAN_LABEL = "chaos-plan"
@@ -73,8 +74,8 @@ ORIGIN_LABEL = "chaos-origin"
 """``token`` (recorded by the caller activity) or ``own`` (created by the writer)."""
 
 ENDS = ("complete", "finish", "fail", "cancel", "none")
-CREATED_TOPIC = "ledger.execution:Execution.Created"
-COMPLETED_TOPIC = "ledger.execution:Execution.Completed"
+CREATED_TOPIC = CREATED_TOPICS[0]
+COMPLETED_TOPIC = COMPLETED_TOPICS[0]
 ERROR_TYPE = "ChaosError"
 CANCELLED_TYPE = "ExecutionCancelled"
 CALL_TIMEOUT = timedelta(minutes=10)

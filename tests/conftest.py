@@ -22,7 +22,7 @@ import pytest
 from psycopg import sql
 
 from ledger.application import Ledger, open_ledger
-from ledger.demo import temporal_cli_path
+from ledger.cli.demo import temporal_cli_path
 
 # Each ledger, view store and dispatcher log opens a pool; keep the suite well
 # inside the server's max_connections (the library's default pool is 5).

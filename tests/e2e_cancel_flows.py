@@ -24,7 +24,7 @@ from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
     from ledger.api.agentexecution.v1.api_pb2 import AgentExecution
-    from ledger.workflow import START_AGENT_EXECUTION, execute_agent_execution
+    from ledger.temporal.workflow import START_AGENT_EXECUTION, execute_agent_execution
 
 BRIEF_TIMEOUT = timedelta(seconds=1.5)
 

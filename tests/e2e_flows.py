@@ -9,7 +9,7 @@ from temporalio import workflow
 with workflow.unsafe.imports_passed_through():
     from ledger.api.agentexecution.v1.api_pb2 import AgentExecution
     from ledger.api.workflowexecution.v1.api_pb2 import WorkflowExecution
-    from ledger.workflow import execute_agent_execution, execute_workflow_execution
+    from ledger.temporal.workflow import execute_agent_execution, execute_workflow_execution
 
 
 @workflow.defn

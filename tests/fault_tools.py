@@ -13,7 +13,7 @@
   fixed port with its state in a file, so it can be SIGKILLed and started again.
 - The writer process (``python -m tests.fault_tools writer ...``): appends
   lifecycles (or completes given executions) in a loop and records every
-  command's result as a JSON line; on :class:`~ledger.errors.StoreUnavailableError`
+  command's result as a JSON line; on :class:`~ledger.contract.errors.StoreUnavailableError`
   it retries the same command, as a client is told to.
 - :func:`check_lifecycle`: an execution's history is a whole-command prefix of
   the writer's lifecycle, with no command applied twice.
@@ -44,15 +44,15 @@ from ledger.api.agentexecution.v1.enum_pb2 import MESSAGE_AI
 from ledger.api.agentexecution.v1.status_pb2 import AgentMessage
 from ledger.api.commons.v1.metadata_pb2 import ApiResourceMetadata
 from ledger.application import HistoryEntry, Ledger, open_ledger
-from ledger.errors import StoreUnavailableError
-from ledger.execution import Execution
-from ledger.resources import (
+from ledger.contract.errors import StoreUnavailableError
+from ledger.contract.kinds import (
     AGENT_EXECUTION,
     AgentExecution,
     AgentExecutionSpec,
     AgentExecutionStatus,
-    Phase,
 )
+from ledger.contract.phases import Phase
+from ledger.domain.execution import Execution
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -25,17 +25,17 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from ledger.api.commons.v1.execution_value_pb2 import ExecutionValue
 from ledger.application import Ledger, open_ledger
-from ledger.execution import Execution
-from ledger.resources import (
+from ledger.contract.kinds import (
     AgentExecution,
     AgentExecutionSpec,
     AgentExecutionStatus,
-    Phase,
     WorkflowExecution,
     WorkflowExecutionSpec,
 )
-from ledger.vault import ENCRYPTED_PREFIX
-from projections.callback import (
+from ledger.contract.phases import Phase
+from ledger.domain.execution import Execution
+from ledger.domain.sealing import ENCRYPTED_PREFIX
+from projections.dispatch.calls import (
     CANCELLED_ERROR_TYPE,
     CallbackResult,
     CallbackSender,
@@ -43,7 +43,7 @@ from projections.callback import (
     call_for,
     final_resource,
 )
-from projections.delivery import Call, Outcome
+from projections.dispatch.delivery import Call, Outcome
 
 TOKEN = b"\x0a\x24task-token-bytes\x00\xff" * 8
 POLICY = RetryPolicy(

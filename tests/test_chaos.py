@@ -10,7 +10,7 @@ Four processes work on one PostgreSQL schema while workflows wait in Temporal:
   complete, complete by status patch, fail or cancel (some of its own stay
   running);
 - the views (``ledger projections run``: status and audit);
-- the dispatcher (``python -m projections.dispatcher``).
+- the dispatcher (``python -m ledger dispatcher run``).
 
 A seeded schedule (``CHAOS_SEED``, printed in every assertion message) SIGKILLs
 one of them at a time, at random moments (some right after a restart, during
@@ -59,20 +59,21 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from ledger.application import open_ledger
-from ledger.caller import ExecutionActivities, execution_id_for
-from ledger.config import parse_url
-from ledger.execution import Execution
-from ledger.resources import (
+from ledger.contract.kinds import (
     AGENT_EXECUTION,
     WORKFLOW_EXECUTION,
     AgentExecution,
     AgentExecutionSpec,
-    Phase,
     kind_named,
 )
-from projections.callback import CallbackResult, CallbackSender, call_for
-from projections.delivery import Delivery, Outcome
-from projections.dispatcher import COMPLETED_TOPIC, Dispatcher, DispatcherLog
+from ledger.contract.names import COMPLETED_TOPICS
+from ledger.contract.phases import Phase
+from ledger.domain.execution import Execution
+from ledger.store.url import parse_url
+from ledger.temporal.caller import ExecutionActivities, execution_id_for
+from projections.dispatch.calls import CallbackResult, CallbackSender, call_for
+from projections.dispatch.delivery import Delivery, Outcome
+from projections.dispatch.dispatcher import Dispatcher, DispatcherLog
 from projections.views import Views
 from tests.chaos_tools import (
     CREATED_TOPIC,
@@ -243,7 +244,10 @@ def make_processes(url: str, temporal: str, stop_file: Path, tmp: Path) -> dict[
         "views", [ledger_cli, "projections", "run", "--url", url], env("views"), tmp / "views.log"
     )
     processes["dispatcher"] = Killable(
-        "dispatcher", ["-m", "projections.dispatcher"], env("dispatcher"), tmp / "dispatcher.log"
+        "dispatcher",
+        ["-m", "ledger", "dispatcher", "run"],
+        env("dispatcher"),
+        tmp / "dispatcher.log",
     )
     return processes
 
@@ -649,7 +653,7 @@ def test_outcomes_resolved_while_a_flush_runs_are_recorded_before_its_position(
     crashed = _dispatcher(pg_url)
     try:
         with contextlib.closing(open_ledger(pg_url)) as ledger:
-            page = ledger.recorder.select_notifications(1, 100, topics=[COMPLETED_TOPIC])
+            page = ledger.recorder.select_notifications(1, 100, topics=list(COMPLETED_TOPICS))
         (job,) = crashed._prepare(page)
         watermark = crashed._watermark
 
@@ -671,7 +675,7 @@ def test_completions_being_prepared_are_not_covered_by_a_concurrent_flush(pg_url
     crashed = _dispatcher(pg_url)
     try:
         with contextlib.closing(open_ledger(pg_url)) as ledger:
-            page = ledger.recorder.select_notifications(1, 100, topics=[COMPLETED_TOPIC])
+            page = ledger.recorder.select_notifications(1, 100, topics=list(COMPLETED_TOPICS))
         delivery = crashed.log.delivery
 
         def flushed_meanwhile(execution_id: str) -> Delivery | None:

@@ -4,7 +4,7 @@
 run/retry-parked``, ``setup`` and ``roles``, each run as a subprocess with
 ``LEDGER_URL`` set, on SQLite and PostgreSQL where the SQL differs. Executions
 are written in-process through the Python API (fast); deliveries are recorded
-with :class:`~projections.dispatcher.DispatcherLog`, as the dispatcher would,
+with :class:`~projections.dispatch.dispatcher.DispatcherLog`, as the dispatcher would,
 except where the real dispatcher runs against the Temporal dev server.
 """
 
@@ -30,19 +30,20 @@ import pytest
 
 from ledger.api.commons.v1 import metadata_pb2
 from ledger.application import Ledger, open_ledger
-from ledger.config import parse_url
-from ledger.execution import Execution
-from ledger.resources import (
+from ledger.contract.kinds import (
     AGENT_EXECUTION,
     API_VERSION,
     AgentExecution,
     AgentExecutionStatus,
-    Phase,
     WorkflowExecution,
     WorkflowExecutionStatus,
 )
-from projections.delivery import Call, Delivery, Outcome
-from projections.dispatcher import DispatcherLog
+from ledger.contract.names import COMPLETED_TOPICS, CREATED_TOPICS
+from ledger.contract.phases import Phase
+from ledger.domain.execution import Execution
+from ledger.store.url import parse_url
+from projections.dispatch.delivery import Call, Delivery, Outcome
+from projections.dispatch.dispatcher import DispatcherLog
 
 LEDGER = str(Path(sys.executable).parent / "ledger")
 _T = TypeVar("_T")
@@ -506,7 +507,7 @@ def test_projections_status_and_rebuild(store_url: str, ledger: Ledger) -> None:
     audit_ledger_events = count_notifications(
         store_url,
         None,
-        ("ledger.execution:Execution.Created", "ledger.execution:Execution.Completed"),
+        (CREATED_TOPICS[0], COMPLETED_TOPICS[0]),
     )
     dispatcher_events = count_notifications(store_url, "dispatcher")
     assert ledger_events > audit_ledger_events > 0 and dispatcher_events == 6

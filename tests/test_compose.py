@@ -8,7 +8,8 @@ from typing import Any
 
 import yaml
 
-from ledger.config import TemporalSettings, parse_url
+from ledger.store.url import parse_url
+from ledger.temporal.settings import TemporalSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = [*ROOT.joinpath("ledger").rglob("*.py"), *ROOT.joinpath("projections").rglob("*.py")]

@@ -3,7 +3,7 @@
 Every test here runs real workflows (``tests/e2e_flows.py``,
 ``tests/e2e_cancel_flows.py``) on a worker whose activities record an execution
 carrying their own task token, drives the execution through the Ledger API, runs
-the :class:`~projections.dispatcher.Dispatcher`, and checks both sides: what the
+the :class:`~projections.dispatch.dispatcher.Dispatcher`, and checks both sides: what the
 waiting workflow received (Temporal's own history, not only the ledger's
 records) and what the dispatcher's log recorded.
 
@@ -42,26 +42,27 @@ from ledger.api.agentexecution.v1.enum_pb2 import MESSAGE_AI
 from ledger.api.agentexecution.v1.status_pb2 import AgentMessage
 from ledger.api.workflowexecution.v1.status_pb2 import WorkflowTask
 from ledger.application import Ledger, open_ledger
-from ledger.caller import ExecutionActivities, execution_id_for
-from ledger.config import parse_url
-from ledger.errors import ExecutionNotFoundError, StoreUnavailableError
-from ledger.execution import Execution
-from ledger.resources import (
+from ledger.contract.errors import ExecutionNotFoundError, StoreUnavailableError
+from ledger.contract.kinds import (
     AGENT_EXECUTION,
     WORKFLOW_EXECUTION,
     AgentExecution,
     AgentExecutionSpec,
     AgentExecutionStatus,
     Kind,
-    Phase,
     Resource,
     WorkflowExecution,
     WorkflowExecutionSpec,
     WorkflowExecutionStatus,
 )
-from projections.callback import CallbackResult, RetryPolicy, final_resource
-from projections.delivery import Call, Delivery, Outcome
-from projections.dispatcher import LEDGER_LOG, Dispatcher, DispatcherLog
+from ledger.contract.names import LEDGER_LOG
+from ledger.contract.phases import Phase
+from ledger.domain.execution import Execution
+from ledger.store.url import parse_url
+from ledger.temporal.caller import ExecutionActivities, execution_id_for
+from projections.dispatch.calls import CallbackResult, RetryPolicy, final_resource
+from projections.dispatch.delivery import Call, Delivery, Outcome
+from projections.dispatch.dispatcher import Dispatcher, DispatcherLog
 from tests.e2e_cancel_flows import (
     BriefAgentExecution,
     CancellableAgentExecution,
@@ -1113,7 +1114,7 @@ def test_a_dispatcher_that_loses_its_lock_stands_by_and_a_standby_takes_over(
             assert head is not None and log.position() == head - 1  # The create after.
             assert "lost the single-active lock" in caplog.text
 
-    with caplog.at_level("WARNING", logger="projections.dispatcher"):
+    with caplog.at_level("WARNING", logger="projections.dispatch.dispatcher"):
         run(scenario())
 
 
@@ -1219,7 +1220,7 @@ def test_live_completions_are_delivered(store_url: str, temporal_address: str) -
 def test_dispatcher_starts_on_a_postgres_schema_not_created_yet(
     pg_url: str, temporal_address: str
 ) -> None:
-    """``python -m projections.dispatcher`` may well start before anything else
+    """``python -m ledger dispatcher run`` may well start before anything else
     has opened the ledger (docker-compose starts it beside PostgreSQL): the
     schema named in ``LEDGER_URL`` must be created, as ``open_ledger`` does."""
 

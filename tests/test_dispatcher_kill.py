@@ -27,8 +27,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from ledger.config import parse_url
-from ledger.resources import AgentExecution, AgentExecutionSpec
+from ledger.contract.kinds import AgentExecution, AgentExecutionSpec
+from ledger.store.url import parse_url
 from tests.test_dispatcher_e2e import World, activity_events, run, world
 
 pytestmark = [pytest.mark.slow, pytest.mark.temporal, pytest.mark.postgres]
@@ -47,7 +47,7 @@ def start_dispatcher(url: str, address: str, log_file: Path) -> subprocess.Popen
     env.pop("LEDGER_CIPHER_KEY", None)
     with log_file.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "projections.dispatcher"],
+            [sys.executable, "-m", "ledger", "dispatcher", "run"],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -13,7 +13,7 @@ Temporal: a dedicated dev server (``temporal server start-dev``) on a fixed port
 with its state in a file, SIGKILLed and started again on the same port and file.
 
 1. Commands appended during a PostgreSQL outage succeed or fail with
-   :class:`~ledger.errors.StoreUnavailableError`, write nothing half-way, and the
+   :class:`~ledger.contract.errors.StoreUnavailableError`, write nothing half-way, and the
    writer carries on by itself; the dispatcher following meanwhile carries on by
    itself and delivers every completion exactly once (counted in Temporal).
    Two narrower cases: a COMMIT whose acknowledgement is lost (the command must
@@ -52,16 +52,12 @@ from temporalio.service import RetryConfig
 from ledger.api.agentexecution.v1.enum_pb2 import MESSAGE_AI
 from ledger.api.agentexecution.v1.status_pb2 import AgentMessage
 from ledger.application import Ledger, open_ledger
-from ledger.errors import StoreUnavailableError
-from ledger.execution import Execution
-from ledger.resources import (
-    AgentExecution,
-    AgentExecutionSpec,
-    AgentExecutionStatus,
-    Phase,
-)
-from projections.callback import RetryPolicy
-from projections.delivery import Outcome
+from ledger.contract.errors import StoreUnavailableError
+from ledger.contract.kinds import AgentExecution, AgentExecutionSpec, AgentExecutionStatus
+from ledger.contract.phases import Phase
+from ledger.domain.execution import Execution
+from projections.dispatch.calls import RetryPolicy
+from projections.dispatch.delivery import Outcome
 from projections.subscription import PollingSubscription
 from tests.conftest import temporal_cli
 from tests.fault_tools import (
@@ -131,9 +127,9 @@ def temporal_server(tmp_path: Path) -> Iterator[TemporalDevServer]:
 def start_dispatcher(
     url: str, temporal: str, name: str, log: Path, **env: str
 ) -> subprocess.Popen[bytes]:
-    """``python -m projections.dispatcher``, its backends named ``name``."""
+    """``python -m ledger dispatcher run``, its backends named ``name``."""
     return python_process(
-        ["-m", "projections.dispatcher"],
+        ["-m", "ledger", "dispatcher", "run"],
         {"LEDGER_URL": url, "TEMPORAL_ADDRESS": temporal, "PGAPPNAME": name, **env},
         log,
     )
@@ -269,7 +265,7 @@ def test_writer_during_a_postgres_outage_fails_cleanly_and_carries_on(
     errors = [r for r in results if not r.ok]
     assert errors, "no command hit the outage"
     for error in errors:
-        assert error.error == "ledger.errors.StoreUnavailableError", error
+        assert error.error == "ledger.contract.errors.StoreUnavailableError", error
         assert "unavailable" in error.message, error
         assert outage_started < error.at < outage_ended + 1, error
     # Every lifecycle the writer ran is in the store whole, each command once.
@@ -378,7 +374,7 @@ def test_dispatcher_following_through_a_postgres_outage_delivers_each_completion
             assert all(f == ["Delivered"] for f in finals.values()), finals
             writer_errors = [r for r in read_results(results_file) if not r.ok]
             for error in writer_errors:
-                assert error.error == "ledger.errors.StoreUnavailableError", error
+                assert error.error == "ledger.contract.errors.StoreUnavailableError", error
             if outage == "beyond_retries":
                 assert writer_errors, "the outage did not outlast the retries"
             print(

@@ -96,8 +96,8 @@ from ledger import (
     open_ledger,
 )
 from ledger.api.commons.v1.execution_value_pb2 import ExecutionValue
-from ledger.resources import API_VERSION, MAX_CALLBACK_TOKEN_BYTES, Resource
-from ledger.validation import (
+from ledger.contract.kinds import API_VERSION, MAX_CALLBACK_TOKEN_BYTES, Resource
+from ledger.domain.validation import (
     MAX_LABELS,
     MAX_OUTCOME_BYTES,
     MAX_SPEC_BYTES,

@@ -51,10 +51,10 @@ from ledger.api.commons.v1 import audit_pb2, metadata_pb2
 from ledger.api.commons.v1.execution_value_pb2 import ExecutionValue
 from ledger.api.workflowexecution.v1 import enum_pb2 as workflow_enum
 from ledger.api.workflowexecution.v1 import status_pb2 as workflow_status
-from ledger.events import TextIdEvent
-from ledger.execution import Execution
-from ledger.resources import API_VERSION, MAX_CALLBACK_TOKEN_BYTES, Resource, Status
-from ledger.validation import MAX_LABELS, MAX_STRUCT_DEPTH
+from ledger.contract.kinds import API_VERSION, MAX_CALLBACK_TOKEN_BYTES, Resource, Status
+from ledger.domain.events import TextIdEvent
+from ledger.domain.execution import Execution
+from ledger.domain.validation import MAX_LABELS, MAX_STRUCT_DEPTH
 
 E = TypeVar("E", bound=BaseException)
 

@@ -28,7 +28,7 @@ from ledger import (
 )
 from ledger.api.agentexecution.v1 import status_pb2 as agent_status
 from ledger.api.commons.v1 import metadata_pb2
-from ledger.execution import Execution
+from ledger.domain.execution import Execution
 
 pytestmark = pytest.mark.postgres
 

@@ -45,22 +45,22 @@ from psycopg.conninfo import conninfo_to_dict
 
 from ledger.api.agentexecution.v1 import enum_pb2
 from ledger.application import Ledger
-from ledger.config import StoreConfig, parse_url
-from ledger.errors import TerminalPhaseError
-from ledger.recorder import (
+from ledger.contract.errors import TerminalPhaseError
+from ledger.contract.kinds import API_VERSION, AgentExecution, AgentExecutionStatus
+from ledger.store.recorder import (
     LedgerPostgresApplicationRecorder,
     LedgerPostgresProcessRecorder,
     db_function_name,
 )
-from ledger.resources import API_VERSION, AgentExecution, AgentExecutionStatus
+from ledger.store.url import StoreConfig, parse_url
 
 POSTGRES_URL = os.environ.get(
     "LEDGER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 
 RECORDER_ENV = {
-    "APPLICATION_RECORDER_TOPIC": "ledger.recorder:LedgerPostgresApplicationRecorder",
-    "PROCESS_RECORDER_TOPIC": "ledger.recorder:LedgerPostgresProcessRecorder",
+    "APPLICATION_RECORDER_TOPIC": "ledger.store.recorder:LedgerPostgresApplicationRecorder",
+    "PROCESS_RECORDER_TOPIC": "ledger.store.recorder:LedgerPostgresProcessRecorder",
     "AGGREGATE_CACHE_MAXSIZE": "1000",
     "AGGREGATE_CACHE_FASTFORWARD": "n",
 }

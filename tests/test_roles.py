@@ -20,7 +20,7 @@ from ledger import (
     open_ledger,
 )
 from ledger.application import Ledger
-from ledger.roles import roles_sql
+from ledger.store.roles import roles_sql
 
 LEDGER = str(Path(sys.executable).parent / "ledger")
 NO_CREATE = {"CREATE_TABLE": "false"}
@@ -133,14 +133,14 @@ def test_the_writer_appends_only_through_the_ledger(roles: Roles) -> None:
 
 
 def test_the_follower_reads_the_ledger_and_writes_only_its_own_tables(roles: Roles) -> None:
-    from projections.dispatcher import DispatcherLog
+    from projections.dispatch.dispatcher import DispatcherLog
     from projections.views import Views
 
     with _open(roles, "writer") as ledger:
         record = ledger.create(_resource())
         ledger.complete(record.id)
     follower_url = roles.url_as("follower")
-    from ledger.config import parse_url
+    from ledger.store.url import parse_url
 
     config = parse_url(follower_url)
     views = Views(config)

@@ -19,7 +19,7 @@ from ledger import (
     open_ledger,
 )
 from ledger.application import Ledger
-from ledger.vault import ENCRYPTED_PREFIX
+from ledger.domain.sealing import ENCRYPTED_PREFIX
 
 SECRET = "sk-live-4f7e1b2c9d"
 

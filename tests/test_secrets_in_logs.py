@@ -69,23 +69,23 @@ from ledger.api.agentexecution.v1.status_pb2 import AgentMessage
 from ledger.api.commons.v1.execution_value_pb2 import ExecutionValue
 from ledger.api.workflowexecution.v1.status_pb2 import WorkflowTask
 from ledger.application import Ledger, open_ledger
-from ledger.caller import ExecutionActivities, execution_id_for
-from ledger.config import parse_url
-from ledger.errors import ExecutionNotFoundError
-from ledger.resources import (
+from ledger.contract.errors import ExecutionNotFoundError
+from ledger.contract.kinds import (
     AGENT_EXECUTION,
     WORKFLOW_EXECUTION,
     AgentExecution,
     AgentExecutionSpec,
     AgentExecutionStatus,
     Kind,
-    Phase,
     WorkflowExecution,
     WorkflowExecutionSpec,
     WorkflowExecutionStatus,
 )
-from projections.callback import RetryPolicy
-from projections.dispatcher import Dispatcher
+from ledger.contract.phases import Phase
+from ledger.store.url import parse_url
+from ledger.temporal.caller import ExecutionActivities, execution_id_for
+from projections.dispatch.calls import RetryPolicy
+from projections.dispatch.dispatcher import Dispatcher
 from tests.e2e_flows import AwaitAgentExecution, AwaitWorkflowExecution
 
 pytestmark = [pytest.mark.temporal, pytest.mark.postgres, pytest.mark.slow]
@@ -568,8 +568,8 @@ def test_tokens_are_logged_redacted_where_they_are_logged(full_run: Run) -> None
     for line in full_run.lines:
         if form in line.text:
             by_source.setdefault(line.source.split(" (")[0], []).append(line.level)
-    assert "INFO" in by_source.get("projections.callback", []), by_source  # A retry.
-    assert "WARNING" in by_source.get("projections.dispatcher", []), by_source  # Parked.
+    assert "INFO" in by_source.get("projections.dispatch.calls", []), by_source  # A retry.
+    assert "WARNING" in by_source.get("projections.dispatch.dispatcher", []), by_source  # Parked.
     retried = [t for name, t in full_run.cli_outputs if name.startswith("dispatcher run")]
     assert retried and "retrying 1 parked deliveries" in retried[0], retried
 
@@ -638,7 +638,7 @@ def test_the_sdks_unknown_cancellation_warning_is_not_shown() -> None:
     """The SDK's worker warns, with the token's repr, when told to cancel an activity it
     no longer runs (an async one, after it went async): that warning is ignored once
     the caller side is imported; other warnings of the same module still show."""
-    from ledger import redaction
+    from ledger.temporal import log_redaction as redaction
 
     with warnings.catch_warnings(record=True) as shown:
         warnings.simplefilter("always")

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from ledger.application import open_ledger
-from ledger.config import parse_url
-from ledger.resources import AgentExecution, AgentExecutionSpec
+from ledger.contract.kinds import AgentExecution, AgentExecutionSpec
+from ledger.store.url import parse_url
 from projections.views import Views
 
 pytestmark = pytest.mark.postgres

@@ -43,7 +43,7 @@ from ledger import (
 )
 from ledger.api.agentexecution.v1 import status_pb2 as agent_status
 from ledger.api.commons.v1 import metadata_pb2
-from ledger.resources import Resource, Status
+from ledger.contract.kinds import Resource, Status
 
 SETTINGS = settings(
     max_examples=50,

@@ -47,7 +47,7 @@ from ledger.api.commons.v1 import audit_pb2, metadata_pb2
 from ledger.api.commons.v1.execution_value_pb2 import ExecutionValue
 from ledger.api.workflowexecution.v1 import enum_pb2 as workflow_enum
 from ledger.api.workflowexecution.v1 import status_pb2 as workflow_status
-from ledger.transcodings import ledger_transcoder, message_classes
+from ledger.store.transcodings import ledger_transcoder, message_classes
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = bytes(range(256)) * 2

@@ -32,23 +32,23 @@ from eventsourcing.utils import get_topic
 
 from ledger.api.commons.v1 import metadata_pb2
 from ledger.application import Ledger, open_ledger
-from ledger.config import parse_url
-from ledger.execution import Execution
-from ledger.resources import (
+from ledger.contract.kinds import (
     AGENT_EXECUTION,
     API_VERSION,
     WORKFLOW_EXECUTION,
     AgentExecution,
     AgentExecutionStatus,
-    Phase,
     WorkflowExecution,
     WorkflowExecutionStatus,
 )
-from projections.audit_view import AuditRow
-from projections.delivery import Call, Delivery, Outcome
-from projections.dispatcher import DispatcherLog
-from projections.status_view import ExecutionRow, _labels_json
+from ledger.contract.phases import Phase
+from ledger.domain.execution import Execution
+from ledger.store.url import parse_url
+from projections.dispatch.delivery import Call, Delivery, Outcome
+from projections.dispatch.dispatcher import DispatcherLog
 from projections.views import Follower, Lag, Views, timestamp_and_phase
+from projections.views.audit import AuditRow
+from projections.views.status import ExecutionRow, _labels_json
 
 ROOT = Path(__file__).resolve().parent.parent
 ORGS = ("org-a", "org-b", "org-c")

@@ -31,10 +31,12 @@ from rich.table import Table
 from rich.text import Text
 
 from ledger.application import ExecutionRecord, HistoryEntry, Ledger, open_ledger_with
-from ledger.config import StoreConfig, parse_url
-from ledger.errors import LedgerError, UserError
-from ledger.redaction import display_dict, redact_token
-from ledger.resources import Phase, Resource, kind_named, kind_of_id
+from ledger.contract.errors import LedgerError, UserError
+from ledger.contract.ids import kind_of_id
+from ledger.contract.kinds import Resource, kind_named
+from ledger.contract.phases import Phase
+from ledger.domain.redaction import display_dict, redact_token
+from ledger.store.url import StoreConfig, parse_url
 
 app = typer.Typer(
     name="ledger",
@@ -673,8 +675,8 @@ def dispatcher_run(
     import asyncio
     import logging
 
-    from ledger.config import TemporalSettings
-    from projections.dispatcher import run_dispatcher
+    from ledger.temporal.settings import TemporalSettings
+    from projections.dispatch.dispatcher import run_dispatcher
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -697,8 +699,8 @@ def dispatcher_retry_parked(url: UrlOption = None, as_json: JsonOption = False) 
     """Retry every parked delivery now."""
     import asyncio
 
-    from ledger.config import TemporalSettings
-    from projections.dispatcher import Dispatcher, connect_client
+    from ledger.temporal.settings import TemporalSettings
+    from projections.dispatch.dispatcher import Dispatcher, connect_client
 
     async def retry() -> tuple[int, dict[str, int]]:
         client = await connect_client(TemporalSettings.from_env())
@@ -727,7 +729,7 @@ def setup(url: UrlOption = None) -> None:
     Run once as the schema's owner; runtime roles then need no CREATE rights
     (see `ledger roles`).
     """
-    from projections.dispatcher import DispatcherLog
+    from projections.dispatch.dispatcher import DispatcherLog
     from projections.views import Views
 
     with _errors():
@@ -742,7 +744,7 @@ def setup(url: UrlOption = None) -> None:
 
 
 def _with_lock(config: StoreConfig, make: Callable[[], Any]) -> Any:
-    from ledger.config import setup_lock
+    from ledger.store.connections import setup_lock
 
     with setup_lock(config):
         return make()
@@ -757,7 +759,7 @@ def roles(
 
     Run it as the owner after `ledger setup`, e.g. `ledger roles | psql ...`.
     """
-    from ledger.roles import roles_sql
+    from ledger.store.roles import roles_sql
 
     with _errors():
         config = _config(url)
@@ -777,7 +779,7 @@ def keygen() -> None:
 @app.command()
 def demo() -> None:
     """Run the end-to-end demo on SQLite and a local Temporal dev server."""
-    from ledger.demo import run_demo
+    from ledger.cli.demo import run_demo
 
     raise typer.Exit(run_demo(out))
 

@@ -32,8 +32,9 @@ from typing import Any
 
 import psycopg
 
-from ledger.config import StoreConfig, connect
-from ledger.errors import StoreUnavailableError
+from ledger.contract.errors import StoreUnavailableError
+from ledger.store.connections import connect
+from ledger.store.url import StoreConfig
 
 logger = logging.getLogger(__name__)
 

@@ -13,19 +13,14 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from google.protobuf.struct_pb2 import ListValue, Struct, Value
 
-from ledger.errors import (
+from ledger.contract.errors import (
     CallbackTokenTooLargeError,
     InvalidResourceError,
     LimitExceededError,
     MissingFieldError,
     UnknownKindError,
 )
-from ledger.resources import (
-    AGENT_EXECUTION,
-    API_VERSION,
-    MAX_CALLBACK_TOKEN_BYTES,
-    Kind,
-)
+from ledger.contract.kinds import AGENT_EXECUTION, API_VERSION, MAX_CALLBACK_TOKEN_BYTES, Kind
 
 MAX_SPEC_BYTES = 256 * 1024
 """A spec (runtime_env, message and token included) is at most 256 KiB on the wire."""

@@ -1,4 +1,4 @@
-"""The two resource kinds, their ids and their phases.
+"""The two resource kinds: their messages, id prefixes and status merge keys.
 
 An execution is an ``AgentExecution`` or a ``WorkflowExecution`` message (see
 ``protos/``). This module knows, for each kind, its message classes, its id
@@ -8,8 +8,6 @@ both kinds the same way.
 
 from __future__ import annotations
 
-import enum
-import re
 from dataclasses import dataclass
 from typing import Any, TypeAlias, cast
 
@@ -17,13 +15,12 @@ from google.protobuf.message import Message
 from ulid import ULID
 
 from ledger.api.agentexecution.v1 import api_pb2 as agent_api
-from ledger.api.agentexecution.v1 import enum_pb2 as agent_enum
 from ledger.api.agentexecution.v1 import spec_pb2 as agent_spec
 from ledger.api.agentexecution.v1 import status_pb2 as agent_status
 from ledger.api.workflowexecution.v1 import api_pb2 as workflow_api
 from ledger.api.workflowexecution.v1 import spec_pb2 as workflow_spec
 from ledger.api.workflowexecution.v1 import status_pb2 as workflow_status
-from ledger.errors import InvalidIdError, UnknownKindError
+from ledger.contract.errors import UnknownKindError
 
 API_VERSION = "agentic.stigmer.ai/v1"
 """The only ``api_version`` the ledger records."""
@@ -41,37 +38,6 @@ WorkflowExecutionStatus = workflow_status.WorkflowExecutionStatus
 Resource: TypeAlias = agent_api.AgentExecution | workflow_api.WorkflowExecution
 Spec: TypeAlias = agent_spec.AgentExecutionSpec | workflow_spec.WorkflowExecutionSpec
 Status: TypeAlias = agent_status.AgentExecutionStatus | workflow_status.WorkflowExecutionStatus
-
-
-class Phase(enum.IntEnum):
-    """ExecutionPhase, with the same numbers in both resource packages."""
-
-    UNSPECIFIED = 0
-    PENDING = 1
-    IN_PROGRESS = 2
-    COMPLETED = 3
-    FAILED = 4
-    CANCELLED = 5
-
-    @property
-    def is_terminal(self) -> bool:
-        return self in TERMINAL_PHASES
-
-    @property
-    def proto_name(self) -> str:
-        """The platform's spelling, e.g. ``EXECUTION_IN_PROGRESS``."""
-        return agent_enum.ExecutionPhase.Name(int(self))  # type: ignore[arg-type]
-
-    @classmethod
-    def parse(cls, value: str | int) -> Phase:
-        """Accepts ``3``, ``COMPLETED``, ``completed`` or ``EXECUTION_COMPLETED``."""
-        if isinstance(value, int):
-            return cls(value)
-        name = value.strip().upper().removeprefix("EXECUTION_").replace("-", "_")
-        return cls[name]
-
-
-TERMINAL_PHASES = frozenset({Phase.COMPLETED, Phase.FAILED, Phase.CANCELLED})
 
 
 @dataclass(frozen=True)
@@ -118,9 +84,6 @@ WORKFLOW_EXECUTION = Kind(
 )
 KINDS: dict[str, Kind] = {k.name: k for k in (AGENT_EXECUTION, WORKFLOW_EXECUTION)}
 
-_ID_BODY = re.compile(r"[0-9a-z][0-9a-z_-]{0,62}")
-MAX_ID_LENGTH = 68
-
 
 def kind_named(name: str, *, execution_id: str = "") -> Kind:
     """The kind called ``name``, or :class:`UnknownKindError`."""
@@ -144,43 +107,6 @@ def kind_of(resource: Message) -> Kind:
         "AgentExecution or WorkflowExecution",
         field="kind",
     )
-
-
-def kind_of_id(execution_id: str) -> Kind:
-    """The kind an id belongs to, by its prefix; :class:`InvalidIdError` if none."""
-    prefix, _, _ = execution_id.partition("-")
-    for kind in KINDS.values():
-        if kind.id_prefix == prefix:
-            return kind
-    raise InvalidIdError(
-        f"execution id {execution_id[:80]!r} must start with 'aex-' or 'wex-'",
-        execution_id=execution_id[:80],
-        field="metadata.id",
-    )
-
-
-def check_id(execution_id: str, kind: Kind) -> str:
-    """Returns ``execution_id`` if it is well formed for ``kind``.
-
-    An id is the kind's prefix, a dash, and 1 to 63 characters of lowercase
-    letters, digits, ``_`` and ``-`` (the body starts with a letter or digit).
-    """
-    prefix, dash, body = execution_id.partition("-")
-    if prefix != kind.id_prefix or not dash:
-        raise InvalidIdError(
-            f"execution id {execution_id[:80]!r} must start with {kind.id_prefix + '-'!r} "
-            f"for a {kind.name}",
-            execution_id=execution_id[:80],
-            field="metadata.id",
-        )
-    if not _ID_BODY.fullmatch(body):
-        raise InvalidIdError(
-            f"execution id {execution_id[:80]!r} is malformed: after {kind.id_prefix + '-'!r} "
-            "expected 1 to 63 characters of a-z, 0-9, '_' or '-', starting with a-z or 0-9",
-            execution_id=execution_id[:80],
-            field="metadata.id",
-        )
-    return execution_id
 
 
 def copy_resource(resource: Resource) -> Resource:

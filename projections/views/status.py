@@ -35,11 +35,17 @@ from functools import lru_cache
 from typing import Any, ClassVar
 
 from eventsourcing.persistence import Notification
-from eventsourcing.utils import get_topic
 
-from ledger.execution import Execution
-from ledger.resources import AgentExecutionSpec, Phase, WorkflowExecutionSpec
-from projections.views import (
+from ledger.contract.kinds import AgentExecutionSpec, WorkflowExecutionSpec
+from ledger.contract.names import (
+    COMPLETED_TOPICS,
+    CREATED_TOPICS,
+    LEDGER_LOG,
+    STATUS_CHANGED_TOPICS,
+)
+from ledger.contract.phases import Phase
+from ledger.domain.execution import Execution
+from projections.views.facade import (
     LogReader,
     Tx,
     View,
@@ -50,9 +56,9 @@ from projections.views import (
     timestamp_and_phase,
 )
 
-CREATED = get_topic(Execution.Created)
-STATUS_CHANGED = get_topic(Execution.StatusChanged)
-COMPLETED = get_topic(Execution.Completed)
+CREATED = frozenset(CREATED_TOPICS)
+STATUS_CHANGED = frozenset(STATUS_CHANGED_TOPICS)
+COMPLETED = frozenset(COMPLETED_TOPICS)
 
 MAX_LIMIT = 1000
 """The largest page :meth:`StatusView.list` returns."""
@@ -127,7 +133,8 @@ def _created(version: int, timestamp: datetime, kind: str, metadata: Any, spec: 
     )
 
 
-_PHASE_TOPICS = (STATUS_CHANGED, COMPLETED)
+_PHASE_TOPICS = STATUS_CHANGED | COMPLETED
+_KNOWN_TOPICS = CREATED | STATUS_CHANGED | COMPLETED
 
 
 def decode_fact(
@@ -139,18 +146,18 @@ def decode_fact(
     (:meth:`LogReader.plain_topics`), read without any further check.
     """
     topic = notification.topic
-    if topic not in (CREATED, STATUS_CHANGED, COMPLETED):
+    if topic not in _KNOWN_TOPICS:
         return None
     version = notification.originator_version
     data = notification.state if topic in plain else log.data(notification)
-    if data is not None and topic != CREATED:
+    if data is not None and topic not in CREATED:
         quick = timestamp_and_phase(data)
         if quick is not None:
-            return _PhaseChanged(version, quick[0], quick[1], topic == COMPLETED)
+            return _PhaseChanged(version, quick[0], quick[1], topic in COMPLETED)
     state = log.parse(data) if data is not None else None
     if state is not None:
         timestamp = iso_value(state["timestamp"])
-        if topic == CREATED:
+        if topic in CREATED:
             return _created(
                 version,
                 timestamp,
@@ -158,7 +165,7 @@ def decode_fact(
                 pb_value(state["metadata"]),
                 pb_value(state["spec"]),
             )
-        return _PhaseChanged(version, timestamp, int(state["phase"]), topic == COMPLETED)
+        return _PhaseChanged(version, timestamp, int(state["phase"]), topic in COMPLETED)
     event = log.event(notification)
     if isinstance(event, Execution.Created):
         return _created(version, event.timestamp, event.kind, event.metadata, event.spec)
@@ -303,7 +310,7 @@ class StatusView(View[dict[str, list[_Fact]]]):
 
     @property
     def follows(self) -> Mapping[str, Sequence[str]]:
-        return {"Ledger": ()}
+        return {LEDGER_LOG: ()}
 
     # Keeping the view.
 

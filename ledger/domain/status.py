@@ -19,8 +19,8 @@ from __future__ import annotations
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from ledger.errors import InvalidResourceError
-from ledger.resources import Kind
+from ledger.contract.errors import InvalidResourceError
+from ledger.contract.kinds import Kind
 
 LEDGER_OWNED_FIELDS = frozenset({"audit"})
 """Status fields only the ledger writes."""

@@ -32,13 +32,14 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from eventsourcing.persistence import Notification
-from eventsourcing.utils import get_topic
 
-from ledger.errors import InvalidIdError
-from ledger.execution import Execution
-from ledger.resources import Phase, kind_of_id
-from projections.delivery import Delivery, Outcome
-from projections.views import (
+from ledger.contract.errors import InvalidIdError
+from ledger.contract.ids import kind_of_id
+from ledger.contract.names import COMPLETED_TOPICS, CREATED_TOPICS, DISPATCHER_LOG, LEDGER_LOG
+from ledger.contract.phases import Phase
+from ledger.domain.execution import Execution
+from projections.dispatch.delivery import Delivery, Outcome
+from projections.views.facade import (
     LogReader,
     Tx,
     View,
@@ -49,8 +50,9 @@ from projections.views import (
     timestamp_and_phase,
 )
 
-CREATED = get_topic(Execution.Created)
-COMPLETED = get_topic(Execution.Completed)
+CREATED = frozenset(CREATED_TOPICS)
+COMPLETED = frozenset(COMPLETED_TOPICS)
+_KNOWN_TOPICS = CREATED | COMPLETED
 PENDING = Outcome.PENDING.value
 
 
@@ -169,12 +171,12 @@ class AuditView(View[Any]):
 
     @property
     def follows(self) -> Mapping[str, Sequence[str]]:
-        return {"Ledger": (CREATED, COMPLETED), "Dispatcher": ()}
+        return {LEDGER_LOG: (*CREATED_TOPICS, *COMPLETED_TOPICS), DISPATCHER_LOG: ()}
 
     # Keeping the view.
 
     def prepare(self, log: LogReader, page: Sequence[Notification]) -> Any:
-        if log.name == "Dispatcher":
+        if log.name == DISPATCHER_LOG:
             return self._prepare_deliveries(log, page)
         return self._prepare_ledger(log, page)
 
@@ -188,17 +190,17 @@ class AuditView(View[Any]):
         prepared = _LedgerPage()
         for notification in page:
             execution_id = str(notification.originator_id)
-            if notification.topic not in (CREATED, COMPLETED):
+            if notification.topic not in _KNOWN_TOPICS:
                 continue
             data = log.data(notification)
-            if data is not None and notification.topic == COMPLETED:
+            if data is not None and notification.topic in COMPLETED:
                 quick = timestamp_and_phase(data)
                 if quick is not None:
                     prepared.ended.append(_Ended(execution_id, quick[1], quick[0]))
                     continue
             state = log.parse(data) if data is not None else None
             if state is not None:
-                if notification.topic == CREATED:
+                if notification.topic in CREATED:
                     spec: Any = pb_value(state["spec"])
                     prepared.started.append(
                         _Started(execution_id, state["kind"], bool(spec.callback_token))

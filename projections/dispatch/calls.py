@@ -36,10 +36,11 @@ from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from ledger.execution import DEFAULT_ERROR_TYPE, Execution
-from ledger.redaction import redact_token
-from ledger.resources import Phase, Resource, copy_resource
-from projections.delivery import Call, Outcome
+from ledger.contract.kinds import Resource, copy_resource
+from ledger.contract.phases import Phase
+from ledger.domain.execution import DEFAULT_ERROR_TYPE, Execution
+from ledger.domain.redaction import redact_token
+from projections.dispatch.delivery import Call, Outcome
 
 logger = logging.getLogger(__name__)
 

@@ -61,8 +61,8 @@ held through the commit's WAL flush, so concurrent writers commit one after the
 other (no group commit). ``POSTGRES_ENABLE_DB_FUNCTIONS`` is ignored: these
 recorders always lock.
 
-Selected with ``APPLICATION_RECORDER_TOPIC=ledger.recorder:LedgerPostgresApplicationRecorder``
-(and ``PROCESS_RECORDER_TOPIC=ledger.recorder:LedgerPostgresProcessRecorder``).
+Selected with ``APPLICATION_RECORDER_TOPIC=ledger.store.recorder:LedgerPostgresApplicationRecorder``
+(and ``PROCESS_RECORDER_TOPIC=ledger.store.recorder:LedgerPostgresProcessRecorder``).
 """
 
 from __future__ import annotations

@@ -105,16 +105,16 @@ from psycopg import sql
 from psycopg.rows import DictRow, TupleRow, tuple_row
 
 from ledger.application import open_ledger_with
-from ledger.config import StoreConfig
-from ledger.errors import ConfigurationError
-from ledger.execution import Execution
-from ledger.transcodings import message_classes
-from projections.dispatcher import DispatcherLog
+from ledger.contract.errors import ConfigurationError
+from ledger.contract.names import COMPLETED_TOPICS
+from ledger.store.transcodings import message_classes
+from ledger.store.url import StoreConfig
+from projections.dispatch.dispatcher import DispatcherLog
 from projections.subscription import PollingSubscription
 
 if TYPE_CHECKING:
-    from projections.audit_view import AuditView
-    from projections.status_view import StatusView
+    from projections.views.audit import AuditView
+    from projections.views.status import StatusView
 
 logger = logging.getLogger(__name__)
 
@@ -133,8 +133,6 @@ objects that the garbage collector then traverses again and again)."""
 
 VIEW_NAMES: tuple[str, ...] = ("status", "audit")
 
-COMPLETED_TOPIC = "ledger.execution:Execution.Completed"
-assert f"{Execution.__module__}:{Execution.Completed.__qualname__}" == COMPLETED_TOPIC
 
 _T = TypeVar("_T")
 
@@ -1010,8 +1008,8 @@ class Views:
         page_size: int = DEFAULT_PAGE_SIZE,
         poll_interval: float | None = None,
     ) -> None:
-        from projections.audit_view import AuditView
-        from projections.status_view import StatusView
+        from projections.views.audit import AuditView
+        from projections.views.status import StatusView
 
         self.config = config
         self.page_size = page_size
@@ -1189,7 +1187,7 @@ class Views:
             Lag(
                 f"dispatcher<-{self.ledger.name}",
                 dispatcher_position or 0,
-                last_notification_id(self.ledger.recorder, COMPLETED_TOPIC),
+                last_notification_id(self.ledger.recorder, COMPLETED_TOPICS),
             )
         )
         return lags
@@ -1224,35 +1222,36 @@ def freeze_startup_objects() -> None:
     gc.freeze()
 
 
-def last_notification_id(recorder: ApplicationRecorder, topic: str) -> int:
-    """The id of the last notification with ``topic`` (0 if none): a backward scan
-    of the notification id index that stops at the first match."""
+def last_notification_id(recorder: ApplicationRecorder, topics: Sequence[str]) -> int:
+    """The id of the last notification with one of ``topics`` (0 if none): a backward
+    scan of the notification id index that stops at the first match."""
     from eventsourcing.postgres import PostgresApplicationRecorder
     from eventsourcing.sqlite import SQLiteApplicationRecorder
 
     if isinstance(recorder, PostgresApplicationRecorder):
         statement = sql.SQL(
-            "SELECT notification_id FROM {table} WHERE topic = %s "
+            "SELECT notification_id FROM {table} WHERE topic = ANY(%s) "
             "ORDER BY notification_id DESC LIMIT 1"
         ).format(table=sql.Identifier(recorder.datastore.schema, recorder.events_table_name))
         with recorder.datastore.get_connection() as conn:
             cursor: PgCursor[TupleRow] = conn.cursor(row_factory=tuple_row)
-            row = cursor.execute(statement, (topic,)).fetchone()
+            row = cursor.execute(statement, (list(topics),)).fetchone()
             return int(row[0]) if row else 0
     if isinstance(recorder, SQLiteApplicationRecorder):
         statement_text = (
-            f'SELECT rowid FROM "{recorder.events_table_name}" WHERE topic = ? '  # noqa: S608
+            f'SELECT rowid FROM "{recorder.events_table_name}" '  # noqa: S608
+            f"WHERE topic IN ({', '.join('?' * len(topics))}) "
             "ORDER BY rowid DESC LIMIT 1"
         )
         with recorder.datastore.transaction(commit=False) as c:
-            c.execute(statement_text, (topic,))
+            c.execute(statement_text, tuple(topics))
             found = c.fetchone()
             return int(found[0]) if found else 0
     # Other recorders: scan forward (in-memory stores only).
     last, start = 0, 0
     while True:
         page = recorder.select_notifications(
-            start=start, limit=1000, topics=[topic], inclusive_of_start=False
+            start=start, limit=1000, topics=list(topics), inclusive_of_start=False
         )
         if not page:
             return last

@@ -22,7 +22,7 @@ from google.protobuf.message import DecodeError, Message
 from google.protobuf.struct_pb2 import Struct
 
 from ledger.api.commons.v1 import metadata_pb2
-from ledger.resources import KINDS
+from ledger.contract.kinds import KINDS
 
 
 class BytesAsBase64(Transcoding):

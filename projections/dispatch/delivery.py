@@ -29,7 +29,8 @@ from typing import ClassVar
 
 from eventsourcing.domain import BaseAggregate, CanInitAggregate
 
-from ledger.events import TextIdEvent
+from ledger.contract.names import DELIVERY_TOPIC, LEGACY_DELIVERY_TOPIC
+from ledger.domain.events import TextIdEvent, register_topics
 
 
 class Outcome(enum.StrEnum):
@@ -182,6 +183,8 @@ class Delivery(BaseAggregate[str]):
             OUTCOME_EVENTS[outcome], call=call, grpc_status=grpc_status, detail=detail
         )
 
+
+register_topics(Delivery, DELIVERY_TOPIC, LEGACY_DELIVERY_TOPIC)
 
 OUTCOME_EVENTS: dict[Outcome, type[Delivery.Resolved]] = {
     # The event that records each outcome.

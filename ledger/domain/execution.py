@@ -27,16 +27,19 @@ from google.protobuf.message import Message
 from google.protobuf.struct_pb2 import Struct
 
 from ledger.api.commons.v1 import audit_pb2, metadata_pb2
-from ledger.errors import (
+from ledger.contract.errors import (
     InvalidResourceError,
     LimitExceededError,
     PhaseBackwardsError,
     TerminalPhaseError,
 )
-from ledger.events import TextIdEvent
-from ledger.resources import API_VERSION, KINDS, Kind, Phase, Resource, copy_resource
-from ledger.status import apply_patch, check_patch
-from ledger.validation import (
+from ledger.contract.kinds import API_VERSION, KINDS, Kind, Resource, copy_resource
+from ledger.contract.names import EXECUTION_TOPIC, LEGACY_EXECUTION_TOPIC
+from ledger.contract.phases import Phase
+from ledger.domain.events import TextIdEvent, register_topics
+from ledger.domain.sealing import is_sealed
+from ledger.domain.status import apply_patch, check_patch
+from ledger.domain.validation import (
     MAX_OUTCOME_BYTES,
     MAX_STATUS_PATCH_BYTES,
     MAX_STRUCT_DEPTH,
@@ -46,7 +49,6 @@ from ledger.validation import (
     check_utf8,
     json_depth,
 )
-from ledger.vault import is_sealed
 
 DEFAULT_ERROR_TYPE = "ExecutionFailed"
 
@@ -397,3 +399,6 @@ def _timestamp(value: datetime) -> tuple[int, int]:
 
 def _iso(timestamp: datetime) -> str:
     return timestamp.isoformat().replace("+00:00", "Z")
+
+
+register_topics(Execution, EXECUTION_TOPIC, LEGACY_EXECUTION_TOPIC)

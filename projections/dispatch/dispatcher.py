@@ -12,7 +12,7 @@ recorded position, with a :class:`~projections.subscription.PollingSubscription`
    there and then, with no call). Two dispatchers racing on a delivery conflict
    on its version, so only one of them calls;
 3. it makes the calls concurrently (at most ``max_in_flight`` at once), each with
-   its own bounded retries (:mod:`projections.callback`);
+   its own bounded retries (:mod:`projections.dispatch.calls`);
 4. it records outcomes as they arrive, in batches, each batch in one transaction
    with the dispatcher's tracking position: the highest ledger position below
    which every completion has its outcome recorded. A slow or dead callback
@@ -52,35 +52,36 @@ from eventsourcing.persistence import (
     RecordConflictError,
     Tracking,
 )
-from eventsourcing.utils import get_topic
+from eventsourcing.utils import resolve_topic
 from temporalio.client import Client
 
-from ledger.application import Ledger, open_ledger_with
-from ledger.config import StoreConfig, TemporalSettings, setup_lock
-from ledger.errors import StoreUnavailableError
-from ledger.execution import Execution
-from ledger.redaction import redact_token
-from ledger.resources import Phase
-from ledger.transcodings import register_ledger_transcodings
-from projections.callback import CallbackResult, CallbackSender, RetryPolicy, call_for
-from projections.delivery import OUTCOME_EVENTS, Delivery, Outcome
-from projections.single_active import CHECK_TIMEOUT, SingleActive
+from ledger.application import open_ledger_with
+from ledger.contract.errors import StoreUnavailableError
+from ledger.contract.names import COMPLETED_TOPICS, DISPATCHER_LOG, LEDGER_LOG
+from ledger.contract.phases import Phase
+from ledger.domain.execution import Execution
+from ledger.domain.redaction import redact_token
+from ledger.store.connections import setup_lock
+from ledger.store.transcodings import register_ledger_transcodings
+from ledger.store.url import StoreConfig
+from ledger.temporal.settings import TemporalSettings
+from projections.dispatch.calls import CallbackResult, CallbackSender, RetryPolicy, call_for
+from projections.dispatch.delivery import OUTCOME_EVENTS, Delivery, Outcome
+from projections.dispatch.leadership import CHECK_TIMEOUT, SingleActive
 from projections.subscription import PollingSubscription
 
-logger = logging.getLogger("projections.dispatcher")  # Also under python -m.
+logger = logging.getLogger(__name__)
 
-COMPLETED_TOPIC = get_topic(Execution.Completed)
 STORE_ERRORS = (OperationalError, InterfaceError, StoreUnavailableError)
 """Errors that mean the store is unreachable for now (the library already retried)."""
 T = TypeVar("T")
-LEDGER_LOG = Ledger.name
 """The application name the dispatcher's tracking position refers to."""
 
 
 class DispatcherLog(Application[str]):
     """The dispatcher's own event-sourced log of deliveries, with its tracking position."""
 
-    name = "Dispatcher"
+    name = DISPATCHER_LOG
     env: ClassVar[dict[str, str]] = {"ORIGINATOR_ID_TYPE": "text"}
 
     def construct_recorder(self) -> ProcessRecorder:
@@ -144,8 +145,7 @@ class DispatcherLog(Application[str]):
 
     def _last_event_is(self, event: type[Delivery.Event], latest: dict[str, str]) -> list[Delivery]:
         """The deliveries whose last event (``latest``: id -> topic) is an ``event``."""
-        wanted = get_topic(event)
-        found = (self.delivery(i) for i, topic in latest.items() if topic == wanted)
+        found = (self.delivery(i) for i, topic in latest.items() if resolve_topic(topic) is event)
         return [d for d in found if d is not None]
 
     def _latest_topics(self) -> dict[str, str]:
@@ -337,7 +337,7 @@ class Dispatcher:
         subscription = PollingSubscription(
             self.ledger.recorder,
             gt=start,
-            topics=[COMPLETED_TOPIC],
+            topics=list(COMPLETED_TOPICS),
             poll_interval=self.poll_interval,
             page_size=self.page_size,
         )
@@ -718,36 +718,3 @@ async def run_dispatcher(
         return await dispatcher.run(until_caught_up=until_caught_up)
     finally:
         await asyncio.to_thread(dispatcher.close)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m projections.dispatcher [--until-caught-up] [--start-at-head]``.
-
-    Reads ``LEDGER_URL``, ``LEDGER_CIPHER_KEY`` and the ``TEMPORAL_*`` settings.
-    """
-    import argparse
-
-    from ledger.config import parse_url
-
-    parser = argparse.ArgumentParser(prog="python -m projections.dispatcher")
-    parser.add_argument("--url", default=None, help="LEDGER_URL (default: from the environment)")
-    parser.add_argument("--until-caught-up", action="store_true")
-    parser.add_argument("--start-at-head", action="store_true")
-    parser.add_argument("--max-in-flight", type=int, default=64)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    stats = asyncio.run(
-        run_dispatcher(
-            parse_url(args.url),
-            TemporalSettings.from_env(),
-            until_caught_up=args.until_caught_up,
-            start_at_head=args.start_at_head,
-            max_in_flight=args.max_in_flight,
-        )
-    )
-    logger.info("dispatcher stopped: %s", stats)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

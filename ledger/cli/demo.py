@@ -33,11 +33,7 @@ from temporalio.worker import Worker
 from ledger.api.agentexecution.v1 import enum_pb2 as agent_enum
 from ledger.api.workflowexecution.v1 import enum_pb2 as workflow_enum
 from ledger.application import Ledger
-from ledger.caller import ExecutionActivities
-from ledger.config import StoreConfig, parse_url
-from ledger.demo_workflows import AwaitAgentExecution, AwaitWorkflowExecution
-from ledger.redaction import redact_token
-from ledger.resources import (
+from ledger.contract.kinds import (
     AgentExecution,
     AgentExecutionSpec,
     AgentExecutionStatus,
@@ -45,6 +41,10 @@ from ledger.resources import (
     WorkflowExecutionSpec,
     WorkflowExecutionStatus,
 )
+from ledger.domain.redaction import redact_token
+from ledger.store.url import StoreConfig, parse_url
+from ledger.temporal.caller import ExecutionActivities
+from ledger.temporal.demo_workflows import AwaitAgentExecution, AwaitWorkflowExecution
 
 TASK_QUEUE = "ledger-demo"
 
@@ -114,7 +114,7 @@ def _child_output_silenced() -> Iterator[None]:
 async def _scenario(
     console: Console, client: Client, ledger: Ledger, config: StoreConfig, started: float
 ) -> int:
-    from projections.dispatcher import Dispatcher
+    from projections.dispatch.dispatcher import Dispatcher
 
     agent_handle = await client.start_workflow(
         AwaitAgentExecution.run,

@@ -24,16 +24,12 @@ passed to every application and projection the ledger constructs.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from ledger.errors import ConfigurationError
+from ledger.contract.errors import ConfigurationError
 
 LEDGER_URL = "LEDGER_URL"
 LEDGER_CIPHER_KEY = "LEDGER_CIPHER_KEY"
@@ -142,8 +138,8 @@ def parse_url(url: str | None = None, *, cipher_key: str | None = None) -> Store
             "POSTGRES_PASSWORD": unquote(parts.password or ""),
             "POSTGRES_SCHEMA": query.get("schema", "public"),
             # One round trip per write, keeping the table lock's ordering guarantee.
-            "APPLICATION_RECORDER_TOPIC": "ledger.recorder:LedgerPostgresApplicationRecorder",
-            "PROCESS_RECORDER_TOPIC": "ledger.recorder:LedgerPostgresProcessRecorder",
+            "APPLICATION_RECORDER_TOPIC": "ledger.store.recorder:LedgerPostgresApplicationRecorder",
+            "PROCESS_RECORDER_TOPIC": "ledger.store.recorder:LedgerPostgresProcessRecorder",
         }
     elif scheme == "memory":
         env = {"PERSISTENCE_MODULE": "eventsourcing.popo"}
@@ -156,137 +152,9 @@ def parse_url(url: str | None = None, *, cipher_key: str | None = None) -> Store
     if os.environ.get("CREATE_TABLE"):
         env["CREATE_TABLE"] = os.environ["CREATE_TABLE"]
     if cipher_key:
-        env["CIPHER_TOPIC"] = "ledger.cipher:RotatingAESCipher"
+        env["CIPHER_TOPIC"] = "ledger.store.cipher:RotatingAESCipher"
         env["CIPHER_KEY"] = cipher_key
         old_keys = os.environ.get(LEDGER_CIPHER_OLD_KEYS)
         if old_keys:
             env["CIPHER_OLD_KEYS"] = old_keys
     return StoreConfig(url=url, scheme=scheme, env=env)
-
-
-@contextlib.contextmanager
-def setup_lock(config: StoreConfig) -> Iterator[None]:
-    """Serialises table set-up across processes (PostgreSQL advisory lock on the schema).
-
-    The library creates its tables and functions whenever an application is
-    constructed; PostgreSQL does not make concurrent ``CREATE ... IF NOT EXISTS``
-    or ``CREATE OR REPLACE FUNCTION`` safe, so processes opening the same schema
-    at the same moment take turns. A no-op on SQLite and in memory.
-    """
-    if not config.is_postgres:
-        yield
-        return
-    key = "ledger-setup:" + config.env["POSTGRES_SCHEMA"]
-    held: set[str] = _setup_locks.__dict__.setdefault("held", set())
-    if key in held:  # Re-entrant within a thread (e.g. the views open the ledger).
-        yield
-        return
-    held.add(key)
-    try:
-        with _locked(config, key):
-            yield
-    finally:
-        held.discard(key)
-
-
-_setup_locks = threading.local()
-
-
-@contextlib.contextmanager
-def _locked(config: StoreConfig, key: str) -> Iterator[None]:
-    with connect(config) as conn:
-        conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (key,))
-        try:
-            yield
-        finally:
-            conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (key,))
-
-
-def connect(config: StoreConfig, **options: Any) -> Any:
-    """A psycopg connection (autocommit) to the PostgreSQL store of ``config``
-    (``options``: more libpq parameters, e.g. ``application_name``)."""
-    import psycopg
-
-    from ledger.errors import StoreUnavailableError
-
-    env = config.env
-    try:
-        return psycopg.connect(
-            dbname=env["POSTGRES_DBNAME"],
-            host=env["POSTGRES_HOST"],
-            port=env["POSTGRES_PORT"],
-            user=env["POSTGRES_USER"],
-            password=env["POSTGRES_PASSWORD"] or None,
-            autocommit=True,
-            connect_timeout=int(os.environ.get("POSTGRES_CONNECT_TIMEOUT", "5")),
-            **options,
-        )
-    except psycopg.OperationalError as e:
-        raise StoreUnavailableError(f"cannot reach PostgreSQL at {config.redacted_url}: {e}") from e
-
-
-def ensure_schema(config: StoreConfig) -> None:
-    """Creates the PostgreSQL schema named in the URL when it is missing."""
-    if not config.is_postgres or not config.creates_tables:
-        return
-    import psycopg
-    from psycopg import sql
-
-    # A concurrent creator can win the race: UniqueViolation then means it exists.
-    with connect(config) as conn, contextlib.suppress(psycopg.errors.UniqueViolation):
-        conn.execute(
-            sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
-                sql.Identifier(config.env["POSTGRES_SCHEMA"])
-            )
-        )
-
-
-@dataclass(frozen=True)
-class TemporalSettings:
-    """Where the dispatcher finds Temporal: ``TEMPORAL_ADDRESS`` (default
-    ``localhost:7233``), ``TEMPORAL_NAMESPACE`` (``default``), and optionally
-    ``TEMPORAL_API_KEY``, ``TEMPORAL_TLS`` (``true`` for server-verified TLS),
-    ``TEMPORAL_TLS_CLIENT_CERT`` / ``TEMPORAL_TLS_CLIENT_KEY`` (paths, mTLS) and
-    ``TEMPORAL_TLS_SERVER_ROOT_CA`` (path)."""
-
-    address: str = "localhost:7233"
-    namespace: str = "default"
-    api_key: str | None = None
-    tls: bool = False
-    client_cert: str | None = None
-    client_key: str | None = None
-    server_root_ca: str | None = None
-
-    @classmethod
-    def from_env(cls) -> TemporalSettings:
-        env = os.environ
-        return cls(
-            address=env.get("TEMPORAL_ADDRESS") or "localhost:7233",
-            namespace=env.get("TEMPORAL_NAMESPACE") or "default",
-            api_key=env.get("TEMPORAL_API_KEY") or None,
-            tls=(env.get("TEMPORAL_TLS") or "").lower() in ("1", "true", "yes"),
-            client_cert=env.get("TEMPORAL_TLS_CLIENT_CERT") or None,
-            client_key=env.get("TEMPORAL_TLS_CLIENT_KEY") or None,
-            server_root_ca=env.get("TEMPORAL_TLS_SERVER_ROOT_CA") or None,
-        )
-
-    def connect_kwargs(self) -> dict[str, object]:
-        """Keyword arguments for ``temporalio.client.Client.connect`` (beside the address)."""
-        from temporalio.service import TLSConfig
-
-        kwargs: dict[str, object] = {"namespace": self.namespace}
-        if self.api_key:
-            kwargs["api_key"] = self.api_key
-        if self.tls or self.client_cert or self.server_root_ca:
-
-            def read(path: str | None) -> bytes | None:
-                return Path(path).read_bytes() if path else None
-
-            kwargs["tls"] = TLSConfig(
-                server_root_ca_cert=read(self.server_root_ca),
-                client_cert=read(self.client_cert),
-                client_private_key=read(self.client_key),
-            )
-        elif self.api_key:
-            kwargs["tls"] = True
-        return kwargs

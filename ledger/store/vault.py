@@ -28,8 +28,7 @@ from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.sqlite import SQLiteApplicationRecorder
 from eventsourcing.utils import Environment
 
-ENCRYPTED_PREFIX = "enc:v1:"
-"""How an encrypted secret value starts in a stored spec."""
+from ledger.domain.sealing import ENCRYPTED_PREFIX, is_sealed
 
 TABLE = "ledger_secret_keys"
 
@@ -146,11 +145,6 @@ class SecretVault:
         with datastore.transaction(commit=True) as cursor:
             cursor.execute(self._statements[name], params)
             return cursor.fetchone() if fetch else None
-
-
-def is_sealed(value: Any) -> bool:
-    """Whether a runtime_env value was sealed by the vault (secret values only)."""
-    return bool(value.is_secret) and str(value.value).startswith(ENCRYPTED_PREFIX)
 
 
 def _open(cipher: AESCipher, sealed: str) -> str:

@@ -1,0 +1,37 @@
+"""Names shared by every layer: stored topics, log names, table names.
+
+Stored topics are part of the stored form: an event's topic names the class that
+decodes it. The classes moved once (round 2 gave the tree its layers), so each
+topic has the name new events are written under and the name round 1 wrote; both
+resolve to the same class (registered by :mod:`ledger.domain.events`), and every
+reader that filters by topic uses both. Nothing stored is ever rewritten.
+"""
+
+from __future__ import annotations
+
+LEDGER_LOG = "Ledger"
+"""The ledger application's name: the log followers track (``Tracking`` rows)."""
+DISPATCHER_LOG = "Dispatcher"
+"""The dispatcher's log (its delivery events), followed by the audit view."""
+
+LEDGER_EVENTS_TABLE = "ledger_events"
+"""PostgreSQL: the ledger's events table (SQLite: the library's ``stored_events``)."""
+VAULT_TABLE = "ledger_secret_keys"
+"""The per-execution data keys of secret values (crypto-shredding)."""
+
+EXECUTION_TOPIC = "ledger.domain.execution:Execution"
+"""Topic of the execution aggregate; its events are ``<topic>.<Event>``."""
+LEGACY_EXECUTION_TOPIC = "ledger.execution:Execution"
+DELIVERY_TOPIC = "projections.dispatch.delivery:Delivery"
+"""Topic of the dispatcher's delivery aggregate."""
+LEGACY_DELIVERY_TOPIC = "projections.delivery:Delivery"
+
+
+def execution_topics(event: str) -> tuple[str, str]:
+    """Both stored topics of an execution event: ``execution_topics("Completed")``."""
+    return f"{EXECUTION_TOPIC}.{event}", f"{LEGACY_EXECUTION_TOPIC}.{event}"
+
+
+CREATED_TOPICS = execution_topics("Created")
+STATUS_CHANGED_TOPICS = execution_topics("StatusChanged")
+COMPLETED_TOPICS = execution_topics("Completed")

@@ -1,0 +1,87 @@
+"""PostgreSQL connections of the ledger's own (beside the library's pool) and the set-up lock."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from ledger.contract.errors import StoreUnavailableError
+from ledger.store.url import StoreConfig
+
+
+@contextlib.contextmanager
+def setup_lock(config: StoreConfig) -> Iterator[None]:
+    """Serialises table set-up across processes (PostgreSQL advisory lock on the schema).
+
+    The library creates its tables and functions whenever an application is
+    constructed; PostgreSQL does not make concurrent ``CREATE ... IF NOT EXISTS``
+    or ``CREATE OR REPLACE FUNCTION`` safe, so processes opening the same schema
+    at the same moment take turns. A no-op on SQLite and in memory.
+    """
+    if not config.is_postgres:
+        yield
+        return
+    key = "ledger-setup:" + config.env["POSTGRES_SCHEMA"]
+    held: set[str] = _setup_locks.__dict__.setdefault("held", set())
+    if key in held:  # Re-entrant within a thread (e.g. the views open the ledger).
+        yield
+        return
+    held.add(key)
+    try:
+        with _locked(config, key):
+            yield
+    finally:
+        held.discard(key)
+
+
+_setup_locks = threading.local()
+
+
+@contextlib.contextmanager
+def _locked(config: StoreConfig, key: str) -> Iterator[None]:
+    with connect(config) as conn:
+        conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (key,))
+        try:
+            yield
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (key,))
+
+
+def connect(config: StoreConfig, **options: Any) -> Any:
+    """A psycopg connection (autocommit) to the PostgreSQL store of ``config``
+    (``options``: more libpq parameters, e.g. ``application_name``)."""
+    import psycopg
+
+    env = config.env
+    try:
+        return psycopg.connect(
+            dbname=env["POSTGRES_DBNAME"],
+            host=env["POSTGRES_HOST"],
+            port=env["POSTGRES_PORT"],
+            user=env["POSTGRES_USER"],
+            password=env["POSTGRES_PASSWORD"] or None,
+            autocommit=True,
+            connect_timeout=int(os.environ.get("POSTGRES_CONNECT_TIMEOUT", "5")),
+            **options,
+        )
+    except psycopg.OperationalError as e:
+        raise StoreUnavailableError(f"cannot reach PostgreSQL at {config.redacted_url}: {e}") from e
+
+
+def ensure_schema(config: StoreConfig) -> None:
+    """Creates the PostgreSQL schema named in the URL when it is missing."""
+    if not config.is_postgres or not config.creates_tables:
+        return
+    import psycopg
+    from psycopg import sql
+
+    # A concurrent creator can win the race: UniqueViolation then means it exists.
+    with connect(config) as conn, contextlib.suppress(psycopg.errors.UniqueViolation):
+        conn.execute(
+            sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
+                sql.Identifier(config.env["POSTGRES_SCHEMA"])
+            )
+        )

@@ -1,0 +1,1 @@
+"""The Temporal side: the caller's activities and workflow helpers, client settings."""

@@ -1,0 +1,1 @@
+"""The completion dispatcher: it wakes each completed execution's caller."""
