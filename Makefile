@@ -25,6 +25,8 @@ lint: $(STAMP)
 	$(BIN)/ruff check ledger projections tests bench
 	$(BIN)/ruff format --check ledger projections tests bench
 	$(BIN)/mypy ledger projections tests bench
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/python scripts/check_cycles.py
 	bash scripts/check_protos.sh
 
 protos: $(STAMP)

@@ -73,7 +73,8 @@ from ledger.store.url import parse_url
 from ledger.temporal.caller import ExecutionActivities, execution_id_for
 from projections.dispatch.calls import CallbackResult, CallbackSender, call_for
 from projections.dispatch.delivery import Delivery, Outcome
-from projections.dispatch.dispatcher import Dispatcher, DispatcherLog
+from projections.dispatch.dispatcher import Dispatcher
+from projections.dispatch.log import DispatcherLog
 from projections.views import Views
 from tests.chaos_tools import (
     CREATED_TOPIC,

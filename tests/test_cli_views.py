@@ -43,7 +43,7 @@ from ledger.contract.phases import Phase
 from ledger.domain.execution import Execution
 from ledger.store.url import parse_url
 from projections.dispatch.delivery import Call, Delivery, Outcome
-from projections.dispatch.dispatcher import DispatcherLog
+from projections.dispatch.log import DispatcherLog
 
 LEDGER = str(Path(sys.executable).parent / "ledger")
 _T = TypeVar("_T")

@@ -62,7 +62,8 @@ from ledger.store.url import parse_url
 from ledger.temporal.caller import ExecutionActivities, execution_id_for
 from projections.dispatch.calls import CallbackResult, RetryPolicy, final_resource
 from projections.dispatch.delivery import Call, Delivery, Outcome
-from projections.dispatch.dispatcher import Dispatcher, DispatcherLog
+from projections.dispatch.dispatcher import Dispatcher
+from projections.dispatch.log import DispatcherLog
 from tests.e2e_cancel_flows import (
     BriefAgentExecution,
     CancellableAgentExecution,

@@ -133,7 +133,7 @@ def test_the_writer_appends_only_through_the_ledger(roles: Roles) -> None:
 
 
 def test_the_follower_reads_the_ledger_and_writes_only_its_own_tables(roles: Roles) -> None:
-    from projections.dispatch.dispatcher import DispatcherLog
+    from projections.dispatch.log import DispatcherLog
     from projections.views import Views
 
     with _open(roles, "writer") as ledger:

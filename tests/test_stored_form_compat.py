@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from ledger import AgentExecutionStatus, Phase, open_ledger
+from ledger import AgentExecution, AgentExecutionStatus, Phase, open_ledger
+from ledger.api.agentexecution.v1 import enum_pb2 as agent_enum
 from ledger.contract.names import (
     COMPLETED_TOPICS,
     DELIVERY_TOPIC,
@@ -23,9 +24,10 @@ from ledger.contract.names import (
     LEGACY_DELIVERY_TOPIC,
     LEGACY_EXECUTION_TOPIC,
 )
+from ledger.domain.execution import Execution
 from ledger.store.url import parse_url
 from projections.dispatch.delivery import Delivery
-from projections.dispatch.dispatcher import DispatcherLog
+from projections.dispatch.log import DispatcherLog
 from projections.views import Views
 
 ROUND1 = Path(__file__).parent / "data" / "round1"
@@ -57,14 +59,19 @@ def test_round_1_executions_read_back_whole(round1_url: str) -> None:
         done = ledger.read("aex-legacy-completed")
         assert done.phase is Phase.COMPLETED
         assert done.version == 3
-        assert [t.name for t in done.resource.status.tool_calls] == ["search"]
+        resource = done.resource
+        assert isinstance(resource, AgentExecution)
+        assert [t.name for t in resource.status.tool_calls] == ["search"]
         history = ledger.history("aex-legacy-completed")
         assert [h.type for h in history] == ["Created", "StatusChanged", "Completed"]
-        assert history[-1].event.output == {"summary": "done in round 1"}
+        completed = history[-1].event
+        assert isinstance(completed, Execution.Completed)
+        assert completed.output == {"summary": "done in round 1"}
         failed = ledger.read("wex-legacy-failed")
         assert failed.phase is Phase.FAILED
         # A round-1 execution takes new commands, written under the new topics.
-        ledger.update_status("aex-legacy-open", AgentExecutionStatus(phase=Phase.IN_PROGRESS))
+        patch = AgentExecutionStatus(phase=agent_enum.EXECUTION_IN_PROGRESS)
+        ledger.update_status("aex-legacy-open", patch)
         ledger.cancel("aex-legacy-open", "closed by round 2")
         assert ledger.read("aex-legacy-open").phase is Phase.CANCELLED
         topics = [n.topic for n in ledger.recorder.select_notifications(1, 100)]

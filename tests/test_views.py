@@ -45,7 +45,7 @@ from ledger.contract.phases import Phase
 from ledger.domain.execution import Execution
 from ledger.store.url import parse_url
 from projections.dispatch.delivery import Call, Delivery, Outcome
-from projections.dispatch.dispatcher import DispatcherLog
+from projections.dispatch.log import DispatcherLog
 from projections.views import Follower, Lag, Views, timestamp_and_phase
 from projections.views.audit import AuditRow
 from projections.views.status import ExecutionRow, _labels_json

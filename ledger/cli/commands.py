@@ -729,7 +729,7 @@ def setup(url: UrlOption = None) -> None:
     Run once as the schema's owner; runtime roles then need no CREATE rights
     (see `ledger roles`).
     """
-    from projections.dispatch.dispatcher import DispatcherLog
+    from projections.dispatch.log import DispatcherLog
     from projections.views import Views
 
     with _errors():

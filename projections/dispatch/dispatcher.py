@@ -36,38 +36,34 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar, cast
+from typing import Any, TypeVar, cast
 
-from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
 from eventsourcing.domain import CanMutateAggregate
 from eventsourcing.persistence import (
     IntegrityError,
     InterfaceError,
-    JSONTranscoder,
     Notification,
     OperationalError,
-    ProcessRecorder,
     RecordConflictError,
     Tracking,
 )
-from eventsourcing.utils import resolve_topic
 from temporalio.client import Client
 
 from ledger.application import open_ledger_with
 from ledger.contract.errors import StoreUnavailableError
-from ledger.contract.names import COMPLETED_TOPICS, DISPATCHER_LOG, LEDGER_LOG
+from ledger.contract.names import COMPLETED_TOPICS, LEDGER_LOG
 from ledger.contract.phases import Phase
 from ledger.domain.execution import Execution
 from ledger.domain.redaction import redact_token
 from ledger.store.connections import setup_lock
-from ledger.store.transcodings import register_ledger_transcodings
 from ledger.store.url import StoreConfig
 from ledger.temporal.settings import TemporalSettings
 from projections.dispatch.calls import CallbackResult, CallbackSender, RetryPolicy, call_for
-from projections.dispatch.delivery import OUTCOME_EVENTS, Delivery, Outcome
+from projections.dispatch.delivery import Delivery, Outcome
 from projections.dispatch.leadership import CHECK_TIMEOUT, SingleActive
+from projections.dispatch.log import DispatcherLog
 from projections.subscription import PollingSubscription
 
 logger = logging.getLogger(__name__)
@@ -75,91 +71,6 @@ logger = logging.getLogger(__name__)
 STORE_ERRORS = (OperationalError, InterfaceError, StoreUnavailableError)
 """Errors that mean the store is unreachable for now (the library already retried)."""
 T = TypeVar("T")
-"""The application name the dispatcher's tracking position refers to."""
-
-
-class DispatcherLog(Application[str]):
-    """The dispatcher's own event-sourced log of deliveries, with its tracking position."""
-
-    name = DISPATCHER_LOG
-    env: ClassVar[dict[str, str]] = {"ORIGINATOR_ID_TYPE": "text"}
-
-    def construct_recorder(self) -> ProcessRecorder:
-        try:
-            return self.factory.process_recorder()
-        except IntegrityError:
-            # Another process created the tables at this very moment (the library's
-            # tracking-table migration row is the one it got first): all is in place.
-            return self.factory.process_recorder()
-
-    def register_transcodings(self, transcoder: JSONTranscoder) -> None:
-        super().register_transcodings(transcoder)
-        register_ledger_transcodings(transcoder)
-
-    @property
-    def process_recorder(self) -> ProcessRecorder:
-        return cast(ProcessRecorder, self.recorder)
-
-    def position(self) -> int | None:
-        """The recorded ledger position (None before the first record)."""
-        return self.process_recorder.max_tracking_id(LEDGER_LOG)
-
-    def delivery(self, execution_id: str) -> Delivery | None:
-        try:
-            return cast(Delivery, self.repository.get(execution_id))
-        except AggregateNotFoundError:
-            return None
-
-    def record(
-        self,
-        items: Iterable[Delivery | CanMutateAggregate[str]],
-        tracking: Tracking | None = None,
-    ) -> None:
-        """Records deliveries' pending events, or events, and the position, atomically."""
-        processing = ProcessingEvent[str](tracking=tracking)
-        processing.collect_events(*items)
-        if processing.events or tracking is not None:
-            self._record(processing)
-
-    def deliveries_in(self, outcome: Outcome) -> list[Delivery]:
-        """Every delivery whose current outcome is ``outcome`` (a scan of the log)."""
-        found = self._last_event_is(OUTCOME_EVENTS[outcome], self._latest_topics())
-        return [d for d in found if d.outcome is outcome]
-
-    def deliveries_to_retry(self, position: int) -> list[Delivery]:
-        """The parked deliveries, then those whose last event is an attempt and whose
-        completion is at or before ``position``: a retry of a parked delivery cut off
-        (a crash, a lost lock) between recording its attempt and its outcome. The
-        main follow never reads those again (the position is past them), so they
-        are retried with the parked ones. One scan of the log."""
-        latest = self._latest_topics()
-        parked = [
-            d for d in self._last_event_is(Delivery.Parked, latest) if d.outcome is Outcome.PARKED
-        ]
-        cut_off = [
-            d
-            for d in self._last_event_is(Delivery.Attempted, latest)
-            if d.in_flight and not d.is_final and d.ledger_position <= position
-        ]
-        return parked + cut_off
-
-    def _last_event_is(self, event: type[Delivery.Event], latest: dict[str, str]) -> list[Delivery]:
-        """The deliveries whose last event (``latest``: id -> topic) is an ``event``."""
-        found = (self.delivery(i) for i, topic in latest.items() if resolve_topic(topic) is event)
-        return [d for d in found if d is not None]
-
-    def _latest_topics(self) -> dict[str, str]:
-        """Each delivery's last event topic (a scan of the log)."""
-        latest: dict[str, str] = {}
-        start = 1
-        while True:
-            page = self.recorder.select_notifications(start=start, limit=1000)
-            for notification in page:
-                latest[str(notification.originator_id)] = notification.topic
-            if len(page) < 1000:
-                break
-            start = page[-1].id + 1
-        return latest
 
 
 @dataclass

@@ -109,7 +109,7 @@ from ledger.contract.errors import ConfigurationError
 from ledger.contract.names import COMPLETED_TOPICS
 from ledger.store.transcodings import message_classes
 from ledger.store.url import StoreConfig
-from projections.dispatch.dispatcher import DispatcherLog
+from projections.dispatch.log import DispatcherLog
 from projections.subscription import PollingSubscription
 
 if TYPE_CHECKING:
