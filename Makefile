@@ -22,9 +22,9 @@ test: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check ledger projections tests bench
-	$(BIN)/ruff format --check ledger projections tests bench
-	$(BIN)/mypy ledger projections tests bench
+	$(BIN)/ruff check ledger projections tests bench scripts
+	$(BIN)/ruff format --check ledger projections tests bench scripts
+	$(BIN)/mypy ledger projections tests bench scripts
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/python scripts/check_cycles.py
 	bash scripts/check_protos.sh
