@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     )
     from ledger.contract.errors import (
         CallbackTokenTooLargeError,
+        CipherKeyMismatchError,
         ConfigurationError,
         ConflictError,
         CreateConflictError,
@@ -59,6 +60,7 @@ _EXPORTS = {
     "AgentExecutionSpec": "ledger.contract.kinds",
     "AgentExecutionStatus": "ledger.contract.kinds",
     "CallbackTokenTooLargeError": "ledger.contract.errors",
+    "CipherKeyMismatchError": "ledger.contract.errors",
     "ConfigurationError": "ledger.contract.errors",
     "ConflictError": "ledger.contract.errors",
     "CreateConflictError": "ledger.contract.errors",
@@ -106,6 +108,7 @@ __all__ = [
     "AgentExecutionSpec",
     "AgentExecutionStatus",
     "CallbackTokenTooLargeError",
+    "CipherKeyMismatchError",
     "ConfigurationError",
     "ConflictError",
     "CreateConflictError",

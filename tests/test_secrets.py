@@ -14,6 +14,7 @@ from eventsourcing.cipher import AESCipher
 from ledger import (
     AgentExecution,
     AgentExecutionSpec,
+    CipherKeyMismatchError,
     CreateConflictError,
     UnreadableEventError,
     open_ledger,
@@ -117,6 +118,11 @@ def test_cipher_key_rotation_reads_events_written_under_old_keys(
     old_key, new_key = AESCipher.create_key(32), AESCipher.create_key(32)
     with open_ledger(url, cipher_key=old_key) as app:
         before = app.create(_resource()).id
+    # A key the store does not know is refused at open time, before any write.
+    with pytest.raises(CipherKeyMismatchError, match="does not know"):
+        open_ledger(url, cipher_key=new_key)
+    with open_ledger(url, cipher_key=old_key) as app:  # Registered with a known key.
+        app.keys.add(new_key)
     # Without the old key the old events cannot be read: the rotation needs it.
     with (
         open_ledger(url, cipher_key=new_key) as app,

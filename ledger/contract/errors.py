@@ -116,3 +116,13 @@ class UnreadableEventError(LedgerError):
 
 class StoreUnavailableError(LedgerError):
     """The store could not be reached; the command wrote nothing and may be retried."""
+
+
+class CipherKeyMismatchError(ConfigurationError):
+    """The cipher settings do not fit the store: a key on a store whose events are not
+    encrypted, none on one whose events are, or a key the store does not know.
+
+    Raised when the ledger is opened, before anything is written or read, so that no
+    misconfigured process can write events its peers cannot read. ``ledger keys``
+    lists the keys a store knows (by check value, never the key) and registers new ones.
+    """

@@ -18,6 +18,9 @@ LEDGER_EVENTS_TABLE = "ledger_events"
 """PostgreSQL: the ledger's events table (SQLite: the library's ``stored_events``)."""
 VAULT_TABLE = "ledger_secret_keys"
 """The per-execution data keys of secret values (crypto-shredding)."""
+KEYS_TABLE = "ledger_keys"
+"""The store's own record: whether its events are encrypted, and the check value of
+each cipher key that may write them (never a key)."""
 
 EXECUTION_TOPIC = "ledger.domain.execution:Execution"
 """Topic of the execution aggregate; its events are ``<topic>.<Event>``."""

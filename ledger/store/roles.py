@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import re
 
+from ledger.contract.names import KEYS_TABLE, LEDGER_EVENTS_TABLE, VAULT_TABLE
+
 ROLE_PREFIX = "ledger"
-VAULT_TABLE = "ledger_secret_keys"
-LEDGER_TABLE = "ledger_events"
+LEDGER_TABLE = LEDGER_EVENTS_TABLE
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
 
@@ -74,11 +75,12 @@ DO $$ DECLARE f record; BEGIN
 END $$;
 GRANT INSERT, DELETE ON {schema}.{VAULT_TABLE} TO {writer};
 
--- The follower writes every table but the ledger's and the vault, and calls
+-- The follower writes every table but the ledger's, the vault and the key record,
+-- and calls
 -- every function but the ledger's.
 DO $$ DECLARE t record; f record; BEGIN
   FOR t IN SELECT tablename FROM pg_tables WHERE schemaname = '{schema}'
-           AND tablename NOT IN ('{LEDGER_TABLE}', '{VAULT_TABLE}')
+           AND tablename NOT IN ('{LEDGER_TABLE}', '{VAULT_TABLE}', '{KEYS_TABLE}')
   LOOP EXECUTE format(
     'GRANT INSERT, UPDATE, DELETE, TRUNCATE ON {schema}.%I TO {follower}', t.tablename);
   END LOOP;

@@ -30,6 +30,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from ledger.contract.errors import ConfigurationError
+from ledger.store.keys import decode_key
 
 LEDGER_URL = "LEDGER_URL"
 LEDGER_CIPHER_KEY = "LEDGER_CIPHER_KEY"
@@ -152,9 +153,13 @@ def parse_url(url: str | None = None, *, cipher_key: str | None = None) -> Store
     if os.environ.get("CREATE_TABLE"):
         env["CREATE_TABLE"] = os.environ["CREATE_TABLE"]
     if cipher_key:
+        decode_key(cipher_key)
         env["CIPHER_TOPIC"] = "ledger.store.cipher:RotatingAESCipher"
         env["CIPHER_KEY"] = cipher_key
         old_keys = os.environ.get(LEDGER_CIPHER_OLD_KEYS)
         if old_keys:
+            for old_key in old_keys.split(","):
+                if old_key.strip():
+                    decode_key(old_key, setting=LEDGER_CIPHER_OLD_KEYS)
             env["CIPHER_OLD_KEYS"] = old_keys
     return StoreConfig(url=url, scheme=scheme, env=env)

@@ -24,13 +24,13 @@ from typing import Any
 
 from eventsourcing.cipher import AESCipher
 from eventsourcing.persistence import ApplicationRecorder, Cipher, ProgrammingError
-from eventsourcing.postgres import PostgresApplicationRecorder
-from eventsourcing.sqlite import SQLiteApplicationRecorder
 from eventsourcing.utils import Environment
 
+from ledger.contract.names import VAULT_TABLE
 from ledger.domain.sealing import ENCRYPTED_PREFIX, is_sealed
+from ledger.store._side_table import SideTable
 
-TABLE = "ledger_secret_keys"
+TABLE = VAULT_TABLE
 
 _STATEMENTS = {
     "create": "CREATE TABLE IF NOT EXISTS {table} "
@@ -53,20 +53,8 @@ class SecretVault:
         self.master = master
         self._memory: dict[str, str] = {}
         self._lock = threading.Lock()
-        self._statements: dict[str, Any] = {}
-        if isinstance(recorder, PostgresApplicationRecorder):
-            from psycopg import sql
-
-            table = sql.Identifier(recorder.datastore.schema, TABLE)
-            self._statements = {
-                name: sql.SQL(text.replace("?", "%s")).format(table=table)
-                for name, text in _STATEMENTS.items()
-            }
-        elif isinstance(recorder, SQLiteApplicationRecorder):
-            self._statements = {
-                name: text.format(table=TABLE) for name, text in _STATEMENTS.items()
-            }
-        else:
+        self._table = SideTable(recorder, TABLE, _STATEMENTS)
+        if not self._table.available:
             return
         if create_table:
             self._execute("create")
@@ -99,7 +87,7 @@ class SecretVault:
 
     def destroy(self, execution_id: str) -> None:
         """Destroys the execution's key: its secret values become unreadable forever."""
-        if not self._statements:
+        if not self._table.available:
             with self._lock:
                 self._memory.pop(execution_id, None)
             return
@@ -111,7 +99,7 @@ class SecretVault:
     # Keys.
 
     def _key(self, execution_id: str, *, create: bool) -> str | None:
-        if not self._statements:
+        if not self._table.available:
             with self._lock:
                 if create and execution_id not in self._memory:
                     self._memory[execution_id] = AESCipher.create_key(32)
@@ -141,10 +129,7 @@ class SecretVault:
         return AESCipher(Environment(env={"CIPHER_KEY": key}))
 
     def _execute(self, name: str, *params: str, fetch: bool = False) -> Any:
-        datastore: Any = self.recorder.datastore  # type: ignore[attr-defined]
-        with datastore.transaction(commit=True) as cursor:
-            cursor.execute(self._statements[name], params)
-            return cursor.fetchone() if fetch else None
+        return self._table.execute(name, *params, fetch=fetch)
 
 
 def _open(cipher: AESCipher, sealed: str) -> str:
