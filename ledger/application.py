@@ -45,7 +45,7 @@ from ledger.contract.kinds import Kind, Resource, Status, copy_resource, kind_of
 from ledger.contract.phases import Phase
 from ledger.domain.execution import Execution
 from ledger.domain.validation import check_envelope, check_metadata_counts, check_spec, check_text
-from ledger.store.connections import ensure_schema, setup_lock
+from ledger.store.connections import check_store_exists, prepare_store, setup_lock
 from ledger.store.keys import StoreKeys
 from ledger.store.transcodings import register_ledger_transcodings
 from ledger.store.url import StoreConfig, parse_url
@@ -415,13 +415,20 @@ def open_ledger(url: str | None = None, *, cipher_key: str | None = None) -> Led
     return open_ledger_with(config)
 
 
-def open_ledger_with(config: StoreConfig, *, cache: bool = True) -> Ledger:
-    """Opens the ledger described by a parsed :class:`~ledger.config.StoreConfig`.
+def open_ledger_with(
+    config: StoreConfig, *, cache: bool = True, must_exist: bool = False
+) -> Ledger:
+    """Opens the ledger described by a parsed :class:`~ledger.store.url.StoreConfig`.
 
     ``cache``: keep recently written executions in memory (see :data:`WRITER_CACHE`);
-    followers that only read pass ``False``.
+    followers that only read pass ``False``. ``must_exist``: for reads, which never
+    create a store: :class:`~ledger.contract.errors.StoreNotFoundError` when there is
+    none yet.
     """
-    ensure_schema(config)
+    if must_exist:
+        check_store_exists(config)
+    else:
+        prepare_store(config)
     env = {**config.env, **WRITER_CACHE} if cache else config.env
     with setup_lock(config):
         return Ledger(env)

@@ -117,7 +117,7 @@ CHILD_MEMORY = 1 << 30
 """Address-space limit of every child process: a memory bomb fails instead of swapping."""
 
 ID_RULE = re.compile(r"(aex|wex)-[0-9a-z][0-9a-z_-]{0,62}")
-"""The documented id rule (``ledger.resources.check_id``)."""
+"""The documented id rule (``ledger.contract.ids.check_id``)."""
 
 HOSTILE_IDS = [
     "aex-x'; DROP TABLE ledger_events;--",

@@ -6,6 +6,8 @@ nobody else could read, and no key wrote plaintext into an encrypted store.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from eventsourcing.cipher import AESCipher
 
@@ -15,6 +17,7 @@ from ledger import (
     CipherKeyMismatchError,
     ConfigurationError,
     Ledger,
+    StoreNotFoundError,
     open_ledger,
 )
 from ledger.contract.names import KEYS_TABLE
@@ -124,3 +127,38 @@ def test_a_check_value_never_reveals_the_key() -> None:
     assert len(value) == 16
     assert value not in key
     assert check_value(key) == value  # Stable: the store compares it across processes.
+
+
+def test_a_schema_name_is_checked_when_the_url_is_read() -> None:
+    with pytest.raises(ConfigurationError, match="schema 'Bad-Schema' is not a plain"):
+        parse_url("postgresql://postgres@127.0.0.1:5432/postgres?schema=Bad-Schema")
+
+
+def test_an_empty_library_variable_means_unset(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("POSTGRES_CONNECT_TIMEOUT", "")  # As the library reads it.
+    with open_ledger(pg_url) as app:
+        assert app.create(_resource()).version == 1
+    monkeypatch.setenv("POSTGRES_CONNECT_TIMEOUT", "soon")
+    with pytest.raises(ConfigurationError, match="POSTGRES_CONNECT_TIMEOUT='soon' is not a number"):
+        open_ledger(pg_url)
+
+
+def test_a_read_never_creates_a_store(store_url: str, tmp_path: Path) -> None:
+    from ledger.application import open_ledger_with
+
+    if store_url.startswith("sqlite"):
+        store_url = "sqlite:///" + str(tmp_path / "no-such-dir" / "x.db")
+    with pytest.raises(StoreNotFoundError, match="no ledger at"):
+        open_ledger_with(parse_url(store_url), must_exist=True)
+    assert not (tmp_path / "no-such-dir").exists()
+    with open_ledger(store_url) as app:  # A write creates it; then reads find it.
+        app.create(_resource())
+    with open_ledger_with(parse_url(store_url), must_exist=True) as app:
+        assert app.recorder.max_notification_id() == 1
+
+
+def test_an_sqlite_folder_that_cannot_be_made_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError, match="cannot create the folder '/proc/nope'"):
+        open_ledger("sqlite:////proc/nope/x.db")

@@ -64,7 +64,7 @@ RECORDER_ENV = {
     "AGGREGATE_CACHE_MAXSIZE": "1000",
     "AGGREGATE_CACHE_FASTFORWARD": "n",
 }
-"""What ledger.config adds to the PostgreSQL environment (see the recorder's docstring)."""
+"""What ledger.store.url adds to the PostgreSQL environment (see the recorder's docstring)."""
 
 
 @cache

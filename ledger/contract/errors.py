@@ -126,3 +126,8 @@ class CipherKeyMismatchError(ConfigurationError):
     misconfigured process can write events its peers cannot read. ``ledger keys``
     lists the keys a store knows (by check value, never the key) and registers new ones.
     """
+
+
+class StoreNotFoundError(UserError):
+    """A read found no ledger at the configured store (``LEDGER_URL``): nothing has been
+    recorded there yet. Reads never create a store; a write, or ``ledger setup``, does."""

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
-from ledger.contract.errors import StoreUnavailableError
-from ledger.store.url import StoreConfig
+from ledger.contract.errors import ConfigurationError, StoreNotFoundError, StoreUnavailableError
+from ledger.contract.names import LEDGER_EVENTS_TABLE
+from ledger.store.url import StoreConfig, library_number
 
 
 @contextlib.contextmanager
@@ -64,11 +65,52 @@ def connect(config: StoreConfig, **options: Any) -> Any:
             user=env["POSTGRES_USER"],
             password=env["POSTGRES_PASSWORD"] or None,
             autocommit=True,
-            connect_timeout=int(os.environ.get("POSTGRES_CONNECT_TIMEOUT", "5")),
+            connect_timeout=max(1, int(library_number("POSTGRES_CONNECT_TIMEOUT", 5))),
             **options,
         )
     except psycopg.OperationalError as e:
         raise StoreUnavailableError(f"cannot reach PostgreSQL at {config.redacted_url}: {e}") from e
+
+
+def prepare_store(config: StoreConfig) -> None:
+    """Makes room for a store that may not exist yet: the SQLite file's folder, or the
+    PostgreSQL schema named in the URL (when this process creates tables)."""
+    if config.is_sqlite:
+        path = Path(config.env["SQLITE_DBNAME"])
+        if str(path) != ":memory:":
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise ConfigurationError(
+                    f"LEDGER_URL {config.url!r}: cannot create the folder {str(path.parent)!r} "
+                    f"({e.strerror or e})"
+                ) from None
+        return
+    ensure_schema(config)
+
+
+def check_store_exists(config: StoreConfig) -> None:
+    """:class:`~ledger.contract.errors.StoreNotFoundError` unless a ledger was recorded
+    at ``config`` (reads never create one)."""
+    if config.is_sqlite:
+        path = Path(config.env["SQLITE_DBNAME"])
+        if str(path) == ":memory:" or path.is_file():
+            return
+    elif config.is_postgres:
+        schema = config.env["POSTGRES_SCHEMA"]
+        with connect(config) as conn:
+            found = conn.execute(
+                "SELECT to_regclass(format('%%I.%%I', %s::text, %s::text))",
+                (schema, LEDGER_EVENTS_TABLE),
+            ).fetchone()
+        if found and found[0] is not None:
+            return
+    else:
+        return
+    raise StoreNotFoundError(
+        f"no ledger at {config.redacted_url}: nothing has been recorded there yet "
+        "(check LEDGER_URL; a write command or `ledger setup` creates it)"
+    )
 
 
 def ensure_schema(config: StoreConfig) -> None:

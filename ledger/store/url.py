@@ -25,6 +25,7 @@ passed to every application and projection the ledger constructs.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -108,7 +109,6 @@ def parse_url(url: str | None = None, *, cipher_key: str | None = None) -> Store
         if not path:
             raise ConfigurationError(f"LEDGER_URL {url!r}: the SQLite file path is missing")
         if path != ":memory:":
-            Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
             path = str(Path(path).expanduser())
         env = {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": path}
     elif scheme in ("postgresql", "postgres"):
@@ -137,7 +137,7 @@ def parse_url(url: str | None = None, *, cipher_key: str | None = None) -> Store
             "POSTGRES_PORT": str(port),
             "POSTGRES_USER": unquote(parts.username or "postgres"),
             "POSTGRES_PASSWORD": unquote(parts.password or ""),
-            "POSTGRES_SCHEMA": query.get("schema", "public"),
+            "POSTGRES_SCHEMA": _schema(query.get("schema", "public")),
             # One round trip per write, keeping the table lock's ordering guarantee.
             "APPLICATION_RECORDER_TOPIC": "ledger.store.recorder:LedgerPostgresApplicationRecorder",
             "PROCESS_RECORDER_TOPIC": "ledger.store.recorder:LedgerPostgresProcessRecorder",
@@ -163,3 +163,34 @@ def parse_url(url: str | None = None, *, cipher_key: str | None = None) -> Store
                     decode_key(old_key, setting=LEDGER_CIPHER_OLD_KEYS)
             env["CIPHER_OLD_KEYS"] = old_keys
     return StoreConfig(url=url, scheme=scheme, env=env)
+
+
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+def _schema(name: str) -> str:
+    if not _SCHEMA_NAME.fullmatch(name):
+        raise ConfigurationError(
+            f"LEDGER_URL: schema {name[:80]!r} is not a plain lowercase name "
+            "(a-z, 0-9 and _, at most 63, not starting with a digit): write ?schema=ledger"
+        )
+    return name
+
+
+def library_setting(name: str) -> str | None:
+    """One of the ``eventsourcing`` library's variables, read as the library reads it:
+    from the environment, an empty value meaning unset."""
+    value = os.environ.get(name)
+    return value if value else None
+
+
+def library_number(name: str, default: float) -> float:
+    """A numeric library variable (:func:`library_setting`), or ``default`` when unset;
+    anything but a number is a :class:`~ledger.contract.errors.ConfigurationError`."""
+    value = library_setting(name)
+    if value is None:
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise ConfigurationError(f"{name}={value[:40]!r} is not a number") from None
