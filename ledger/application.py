@@ -46,7 +46,7 @@ from ledger.contract.phases import Phase
 from ledger.domain.execution import Execution
 from ledger.domain.validation import check_envelope, check_metadata_counts, check_spec, check_text
 from ledger.store.connections import check_store_exists, prepare_store, setup_lock
-from ledger.store.keys import StoreKeys
+from ledger.store.keys import check_application_keys
 from ledger.store.transcodings import register_ledger_transcodings
 from ledger.store.url import StoreConfig, parse_url
 from ledger.store.vault import SecretVault
@@ -94,14 +94,12 @@ class Ledger(Application[str]):
     def __init__(self, env: Mapping[str, str] | None = None) -> None:
         try:
             super().__init__(env)
-            creates_tables = getattr(self.factory, "env_create_table", lambda: True)()
-            self.keys = StoreKeys(self.recorder, create_table=creates_tables)
-            self.keys.check(
+            self.keys = check_application_keys(self)
+            self.vault = SecretVault(
+                self.recorder,
                 self.mapper.cipher,
-                self.env.get("CIPHER_KEY") or None,
-                [k for k in (self.env.get("CIPHER_OLD_KEYS") or "").split(",") if k.strip()],
+                create_table=getattr(self.factory, "env_create_table", lambda: True)(),
             )
-            self.vault = SecretVault(self.recorder, self.mapper.cipher, create_table=creates_tables)
         except (OperationalError, InterfaceError) as e:
             raise StoreUnavailableError(f"cannot open the ledger's store: {e}") from e
 

@@ -162,3 +162,59 @@ def test_a_read_never_creates_a_store(store_url: str, tmp_path: Path) -> None:
 def test_an_sqlite_folder_that_cannot_be_made_is_a_configuration_error() -> None:
     with pytest.raises(ConfigurationError, match="cannot create the folder '/proc/nope'"):
         open_ledger("sqlite:////proc/nope/x.db")
+
+
+def test_encryption_turned_on_for_a_plaintext_store(store_url: str) -> None:
+    """Nothing is rewritten: events stored in the clear stay so and are still read, new
+    ones are encrypted, and from then on the store refuses to be opened without a key."""
+    from datetime import UTC, datetime
+
+    from eventsourcing.persistence import Tracking
+
+    from projections.dispatch.delivery import Delivery
+    from projections.dispatch.log import DispatcherLog
+    from projections.views import Views
+
+    config = parse_url(store_url)
+    with open_ledger(store_url) as app:
+        before = app.create(_resource()).id
+        app.complete(before, {"answer": 42})
+    key = AESCipher.create_key(32)
+    log = DispatcherLog(config.component_env("dispatcher"))
+    try:
+        delivery = Delivery.open(
+            before,
+            kind="AgentExecution",
+            phase=3,
+            completed_at=datetime.now(UTC),
+            has_callback=False,
+            ledger_position=2,
+        )
+        log.record([delivery], Tracking("Ledger", 2))
+        # Both logs are opened first (on PostgreSQL they share one record), then turned.
+        with open_ledger(store_url) as app:
+            assert app.keys.encrypt(key) == check_value(key)
+            assert log.keys.encrypt(key) == check_value(key)  # SQLite: its own file.
+    finally:
+        log.close()
+    with pytest.raises(CipherKeyMismatchError, match="encrypted and LEDGER_CIPHER_KEY"):
+        open_ledger(store_url)
+    with open_ledger(store_url, cipher_key=key) as app:
+        after = app.create(_resource()).id
+        assert app.get(before).spec == app.get(after).spec
+        states = [n.state for n in app.recorder.select_notifications(1, 10)]
+    assert [s[:2] == b'{"' for s in states] == [True, True, False]  # Old clear, new not.
+    keyed = parse_url(store_url, cipher_key=key)
+    log = DispatcherLog(keyed.component_env("dispatcher"))
+    try:
+        found = log.delivery(before)
+        assert found is not None
+        assert found.ledger_position == 2
+    finally:
+        log.close()
+    views = Views(keyed)
+    try:
+        views.rebuild("status")
+        assert {row.id for row in views.status.snapshot()} == {before, after}
+    finally:
+        views.close()

@@ -33,11 +33,17 @@ class RotatingAESCipher(AESCipher):
         for key in self.old_keys:
             AESCipher.check_key_size(len(key))
 
+    plaintext_history = False
+    """Set when the store's record says encryption was turned on after events had been
+    stored in the clear (:mod:`ledger.store.keys`): those are read as they are."""
+
     def decrypt(self, ciphertext: bytes) -> bytes:
         """Decrypts with the current key, else with each old key (thread-safe)."""
         try:
             return super().decrypt(ciphertext)
         except ValueError:
+            if self.plaintext_history and ciphertext[:2] == b'{"':
+                return ciphertext  # An event stored before encryption was turned on.
             if not self.old_keys:
                 raise
         nonce, tag, encrypted = ciphertext[:12], ciphertext[12:28], ciphertext[28:]

@@ -32,19 +32,24 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from eventsourcing.persistence import ApplicationRecorder, Cipher, ProgrammingError
+from eventsourcing.application import Application
+from eventsourcing.persistence import ApplicationRecorder, ProgrammingError
 
 from ledger.contract.errors import CipherKeyMismatchError, ConfigurationError
 from ledger.contract.names import KEYS_TABLE
 from ledger.store._side_table import SideTable
+from ledger.store.cipher import RotatingAESCipher
 
 _CHECK_LABEL = b"execution-ledger key check v1"
 _ENCRYPTION = "encryption"
+_PLAINTEXT_HISTORY = "plaintext_history"
 _KEY_PREFIX = "key:"
 
 _STATEMENTS = {
     "create": "CREATE TABLE IF NOT EXISTS {table} (name text PRIMARY KEY, value text NOT NULL)",
     "insert": "INSERT INTO {table} (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
+    "upsert": "INSERT INTO {table} (name, value) VALUES (?, ?) "
+    "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
     "select": "SELECT name, value FROM {table}",
 }
 
@@ -77,6 +82,9 @@ class KeyRecord:
     encrypted: bool
     known: frozenset[str]
     """Check values of the keys that may write and read its events."""
+    plaintext_history: bool = False
+    """Encryption was turned on after events were stored in the clear: those stay as
+    they are (nothing is rewritten) and are read as they are."""
 
 
 class StoreKeys:
@@ -89,15 +97,15 @@ class StoreKeys:
         if self._table.available and create_table:
             self._table.execute("create")
 
-    def check(self, cipher: Cipher | None, key: str | None, old_keys: Sequence[str]) -> KeyRecord:
+    def check(self, key: str | None, old_keys: Sequence[str]) -> KeyRecord:
         """Refuses settings that do not fit the store; records them on a store's first
-        open. ``cipher`` is the application's (None without a key)."""
+        open (``key``: ``LEDGER_CIPHER_KEY``, ``old_keys``: ``LEDGER_CIPHER_OLD_KEYS``)."""
         if not self._table.available:
             return KeyRecord(encrypted=key is not None, known=frozenset())
         keys = [k for k in (key, *old_keys) if k]
         record = self._read()
         if record is None:
-            record = self._first_record(cipher, key, keys)
+            record = self._first_record(key, keys)
         wanted = {check_value(k): k for k in keys}
         if not record.encrypted:
             if keys:
@@ -128,6 +136,25 @@ class StoreKeys:
         self._table.execute("insert", _KEY_PREFIX + value, _now())
         return value
 
+    def encrypt(self, key: str) -> str:
+        """Turns encryption on for a store whose events are not encrypted (opened without
+        a key): from now on its events are written under ``key``; those already stored
+        stay as they are and are still read. Returns the key's check value. Idempotent:
+        a store already encrypted under ``key`` is left as it is."""
+        value = check_value(key)
+        record = self._read()
+        if record is not None and record.encrypted:
+            if value in record.known:
+                return value
+            raise CipherKeyMismatchError(
+                "this store's events are already encrypted under other keys "
+                f"({_listed(record.known)}): register a new key with `ledger keys add`"
+            )
+        self._table.execute("insert", _KEY_PREFIX + value, _now())
+        self._table.execute("upsert", _PLAINTEXT_HISTORY, "yes")
+        self._table.execute("upsert", _ENCRYPTION, "on")
+        return value
+
     def known(self) -> list[tuple[str, str]]:
         """The known keys' check values, with when each was registered."""
         rows = self._table.execute("select", fetch="all") or []
@@ -146,9 +173,13 @@ class StoreKeys:
         if _ENCRYPTION not in values:
             return None
         known = frozenset(n[len(_KEY_PREFIX) :] for n in values if n.startswith(_KEY_PREFIX))
-        return KeyRecord(encrypted=values[_ENCRYPTION] == "on", known=known)
+        return KeyRecord(
+            encrypted=values[_ENCRYPTION] == "on",
+            known=known,
+            plaintext_history=values.get(_PLAINTEXT_HISTORY) == "yes",
+        )
 
-    def _first_record(self, cipher: Cipher | None, key: str | None, keys: list[str]) -> KeyRecord:
+    def _first_record(self, key: str | None, keys: list[str]) -> KeyRecord:
         """The record of a store that has none: from its events, or from the settings
         for an empty store; written down when this role may."""
         states = self._edge_states()
@@ -168,7 +199,6 @@ class StoreKeys:
                     "this store's events are encrypted and none of the configured keys "
                     "opens them: set LEDGER_CIPHER_KEY (and LEDGER_CIPHER_OLD_KEYS) to its keys"
                 )
-        del cipher  # The record is about keys, checked one by one above.
         if self._writable:
             self._table.execute("insert", _ENCRYPTION, "on" if encrypted else "off")
             for value in sorted(known):
@@ -218,3 +248,17 @@ def _listed(known: frozenset[str]) -> str:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def check_application_keys(app: Application[Any]) -> StoreKeys:
+    """Checks the cipher settings of an application of the ledger's (the ledger, the
+    dispatcher's log) against its store's record, before it reads or writes anything;
+    returns the record, for :meth:`StoreKeys.add` and :meth:`StoreKeys.encrypt`."""
+    creates_tables = bool(getattr(app.factory, "env_create_table", lambda: True)())
+    keys = StoreKeys(app.recorder, create_table=creates_tables)
+    old_keys = [k for k in (app.env.get("CIPHER_OLD_KEYS") or "").split(",") if k.strip()]
+    record = keys.check(app.env.get("CIPHER_KEY") or None, old_keys)
+    cipher = app.mapper.cipher
+    if isinstance(cipher, RotatingAESCipher):
+        cipher.plaintext_history = record.plaintext_history
+    return keys

@@ -8,7 +8,7 @@ client.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import ClassVar, cast
 
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
@@ -17,6 +17,7 @@ from eventsourcing.persistence import IntegrityError, JSONTranscoder, ProcessRec
 from eventsourcing.utils import resolve_topic
 
 from ledger.contract.names import DISPATCHER_LOG, LEDGER_LOG
+from ledger.store.keys import check_application_keys
 from ledger.store.transcodings import register_ledger_transcodings
 from projections.dispatch.delivery import OUTCOME_EVENTS, Delivery, Outcome
 
@@ -26,6 +27,10 @@ class DispatcherLog(Application[str]):
 
     name = DISPATCHER_LOG
     env: ClassVar[dict[str, str]] = {"ORIGINATOR_ID_TYPE": "text"}
+
+    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+        super().__init__(env)
+        self.keys = check_application_keys(self)  # Refuses keys its store does not know.
 
     def construct_recorder(self) -> ProcessRecorder:
         try:
