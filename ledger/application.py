@@ -44,7 +44,13 @@ from ledger.contract.ids import check_id, kind_of_id
 from ledger.contract.kinds import Kind, Resource, Status, copy_resource, kind_of
 from ledger.contract.phases import Phase
 from ledger.domain.execution import Execution
-from ledger.domain.validation import check_envelope, check_metadata_counts, check_spec, check_text
+from ledger.domain.validation import (
+    about,
+    check_envelope,
+    check_metadata_counts,
+    check_spec,
+    check_text,
+)
 from ledger.store.connections import check_store_exists, prepare_store, setup_lock
 from ledger.store.keys import check_application_keys
 from ledger.store.transcodings import register_ledger_transcodings
@@ -145,19 +151,21 @@ class Ledger(Application[str]):
         """
         kind = kind_of(resource)
         values: Any = resource
-        execution_id = values.metadata.id or kind.new_id()
-        check_id(execution_id, kind)
-        check_envelope(kind, values.api_version, values.kind, execution_id=execution_id)
+        given = values.metadata.id  # Errors name only an id the caller gave.
+        if given:
+            check_id(given, kind)
+        check_envelope(kind, values.api_version, values.kind, execution_id=given)
         if values.HasField("status") and values.status.ByteSize():
             raise InvalidResourceError(
-                f"execution {execution_id!r}: status is observed, not given: create takes "
+                f"{about(given)}status is observed, not given: create takes "
                 "metadata and spec only (record status with update_status)",
-                execution_id=execution_id,
+                execution_id=given,
                 field="status",
             )
-        check_spec(kind, values.spec, execution_id=execution_id)
-        check_metadata_counts(values.metadata, execution_id=execution_id)
-        check_text(actor, execution_id=execution_id, field="actor")
+        check_spec(kind, values.spec, execution_id=given)
+        check_metadata_counts(values.metadata, execution_id=given)
+        check_text(actor, execution_id=given, field="actor")
+        execution_id = given or kind.new_id()
         # Optimistic: write first; an existing id shows up as a conflict, then compare.
         spec: Any = type(values.spec)()
         spec.CopyFrom(values.spec)

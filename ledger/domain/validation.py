@@ -44,14 +44,13 @@ def check_envelope(kind: Kind, api_version: str, kind_name: str, *, execution_id
     """``api_version`` and ``kind`` must be the ledger's (empty means "of this class")."""
     if api_version and api_version != API_VERSION:
         raise UnknownKindError(
-            f"execution {execution_id!r}: unknown api_version {api_version!r}, "
-            f"expected {API_VERSION!r}",
+            f"{about(execution_id)}unknown api_version {api_version!r}, expected {API_VERSION!r}",
             execution_id=execution_id,
             field="api_version",
         )
     if kind_name and kind_name != kind.name:
         raise UnknownKindError(
-            f"execution {execution_id!r}: kind {kind_name!r} does not match the "
+            f"{about(execution_id)}kind {kind_name!r} does not match the "
             f"{kind.name} message it was sent in",
             execution_id=execution_id,
             field="kind",
@@ -64,21 +63,21 @@ def check_spec(kind: Kind, spec: Message, *, execution_id: str) -> None:
     if kind is AGENT_EXECUTION:
         if not values.agent_id and not values.session_id:
             raise MissingFieldError(
-                f"execution {execution_id!r}: an AgentExecution needs spec.agent_id or "
+                f"{about(execution_id)}an AgentExecution needs spec.agent_id or "
                 "spec.session_id (both are empty)",
                 execution_id=execution_id,
                 field="spec.agent_id",
             )
         if not values.message:
             raise MissingFieldError(
-                f"execution {execution_id!r}: an AgentExecution needs spec.message "
+                f"{about(execution_id)}an AgentExecution needs spec.message "
                 "(the input the agent runs on)",
                 execution_id=execution_id,
                 field="spec.message",
             )
     elif not values.workflow_id and not values.workflow_instance_id:
         raise MissingFieldError(
-            f"execution {execution_id!r}: a WorkflowExecution needs spec.workflow_id or "
+            f"{about(execution_id)}a WorkflowExecution needs spec.workflow_id or "
             "spec.workflow_instance_id (both are empty)",
             execution_id=execution_id,
             field="spec.workflow_id",
@@ -86,7 +85,7 @@ def check_spec(kind: Kind, spec: Message, *, execution_id: str) -> None:
     token_size = len(values.callback_token)
     if token_size > MAX_CALLBACK_TOKEN_BYTES:
         raise CallbackTokenTooLargeError(
-            f"execution {execution_id!r}: spec.callback_token is {token_size} bytes, "
+            f"{about(execution_id)}spec.callback_token is {token_size} bytes, "
             f"at most {MAX_CALLBACK_TOKEN_BYTES} are accepted",
             execution_id=execution_id,
             field="spec.callback_token",
@@ -94,7 +93,7 @@ def check_spec(kind: Kind, spec: Message, *, execution_id: str) -> None:
     for key in values.runtime_env:
         if not key:
             raise InvalidResourceError(
-                f"execution {execution_id!r}: spec.runtime_env has an empty key",
+                f"{about(execution_id)}spec.runtime_env has an empty key",
                 execution_id=execution_id,
                 field="spec.runtime_env",
             )
@@ -110,7 +109,7 @@ def check_metadata_counts(metadata: Message, *, execution_id: str) -> None:
         count = len(getattr(values, name))
         if count > MAX_LABELS:
             raise LimitExceededError(
-                f"execution {execution_id!r}: metadata.{name} has {count} entries, "
+                f"{about(execution_id)}metadata.{name} has {count} entries, "
                 f"at most {MAX_LABELS} are accepted",
                 execution_id=execution_id,
                 field=f"metadata.{name}",
@@ -121,7 +120,7 @@ def check_size(message: Message, limit: int, *, execution_id: str, field: str) -
     size = message.ByteSize()
     if size > limit:
         raise LimitExceededError(
-            f"execution {execution_id!r}: {field} is {size} bytes, at most {limit} are accepted",
+            f"{about(execution_id)}{field} is {size} bytes, at most {limit} are accepted",
             execution_id=execution_id,
             field=field,
         )
@@ -133,7 +132,7 @@ def check_utf8(value: str, *, execution_id: str, field: str) -> None:
         value.encode("utf-8")
     except UnicodeEncodeError as e:
         raise InvalidResourceError(
-            f"execution {execution_id!r}: {field} is not valid Unicode text ({e.reason} "
+            f"{about(execution_id)}{field} is not valid Unicode text ({e.reason} "
             f"at position {e.start})",
             execution_id=execution_id,
             field=field,
@@ -144,7 +143,7 @@ def check_text(value: str, *, execution_id: str, field: str) -> None:
     check_utf8(value, execution_id=execution_id, field=field)
     if len(value) > MAX_TEXT_CHARS:
         raise LimitExceededError(
-            f"execution {execution_id!r}: {field} is {len(value)} characters, "
+            f"{about(execution_id)}{field} is {len(value)} characters, "
             f"at most {MAX_TEXT_CHARS} are accepted",
             execution_id=execution_id,
             field=field,
@@ -156,7 +155,7 @@ def check_structs(message: Message, *, execution_id: str, field: str) -> None:
     for depth_field, depth in _struct_depths(message, field):
         if depth > MAX_STRUCT_DEPTH:
             raise LimitExceededError(
-                f"execution {execution_id!r}: {depth_field} nests {depth} levels deep, "
+                f"{about(execution_id)}{depth_field} nests {depth} levels deep, "
                 f"at most {MAX_STRUCT_DEPTH} are accepted",
                 execution_id=execution_id,
                 field=depth_field,
@@ -230,3 +229,9 @@ def json_depth(value: object, *, limit: int = MAX_STRUCT_DEPTH) -> int:
             return deepest
         stack.extend((v, depth + 1) for v in children)
     return deepest
+
+
+def about(execution_id: str) -> str:
+    """How an error message names the execution: by its id when the caller gave one
+    (never by an id the ledger made up for a create it then refused)."""
+    return f"execution {execution_id!r}: " if execution_id else "the new execution: "
