@@ -777,6 +777,12 @@ EXPECTED_FIELDS: dict[str, dict[int, tuple[str, str]]] = {
         6: ("labels", "map<string, string>"),
         7: ("annotations", "map<string, string>"),
         8: ("tags", "repeated string"),
+        9: ("version", f"{CM}.ApiResourceMetadataVersion"),
+    },
+    f"{CM}.ApiResourceMetadataVersion": {
+        1: ("id", "string"),
+        2: ("message", "string"),
+        3: ("previous_version_id", "string"),
     },
     f"{CM}.ExecutionValue": {1: ("value", "string"), 2: ("is_secret", "bool")},
     f"{CM}.ApiResourceAudit": {
@@ -817,6 +823,7 @@ EXPECTED_FIELDS: dict[str, dict[int, tuple[str, str]]] = {
         8: ("completed_at", "string"),
         9: ("todos", f"map<string, {AE}.TodoItem>"),
         99: ("audit", f"{CM}.ApiResourceAudit"),
+        1000: ("output", STRUCT),  # The ledger's extension (1000-1999), see status.proto.
     },
     f"{AE}.AgentMessage": {
         1: ("type", f"{AE}.MessageType"),
@@ -831,9 +838,16 @@ EXPECTED_FIELDS: dict[str, dict[int, tuple[str, str]]] = {
         3: ("args", STRUCT),
         4: ("result", "string"),
         5: ("status", f"{AE}.ToolCallStatus"),
+        6: ("component_metadata", f"{AE}.ComponentMetadata"),
         7: ("started_at", "string"),
         8: ("completed_at", "string"),
         9: ("error", "string"),
+    },
+    f"{AE}.ComponentMetadata": {
+        1: ("component_type", "string"),
+        2: ("component_group", "string"),
+        3: ("layout_hint", "string"),
+        4: ("metadata", STRUCT),
     },
     f"{AE}.SubAgentExecution": {
         1: ("id", "string"),
@@ -926,7 +940,6 @@ def test_message_fields_match_the_contract(full_name: str) -> None:
 
 EXPECTED_RESERVED: dict[str, tuple[set[int], set[str]]] = {
     f"{AE}.AgentExecutionStatus": ({5, 10}, {"callback_token"}),
-    f"{AE}.ToolCall": ({6}, set()),
     f"{WE}.WorkflowExecutionSpec": ({2}, set()),
     f"{WE}.WorkflowExecutionStatus": ({11}, {"callback_token"}),
 }
@@ -1060,3 +1073,44 @@ def test_every_message_and_enum_of_the_contract_is_pinned_here() -> None:
         enums.update(e.full_name for e in file_descriptor.enum_types_by_name.values())
     assert messages == set(EXPECTED_FIELDS)
     assert enums == set(EXPECTED_ENUMS)
+
+
+# ---------------------------------------------------------------------------
+# Fields closed against the platform's generated stubs, and the ledger's extension.
+# ---------------------------------------------------------------------------
+
+
+def test_tool_call_component_metadata_is_field_6() -> None:
+    wire = text(1, "call-1") + msg(
+        6,
+        text(1, "code"),
+        text(2, "tools"),
+        text(3, "panel"),
+        struct_field(4, {"language": v_string("python")}),
+    )
+    call = agent_status.ToolCall.FromString(wire)
+    assert call.component_metadata.component_type == "code"
+    assert call.component_metadata.component_group == "tools"
+    assert call.component_metadata.layout_hint == "panel"
+    assert call.component_metadata.metadata["language"] == "python"
+    assert_round_trip(call, wire)
+
+
+def test_metadata_version_is_field_9() -> None:
+    wire = text(3, "aex-1") + msg(9, text(1, "v2"), text(2, "renamed"), text(3, "v1"))
+    metadata = metadata_pb2.ApiResourceMetadata.FromString(wire)
+    assert metadata.version.id == "v2"
+    assert metadata.version.message == "renamed"
+    assert metadata.version.previous_version_id == "v1"
+    assert_round_trip(metadata, wire)
+
+
+def test_the_agent_output_extension_is_field_1000_and_platform_bytes_still_parse() -> None:
+    platform = uint(2, 3) + text(8, "2026-12-03T10:00:00Z")  # No field of ours.
+    status = agent_status.AgentExecutionStatus.FromString(platform)
+    assert not status.HasField("output")
+    assert_round_trip(status, platform)
+    ours = platform + struct_field(1000, {"summary": v_string("done")})
+    status = agent_status.AgentExecutionStatus.FromString(ours)
+    assert status.output["summary"] == "done"
+    assert_round_trip(status, ours)

@@ -169,7 +169,7 @@ class Execution(BaseAggregate[str]):
         """Applies a status patch; a terminal phase in it also completes the execution.
 
         A terminal phase by patch takes its outcome from the patch: COMPLETED the
-        ``output`` (WorkflowExecution), FAILED and CANCELLED the ``error`` text.
+        ``output`` (status.output, both kinds), FAILED and CANCELLED the ``error`` text.
         """
         self._check_writable(actor)
         check_patch(self.kind, patch, execution_id=self.id)
@@ -340,7 +340,7 @@ class Execution(BaseAggregate[str]):
         status.phase = event.phase
         if not status.completed_at:
             status.completed_at = _iso(event.timestamp)
-        if event.output is not None and self.kind_name == "WorkflowExecution":
+        if event.output is not None:  # Both kinds (AgentExecution: a ledger extension).
             status.output.CopyFrom(_struct(event.output))
         if event.error is not None:
             status.error = event.error["message"]
@@ -372,7 +372,7 @@ Completed = Execution.Completed
 def _outcome_from_patch(phase: Phase, status: Any) -> dict[str, Any]:
     """The outcome a terminal phase set by status patch carries."""
     if phase is Phase.COMPLETED:
-        if "output" in status.DESCRIPTOR.fields_by_name and status.HasField("output"):
+        if status.HasField("output"):
             return {"output": MessageToDict(status.output)}
         return {}
     if phase is Phase.FAILED:

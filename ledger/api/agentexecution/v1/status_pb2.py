@@ -27,7 +27,7 @@ from ledger.api.agentexecution.v1 import enum_pb2 as ledger_dot_api_dot_agentexe
 from ledger.api.commons.v1 import audit_pb2 as ledger_dot_api_dot_commons_dot_v1_dot_audit__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)ledger/api/agentexecution/v1/status.proto\x12\x1cledger.api.agentexecution.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\'ledger/api/agentexecution/v1/enum.proto\x1a!ledger/api/commons/v1/audit.proto\"\xcd\x04\n\x14\x41gentExecutionStatus\x12<\n\x08messages\x18\x01 \x03(\x0b\x32*.ledger.api.agentexecution.v1.AgentMessage\x12;\n\x05phase\x18\x02 \x01(\x0e\x32,.ledger.api.agentexecution.v1.ExecutionPhase\x12:\n\ntool_calls\x18\x03 \x03(\x0b\x32&.ledger.api.agentexecution.v1.ToolCall\x12M\n\x14sub_agent_executions\x18\x04 \x03(\x0b\x32/.ledger.api.agentexecution.v1.SubAgentExecution\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x12\n\nstarted_at\x18\x07 \x01(\t\x12\x14\n\x0c\x63ompleted_at\x18\x08 \x01(\t\x12L\n\x05todos\x18\t \x03(\x0b\x32=.ledger.api.agentexecution.v1.AgentExecutionStatus.TodosEntry\x12\x36\n\x05\x61udit\x18\x63 \x01(\x0b\x32\'.ledger.api.commons.v1.ApiResourceAudit\x1aT\n\nTodosEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x35\n\x05value\x18\x02 \x01(\x0b\x32&.ledger.api.agentexecution.v1.TodoItem:\x02\x38\x01J\x04\x08\x05\x10\x06J\x04\x08\n\x10\x0bR\x0e\x63\x61llback_token\"\xd2\x01\n\x0c\x41gentMessage\x12\x37\n\x04type\x18\x01 \x01(\x0e\x32).ledger.api.agentexecution.v1.MessageType\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x11\n\ttimestamp\x18\x03 \x01(\t\x12:\n\ntool_calls\x18\x04 \x03(\x0b\x32&.ledger.api.agentexecution.v1.ToolCall\x12)\n\x08metadata\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xd8\x01\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12%\n\x04\x61rgs\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06result\x18\x04 \x01(\t\x12<\n\x06status\x18\x05 \x01(\x0e\x32,.ledger.api.agentexecution.v1.ToolCallStatus\x12\x12\n\nstarted_at\x18\x07 \x01(\t\x12\x14\n\x0c\x63ompleted_at\x18\x08 \x01(\t\x12\r\n\x05\x65rror\x18\t \x01(\tJ\x04\x08\x06\x10\x07\"\xee\x01\n\x11SubAgentExecution\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05input\x18\x03 \x01(\t\x12\x0e\n\x06output\x18\x04 \x01(\t\x12<\n\x06status\x18\x05 \x01(\x0e\x32,.ledger.api.agentexecution.v1.SubAgentStatus\x12\x12\n\nstarted_at\x18\x06 \x01(\t\x12\x14\n\x0c\x63ompleted_at\x18\x07 \x01(\t\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12)\n\x08metadata\x18\t \x01(\x0b\x32\x17.google.protobuf.Struct\"\x89\x01\n\x08TodoItem\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x38\n\x06status\x18\x03 \x01(\x0e\x32(.ledger.api.agentexecution.v1.TodoStatus\x12\x12\n\ncreated_at\x18\x04 \x01(\t\x12\x12\n\nupdated_at\x18\x05 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)ledger/api/agentexecution/v1/status.proto\x12\x1cledger.api.agentexecution.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\'ledger/api/agentexecution/v1/enum.proto\x1a!ledger/api/commons/v1/audit.proto\"\xf7\x04\n\x14\x41gentExecutionStatus\x12<\n\x08messages\x18\x01 \x03(\x0b\x32*.ledger.api.agentexecution.v1.AgentMessage\x12;\n\x05phase\x18\x02 \x01(\x0e\x32,.ledger.api.agentexecution.v1.ExecutionPhase\x12:\n\ntool_calls\x18\x03 \x03(\x0b\x32&.ledger.api.agentexecution.v1.ToolCall\x12M\n\x14sub_agent_executions\x18\x04 \x03(\x0b\x32/.ledger.api.agentexecution.v1.SubAgentExecution\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x12\n\nstarted_at\x18\x07 \x01(\t\x12\x14\n\x0c\x63ompleted_at\x18\x08 \x01(\t\x12L\n\x05todos\x18\t \x03(\x0b\x32=.ledger.api.agentexecution.v1.AgentExecutionStatus.TodosEntry\x12\x36\n\x05\x61udit\x18\x63 \x01(\x0b\x32\'.ledger.api.commons.v1.ApiResourceAudit\x12(\n\x06output\x18\xe8\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x1aT\n\nTodosEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x35\n\x05value\x18\x02 \x01(\x0b\x32&.ledger.api.agentexecution.v1.TodoItem:\x02\x38\x01J\x04\x08\x05\x10\x06J\x04\x08\n\x10\x0bR\x0e\x63\x61llback_token\"\xd2\x01\n\x0c\x41gentMessage\x12\x37\n\x04type\x18\x01 \x01(\x0e\x32).ledger.api.agentexecution.v1.MessageType\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x11\n\ttimestamp\x18\x03 \x01(\t\x12:\n\ntool_calls\x18\x04 \x03(\x0b\x32&.ledger.api.agentexecution.v1.ToolCall\x12)\n\x08metadata\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x9f\x02\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12%\n\x04\x61rgs\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06result\x18\x04 \x01(\t\x12<\n\x06status\x18\x05 \x01(\x0e\x32,.ledger.api.agentexecution.v1.ToolCallStatus\x12K\n\x12\x63omponent_metadata\x18\x06 \x01(\x0b\x32/.ledger.api.agentexecution.v1.ComponentMetadata\x12\x12\n\nstarted_at\x18\x07 \x01(\t\x12\x14\n\x0c\x63ompleted_at\x18\x08 \x01(\t\x12\r\n\x05\x65rror\x18\t \x01(\t\"\xee\x01\n\x11SubAgentExecution\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05input\x18\x03 \x01(\t\x12\x0e\n\x06output\x18\x04 \x01(\t\x12<\n\x06status\x18\x05 \x01(\x0e\x32,.ledger.api.agentexecution.v1.SubAgentStatus\x12\x12\n\nstarted_at\x18\x06 \x01(\t\x12\x14\n\x0c\x63ompleted_at\x18\x07 \x01(\t\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12)\n\x08metadata\x18\t \x01(\x0b\x32\x17.google.protobuf.Struct\"\x89\x01\n\x08TodoItem\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x38\n\x06status\x18\x03 \x01(\x0e\x32(.ledger.api.agentexecution.v1.TodoStatus\x12\x12\n\ncreated_at\x18\x04 \x01(\t\x12\x12\n\nupdated_at\x18\x05 \x01(\t\"\x84\x01\n\x11\x43omponentMetadata\x12\x16\n\x0e\x63omponent_type\x18\x01 \x01(\t\x12\x17\n\x0f\x63omponent_group\x18\x02 \x01(\t\x12\x13\n\x0blayout_hint\x18\x03 \x01(\t\x12)\n\x08metadata\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Structb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,15 +37,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AGENTEXECUTIONSTATUS_TODOSENTRY']._loaded_options = None
   _globals['_AGENTEXECUTIONSTATUS_TODOSENTRY']._serialized_options = b'8\001'
   _globals['_AGENTEXECUTIONSTATUS']._serialized_start=182
-  _globals['_AGENTEXECUTIONSTATUS']._serialized_end=771
-  _globals['_AGENTEXECUTIONSTATUS_TODOSENTRY']._serialized_start=659
-  _globals['_AGENTEXECUTIONSTATUS_TODOSENTRY']._serialized_end=743
-  _globals['_AGENTMESSAGE']._serialized_start=774
-  _globals['_AGENTMESSAGE']._serialized_end=984
-  _globals['_TOOLCALL']._serialized_start=987
-  _globals['_TOOLCALL']._serialized_end=1203
-  _globals['_SUBAGENTEXECUTION']._serialized_start=1206
-  _globals['_SUBAGENTEXECUTION']._serialized_end=1444
-  _globals['_TODOITEM']._serialized_start=1447
-  _globals['_TODOITEM']._serialized_end=1584
+  _globals['_AGENTEXECUTIONSTATUS']._serialized_end=813
+  _globals['_AGENTEXECUTIONSTATUS_TODOSENTRY']._serialized_start=701
+  _globals['_AGENTEXECUTIONSTATUS_TODOSENTRY']._serialized_end=785
+  _globals['_AGENTMESSAGE']._serialized_start=816
+  _globals['_AGENTMESSAGE']._serialized_end=1026
+  _globals['_TOOLCALL']._serialized_start=1029
+  _globals['_TOOLCALL']._serialized_end=1316
+  _globals['_SUBAGENTEXECUTION']._serialized_start=1319
+  _globals['_SUBAGENTEXECUTION']._serialized_end=1557
+  _globals['_TODOITEM']._serialized_start=1560
+  _globals['_TODOITEM']._serialized_end=1697
+  _globals['_COMPONENTMETADATA']._serialized_start=1700
+  _globals['_COMPONENTMETADATA']._serialized_end=1832
 # @@protoc_insertion_point(module_scope)

@@ -59,6 +59,7 @@ class AgentExecutionStatus(_message.Message):
     COMPLETED_AT_FIELD_NUMBER: _builtins.int
     TODOS_FIELD_NUMBER: _builtins.int
     AUDIT_FIELD_NUMBER: _builtins.int
+    OUTPUT_FIELD_NUMBER: _builtins.int
     phase: _enum_pb2.ExecutionPhase.ValueType
     """Current lifecycle phase."""
     error: _builtins.str
@@ -87,6 +88,17 @@ class AgentExecutionStatus(_message.Message):
     def audit(self) -> _audit_pb2.ApiResourceAudit:
         """System-managed audit information."""
 
+    @_builtins.property
+    def output(self) -> _struct_pb2.Struct:
+        """Fields 1000 to 1999 are the ledger's own extensions of the platform's message,
+        far from its numbers (1 to 99 so far); the platform's bytes parse unchanged and
+        a platform client skips these as unknown fields. Never reuse one.
+
+        Final output of the agent, as `complete()` recorded it; set when phase is
+        EXECUTION_COMPLETED. (The platform's AgentExecutionStatus has no output field;
+        WorkflowExecutionStatus has one, field 3.)
+        """
+
     def __init__(
         self,
         *,
@@ -99,10 +111,11 @@ class AgentExecutionStatus(_message.Message):
         completed_at: _builtins.str = ...,
         todos: _abc.Mapping[_builtins.str, Global___TodoItem] | None = ...,
         audit: _audit_pb2.ApiResourceAudit | None = ...,
+        output: _struct_pb2.Struct | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["audit", b"audit"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audit", b"audit", "output", b"output"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit", b"audit", "completed_at", b"completed_at", "error", b"error", "messages", b"messages", "phase", b"phase", "started_at", b"started_at", "sub_agent_executions", b"sub_agent_executions", "todos", b"todos", "tool_calls", b"tool_calls"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit", b"audit", "completed_at", b"completed_at", "error", b"error", "messages", b"messages", "output", b"output", "phase", b"phase", "started_at", b"started_at", "sub_agent_executions", b"sub_agent_executions", "todos", b"todos", "tool_calls", b"tool_calls"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -161,6 +174,7 @@ class ToolCall(_message.Message):
     ARGS_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
+    COMPONENT_METADATA_FIELD_NUMBER: _builtins.int
     STARTED_AT_FIELD_NUMBER: _builtins.int
     COMPLETED_AT_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
@@ -182,6 +196,10 @@ class ToolCall(_message.Message):
     def args(self) -> _struct_pb2.Struct:
         """Arguments passed to the tool."""
 
+    @_builtins.property
+    def component_metadata(self) -> Global___ComponentMetadata:
+        """How a UI should render the call (set by the runner)."""
+
     def __init__(
         self,
         *,
@@ -190,13 +208,14 @@ class ToolCall(_message.Message):
         args: _struct_pb2.Struct | None = ...,
         result: _builtins.str = ...,
         status: _enum_pb2.ToolCallStatus.ValueType = ...,
+        component_metadata: Global___ComponentMetadata | None = ...,
         started_at: _builtins.str = ...,
         completed_at: _builtins.str = ...,
         error: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["args", b"args"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "component_metadata", b"component_metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "completed_at", b"completed_at", "error", b"error", "id", b"id", "name", b"name", "result", b"result", "started_at", b"started_at", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "completed_at", b"completed_at", "component_metadata", b"component_metadata", "error", b"error", "id", b"id", "name", b"name", "result", b"result", "started_at", b"started_at", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -295,3 +314,39 @@ class TodoItem(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TodoItem: _TypeAlias = TodoItem  # noqa: Y015
+
+@_typing.final
+class ComponentMetadata(_message.Message):
+    """Rendering hints for a UI, set by the runner."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMPONENT_TYPE_FIELD_NUMBER: _builtins.int
+    COMPONENT_GROUP_FIELD_NUMBER: _builtins.int
+    LAYOUT_HINT_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    component_type: _builtins.str
+    """Kind of component to render (e.g. "code", "table")."""
+    component_group: _builtins.str
+    """Group the component belongs to."""
+    layout_hint: _builtins.str
+    """A layout hint (e.g. "inline", "panel")."""
+    @_builtins.property
+    def metadata(self) -> _struct_pb2.Struct:
+        """Free-form metadata for the component."""
+
+    def __init__(
+        self,
+        *,
+        component_type: _builtins.str = ...,
+        component_group: _builtins.str = ...,
+        layout_hint: _builtins.str = ...,
+        metadata: _struct_pb2.Struct | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["component_group", b"component_group", "component_type", b"component_type", "layout_hint", b"layout_hint", "metadata", b"metadata"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ComponentMetadata: _TypeAlias = ComponentMetadata  # noqa: Y015

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$ledger/api/commons/v1/metadata.proto\x12\x15ledger.api.commons.v1\"\x98\x03\n\x13\x41piResourceMetadata\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04slug\x18\x02 \x01(\t\x12\n\n\x02id\x18\x03 \x01(\t\x12\x0b\n\x03org\x18\x04 \x01(\t\x12\x41\n\x0bowner_scope\x18\x05 \x01(\x0e\x32,.ledger.api.commons.v1.ApiResourceOwnerScope\x12\x46\n\x06labels\x18\x06 \x03(\x0b\x32\x36.ledger.api.commons.v1.ApiResourceMetadata.LabelsEntry\x12P\n\x0b\x61nnotations\x18\x07 \x03(\x0b\x32;.ledger.api.commons.v1.ApiResourceMetadata.AnnotationsEntry\x12\x0c\n\x04tags\x18\x08 \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x32\n\x10\x41nnotationsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*w\n\x15\x41piResourceOwnerScope\x12(\n$api_resource_owner_scope_unspecified\x10\x00\x12\x0c\n\x08platform\x10\x01\x12\x10\n\x0corganization\x10\x02\x12\x14\n\x10identity_account\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$ledger/api/commons/v1/metadata.proto\x12\x15ledger.api.commons.v1\"\xdc\x03\n\x13\x41piResourceMetadata\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04slug\x18\x02 \x01(\t\x12\n\n\x02id\x18\x03 \x01(\t\x12\x0b\n\x03org\x18\x04 \x01(\t\x12\x41\n\x0bowner_scope\x18\x05 \x01(\x0e\x32,.ledger.api.commons.v1.ApiResourceOwnerScope\x12\x46\n\x06labels\x18\x06 \x03(\x0b\x32\x36.ledger.api.commons.v1.ApiResourceMetadata.LabelsEntry\x12P\n\x0b\x61nnotations\x18\x07 \x03(\x0b\x32;.ledger.api.commons.v1.ApiResourceMetadata.AnnotationsEntry\x12\x0c\n\x04tags\x18\x08 \x03(\t\x12\x42\n\x07version\x18\t \x01(\x0b\x32\x31.ledger.api.commons.v1.ApiResourceMetadataVersion\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x32\n\x10\x41nnotationsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"V\n\x1a\x41piResourceMetadataVersion\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x1b\n\x13previous_version_id\x18\x03 \x01(\t*w\n\x15\x41piResourceOwnerScope\x12(\n$api_resource_owner_scope_unspecified\x10\x00\x12\x0c\n\x08platform\x10\x01\x12\x10\n\x0corganization\x10\x02\x12\x14\n\x10identity_account\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,12 +35,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_APIRESOURCEMETADATA_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_APIRESOURCEMETADATA_ANNOTATIONSENTRY']._loaded_options = None
   _globals['_APIRESOURCEMETADATA_ANNOTATIONSENTRY']._serialized_options = b'8\001'
-  _globals['_APIRESOURCEOWNERSCOPE']._serialized_start=474
-  _globals['_APIRESOURCEOWNERSCOPE']._serialized_end=593
+  _globals['_APIRESOURCEOWNERSCOPE']._serialized_start=630
+  _globals['_APIRESOURCEOWNERSCOPE']._serialized_end=749
   _globals['_APIRESOURCEMETADATA']._serialized_start=64
-  _globals['_APIRESOURCEMETADATA']._serialized_end=472
-  _globals['_APIRESOURCEMETADATA_LABELSENTRY']._serialized_start=375
-  _globals['_APIRESOURCEMETADATA_LABELSENTRY']._serialized_end=420
-  _globals['_APIRESOURCEMETADATA_ANNOTATIONSENTRY']._serialized_start=422
-  _globals['_APIRESOURCEMETADATA_ANNOTATIONSENTRY']._serialized_end=472
+  _globals['_APIRESOURCEMETADATA']._serialized_end=540
+  _globals['_APIRESOURCEMETADATA_LABELSENTRY']._serialized_start=443
+  _globals['_APIRESOURCEMETADATA_LABELSENTRY']._serialized_end=488
+  _globals['_APIRESOURCEMETADATA_ANNOTATIONSENTRY']._serialized_start=490
+  _globals['_APIRESOURCEMETADATA_ANNOTATIONSENTRY']._serialized_end=540
+  _globals['_APIRESOURCEMETADATAVERSION']._serialized_start=542
+  _globals['_APIRESOURCEMETADATAVERSION']._serialized_end=628
 # @@protoc_insertion_point(module_scope)

@@ -106,6 +106,7 @@ class ApiResourceMetadata(_message.Message):
     LABELS_FIELD_NUMBER: _builtins.int
     ANNOTATIONS_FIELD_NUMBER: _builtins.int
     TAGS_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Human-readable name."""
     slug: _builtins.str
@@ -128,6 +129,10 @@ class ApiResourceMetadata(_message.Message):
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Tags for categorization."""
 
+    @_builtins.property
+    def version(self) -> Global___ApiResourceMetadataVersion:
+        """The resource's version, as the platform records it."""
+
     def __init__(
         self,
         *,
@@ -139,11 +144,42 @@ class ApiResourceMetadata(_message.Message):
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         annotations: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         tags: _abc.Iterable[_builtins.str] | None = ...,
+        version: Global___ApiResourceMetadataVersion | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "id", b"id", "labels", b"labels", "name", b"name", "org", b"org", "owner_scope", b"owner_scope", "slug", b"slug", "tags", b"tags"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "id", b"id", "labels", b"labels", "name", b"name", "org", b"org", "owner_scope", b"owner_scope", "slug", b"slug", "tags", b"tags", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ApiResourceMetadata: _TypeAlias = ApiResourceMetadata  # noqa: Y015
+
+@_typing.final
+class ApiResourceMetadataVersion(_message.Message):
+    """A version of a resource."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    PREVIOUS_VERSION_ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Version id."""
+    message: _builtins.str
+    """What changed in this version."""
+    previous_version_id: _builtins.str
+    """The id of the version before this one."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        message: _builtins.str = ...,
+        previous_version_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "message", b"message", "previous_version_id", b"previous_version_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApiResourceMetadataVersion: _TypeAlias = ApiResourceMetadataVersion  # noqa: Y015
