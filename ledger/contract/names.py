@@ -38,3 +38,15 @@ def execution_topics(event: str) -> tuple[str, str]:
 CREATED_TOPICS = execution_topics("Created")
 STATUS_CHANGED_TOPICS = execution_topics("StatusChanged")
 COMPLETED_TOPICS = execution_topics("Completed")
+
+
+CALLER_ANNOTATION_PREFIX = "execution-ledger/caller-"
+"""Annotations the caller activity writes on the executions it records (ledger-owned
+metadata; never the platform's spec fields): where the caller waits, so the ledger can
+heartbeat it, probe it and link to it."""
+CALLER_WORKFLOW_ID = CALLER_ANNOTATION_PREFIX + "workflow-id"
+CALLER_RUN_ID = CALLER_ANNOTATION_PREFIX + "run-id"
+CALLER_ACTIVITY_ID = CALLER_ANNOTATION_PREFIX + "activity-id"
+CALLER_ATTEMPT = CALLER_ANNOTATION_PREFIX + "attempt"
+CALLER_HEARTBEAT_TIMEOUT = CALLER_ANNOTATION_PREFIX + "heartbeat-timeout"
+"""Seconds (a decimal number), when the caller set a ``heartbeat_timeout``."""

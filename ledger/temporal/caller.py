@@ -8,10 +8,17 @@ token as ``spec.callback_token``, and goes async
 execution does: the dispatcher replays the token with the final resource, a
 typed failure, or a cancellation.
 
-The execution id is derived from the workflow id, run id, activity id and
-attempt, so re-running the same attempt never records a second execution, and
-a new attempt (Temporal's retry) is a new execution whose predecessor's late
-completion is recorded as ``stale``.
+Ids (:func:`execution_id_for`): a caller may give ``metadata.id``; attempt 1 records
+that id and a later attempt (Temporal's retry) records ``<id>-a<attempt>``. Without
+one, the id is derived from the workflow id, run id, activity id and attempt. Either
+way re-running the same attempt never records a second execution, and a new attempt
+is a new execution whose predecessor's late completion is recorded as ``stale``. A
+refused resource (a :class:`~ledger.contract.errors.UserError`: a malformed id, a
+missing field, the id taken by another spec) fails the activity without retry.
+
+The activity also records where its caller waits, in ledger-owned annotations of the
+execution (:data:`~ledger.contract.names.CALLER_WORKFLOW_ID` and its siblings:
+workflow id, run id, activity id, attempt, and the ``heartbeat_timeout`` if set).
 
 What Temporal requires of the caller (see :mod:`ledger.workflow` for helpers):
 
@@ -36,8 +43,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from ledger.application import Ledger
+from ledger.contract.errors import UserError
 from ledger.contract.kinds import (
     AGENT_EXECUTION,
     WORKFLOW_EXECUTION,
@@ -47,6 +56,13 @@ from ledger.contract.kinds import (
     WorkflowExecution,
     copy_resource,
 )
+from ledger.contract.names import (
+    CALLER_ACTIVITY_ID,
+    CALLER_ATTEMPT,
+    CALLER_HEARTBEAT_TIMEOUT,
+    CALLER_RUN_ID,
+    CALLER_WORKFLOW_ID,
+)
 from ledger.temporal.log_redaction import install_temporal_log_redaction
 from ledger.temporal.workflow import START_AGENT_EXECUTION, START_WORKFLOW_EXECUTION
 
@@ -55,9 +71,22 @@ install_temporal_log_redaction()
 
 
 def execution_id_for(
-    kind: Kind, workflow_id: str, run_id: str, activity_id: str, attempt: int
+    kind: Kind,
+    workflow_id: str,
+    run_id: str,
+    activity_id: str,
+    attempt: int,
+    *,
+    given: str = "",
 ) -> str:
-    """The execution id of one activity attempt: ``<prefix>-<26 base32 chars of a SHA-256>``."""
+    """The execution id of one activity attempt.
+
+    With a caller-``given`` id: that id for attempt 1, ``<given>-a<attempt>`` after.
+    Without: ``<prefix>-<26 base32 chars of a SHA-256>`` of the workflow id, run id,
+    activity id and attempt.
+    """
+    if given:
+        return given if attempt <= 1 else f"{given}-a{attempt}"
     digest = hashlib.sha256(f"{workflow_id}\0{run_id}\0{activity_id}\0{attempt}".encode()).digest()
     body = base64.b32encode(digest).decode("ascii").lower().rstrip("=")[:26]
     return f"{kind.id_prefix}-{body}"
@@ -89,9 +118,20 @@ class ExecutionActivities:
     async def _start(self, kind: Kind, resource: Resource) -> None:
         info = activity.info()
         request: Any = copy_resource(resource)
+        workflow_id, run_id = info.workflow_id or "", info.workflow_run_id or ""
         request.metadata.id = execution_id_for(
-            kind, info.workflow_id or "", info.workflow_run_id or "", info.activity_id, info.attempt
+            kind, workflow_id, run_id, info.activity_id, info.attempt, given=request.metadata.id
         )
         request.spec.callback_token = info.task_token
-        await asyncio.to_thread(self.ledger.create, request, actor=self.actor)
+        annotations = request.metadata.annotations
+        annotations[CALLER_WORKFLOW_ID] = workflow_id
+        annotations[CALLER_RUN_ID] = run_id
+        annotations[CALLER_ACTIVITY_ID] = info.activity_id
+        annotations[CALLER_ATTEMPT] = str(info.attempt)
+        if info.heartbeat_timeout:
+            annotations[CALLER_HEARTBEAT_TIMEOUT] = f"{info.heartbeat_timeout.total_seconds():g}"
+        try:
+            await asyncio.to_thread(self.ledger.create, request, actor=self.actor)
+        except UserError as e:  # Retrying the same resource would be refused again.
+            raise ApplicationError(str(e), type=type(e).__name__, non_retryable=True) from None
         activity.raise_complete_async()
