@@ -235,6 +235,22 @@ class Ledger(Application[str]):
         """Ends the execution in CANCELLED, with an optional reason."""
         return self._write(execution_id, expected_version, lambda e: e.cancel(reason, actor=actor))
 
+    def record_cancel_request(
+        self, execution_id: str, *, by: str = "", actor: str = ""
+    ) -> ExecutionRecord:
+        """Records that the execution's caller asked to cancel it (``CancelRequested``,
+        once; nothing once the execution has ended). The runner sees it in ``get()``
+        (annotation ``execution-ledger/cancel-requested-at``) and cancels the execution
+        when it has stopped."""
+        return self._write(execution_id, None, lambda e: e.request_cancel(by=by, actor=actor))
+
+    def record_caller_gone(
+        self, execution_id: str, reason: str, *, actor: str = ""
+    ) -> ExecutionRecord:
+        """Records that nobody waits for the execution any more (``CallerGone``, once;
+        nothing once it has ended): its runner may stop spending compute."""
+        return self._write(execution_id, None, lambda e: e.record_caller_gone(reason, actor=actor))
+
     # Reads.
 
     def get(self, execution_id: str) -> Resource:
@@ -272,7 +288,7 @@ class Ledger(Application[str]):
         self,
         execution_id: str,
         expected_version: int | None,
-        decide: Callable[[Execution], None],
+        decide: Callable[[Execution], object],
     ) -> ExecutionRecord:
         # The aggregate cache (when enabled) is only a hint: the store's version check
         # catches a stale one, and anything refused on cached state is re-decided fresh.

@@ -18,11 +18,19 @@ from ledger import (
     ExecutionNotFoundError,
     ExecutionRecord,
     Ledger,
+    Phase,
     WorkflowExecution,
     WorkflowExecutionSpec,
     open_ledger,
 )
-from ledger.contract.names import CALLER_ATTEMPT, CALLER_RUN_ID, CALLER_WORKFLOW_ID
+from ledger.contract.names import (
+    CALLER_ATTEMPT,
+    CALLER_GONE_REASON,
+    CALLER_RUN_ID,
+    CALLER_WORKFLOW_ID,
+    CANCEL_REQUESTED_AT,
+    CANCEL_REQUESTED_BY,
+)
 from ledger.domain.execution import Execution
 from ledger.temporal.caller import ExecutionActivities
 from projections.dispatch.calls import final_resource
@@ -130,3 +138,28 @@ async def _recorded(ledger: Ledger, execution_id: str, timeout: float = 30.0) ->
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.05)
+
+
+def test_cancel_requests_and_a_gone_caller_are_recorded_once(ledger_app: Ledger) -> None:
+    execution_id = ledger_app.create(
+        AgentExecution(spec=AgentExecutionSpec(agent_id="a", message="m", callback_token=b"t"))
+    ).id
+    first = ledger_app.record_cancel_request(execution_id, by="wf-1")
+    again = ledger_app.record_cancel_request(execution_id, by="wf-1")
+    assert first.version == again.version == 2  # Once.
+    annotations = first.resource.metadata.annotations
+    assert annotations[CANCEL_REQUESTED_BY] == "wf-1"
+    assert annotations[CANCEL_REQUESTED_AT].endswith("Z")
+    assert first.phase is Phase.PENDING  # A signal, not an ending.
+    gone = ledger_app.record_caller_gone(execution_id, "the caller's activity timed out")
+    assert gone.version == 3
+    assert ledger_app.record_caller_gone(execution_id, "again").version == 3
+    assert gone.resource.metadata.annotations[CALLER_GONE_REASON].startswith("the caller's")
+    # The runner still ends it; afterwards neither signal is recorded any more.
+    ledger_app.cancel(execution_id, "the caller asked")
+    other = ledger_app.create(AgentExecution(spec=AgentExecutionSpec(agent_id="a", message="m"))).id
+    ledger_app.complete(other, {})
+    assert ledger_app.record_cancel_request(other).version == 2
+    assert ledger_app.record_caller_gone(other, "late").version == 2
+    types = [h.type for h in ledger_app.history(execution_id)]
+    assert types == ["Created", "CancelRequested", "CallerGone", "Completed"]

@@ -50,3 +50,12 @@ CALLER_ACTIVITY_ID = CALLER_ANNOTATION_PREFIX + "activity-id"
 CALLER_ATTEMPT = CALLER_ANNOTATION_PREFIX + "attempt"
 CALLER_HEARTBEAT_TIMEOUT = CALLER_ANNOTATION_PREFIX + "heartbeat-timeout"
 """Seconds (a decimal number), when the caller set a ``heartbeat_timeout``."""
+
+CANCEL_REQUESTED_AT = "execution-ledger/cancel-requested-at"
+"""Set (ISO-8601) once the ledger learned that the caller asked to cancel."""
+CANCEL_REQUESTED_BY = "execution-ledger/cancel-requested-by"
+CALLER_GONE_AT = "execution-ledger/caller-gone-at"
+"""Set (ISO-8601) once the ledger learned that nobody waits for the execution any more."""
+CALLER_GONE_REASON = "execution-ledger/caller-gone-reason"
+CANCEL_REQUESTED_TOPICS = execution_topics("CancelRequested")
+CALLER_GONE_TOPICS = execution_topics("CallerGone")

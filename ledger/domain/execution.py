@@ -6,6 +6,9 @@ Its event stream is the whole life of the execution:
   (``callback_token`` included), the phase PENDING.
 - :class:`Execution.StatusChanged`: a new phase and/or a status patch
   (see :mod:`ledger.status` for how a patch merges).
+- :class:`Execution.CancelRequested`, :class:`Execution.CallerGone`: what the ledger
+  learned of the waiting caller (it asked to cancel; it is gone), shown as
+  ledger-owned annotations; neither changes the phase.
 - :class:`Execution.Completed`: the terminal phase and its outcome: ``output``
   for COMPLETED, ``error`` (type, message, details) for FAILED, ``reason`` for
   CANCELLED. Exactly one per execution; nothing follows it.
@@ -34,7 +37,14 @@ from ledger.contract.errors import (
     TerminalPhaseError,
 )
 from ledger.contract.kinds import API_VERSION, KINDS, Kind, Resource, copy_resource
-from ledger.contract.names import EXECUTION_TOPIC, LEGACY_EXECUTION_TOPIC
+from ledger.contract.names import (
+    CALLER_GONE_AT,
+    CALLER_GONE_REASON,
+    CANCEL_REQUESTED_AT,
+    CANCEL_REQUESTED_BY,
+    EXECUTION_TOPIC,
+    LEGACY_EXECUTION_TOPIC,
+)
 from ledger.contract.phases import Phase
 from ledger.domain.events import TextIdEvent, register_topics
 from ledger.domain.sealing import is_sealed
@@ -90,6 +100,36 @@ class Execution(BaseAggregate[str]):
 
         def apply(self, aggregate: Execution) -> None:
             aggregate.apply_completed(self)
+
+    class CancelRequested(Event):
+        """The caller asked for the execution to be cancelled (learned from Temporal).
+
+        A signal to the runner, not an ending: the phase is unchanged; the runner
+        cancels the execution (``cancel``) when it has stopped. Recorded once."""
+
+        by: str
+        """Who asked, as far as the ledger can tell (e.g. the caller's workflow id)."""
+        actor: str
+
+        def apply(self, aggregate: Execution) -> None:
+            annotations = aggregate.resource.metadata.annotations
+            annotations[CANCEL_REQUESTED_AT] = _iso(self.timestamp)
+            if self.by:
+                annotations[CANCEL_REQUESTED_BY] = self.by
+
+    class CallerGone(Event):
+        """Nobody waits for this execution any more: its caller's activity timed out,
+        or its workflow ended or was terminated. A signal to the runner to stop spending
+        compute; completing it later is still allowed (its delivery is ``stale``).
+        Recorded once."""
+
+        reason: str
+        actor: str
+
+        def apply(self, aggregate: Execution) -> None:
+            annotations = aggregate.resource.metadata.annotations
+            annotations[CALLER_GONE_AT] = _iso(self.timestamp)
+            annotations[CALLER_GONE_REASON] = self.reason
 
     def __init__(
         self,
@@ -323,6 +363,36 @@ class Execution(BaseAggregate[str]):
             reason=reason,
             actor=actor,
         )
+
+    def request_cancel(self, *, by: str = "", actor: str = "") -> bool:
+        """Records the caller's cancel request; False (nothing recorded) if the
+        execution has ended or the request is already recorded."""
+        annotations = self.resource.metadata.annotations
+        if self.phase.is_terminal or CANCEL_REQUESTED_AT in annotations:
+            return False
+        check_text(by, execution_id=self.id, field="by")
+        check_text(actor, execution_id=self.id, field="actor")
+        self.trigger_event(self.CancelRequested, by=by, actor=actor)
+        return True
+
+    def record_caller_gone(self, reason: str, *, actor: str = "") -> bool:
+        """Records that the caller is gone; False (nothing recorded) if the execution
+        has ended or it is already recorded."""
+        annotations = self.resource.metadata.annotations
+        if self.phase.is_terminal or CALLER_GONE_AT in annotations:
+            return False
+        check_text(reason, execution_id=self.id, field="reason")
+        check_text(actor, execution_id=self.id, field="actor")
+        self.trigger_event(self.CallerGone, reason=reason, actor=actor)
+        return True
+
+    @property
+    def cancel_requested(self) -> bool:
+        return CANCEL_REQUESTED_AT in self.resource.metadata.annotations
+
+    @property
+    def caller_gone(self) -> bool:
+        return CALLER_GONE_AT in self.resource.metadata.annotations
 
     # Evolution.
 
