@@ -4,17 +4,23 @@ shows, for both kinds."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
-from temporalio.client import Client, WorkflowFailureError
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ActivityError, ApplicationError, RetryState
 from temporalio.worker import Worker
 
 from ledger import (
     AgentExecution,
     AgentExecutionSpec,
+    AgentExecutionStatus,
     ExecutionNotFoundError,
     ExecutionRecord,
     Ledger,
@@ -23,6 +29,7 @@ from ledger import (
     WorkflowExecutionSpec,
     open_ledger,
 )
+from ledger.api.agentexecution.v1 import enum_pb2 as agent_enum
 from ledger.contract.names import (
     CALLER_ATTEMPT,
     CALLER_GONE_REASON,
@@ -32,9 +39,13 @@ from ledger.contract.names import (
     CANCEL_REQUESTED_BY,
 )
 from ledger.domain.execution import Execution
+from ledger.store.url import parse_url
 from ledger.temporal.caller import ExecutionActivities
+from projections.dispatch.callers import CallerWatch
 from projections.dispatch.calls import final_resource
-from tests.e2e_caller_flows import AwaitWithRetries
+from projections.dispatch.dispatcher import Dispatcher
+from projections.dispatch.log import DispatcherLog
+from tests.e2e_caller_flows import AwaitWithRetries, TalkingCaller
 
 
 def test_the_output_of_both_kinds_is_in_the_final_resource(ledger_app: Ledger) -> None:
@@ -163,3 +174,192 @@ def test_cancel_requests_and_a_gone_caller_are_recorded_once(ledger_app: Ledger)
     assert ledger_app.record_caller_gone(other, "late").version == 2
     types = [h.type for h in ledger_app.history(execution_id)]
     assert types == ["Created", "CancelRequested", "CallerGone", "Completed"]
+
+
+# The conversation while the execution runs: heartbeats, cancel requests, gone callers.
+
+
+@dataclass
+class _Talk:
+    client: Client
+    ledger: Ledger
+    task_queue: str
+    url: str
+    watch: CallerWatch
+
+    async def start(
+        self, execution_id: str, heartbeat: float, cancellation: str, attempts: int = 1
+    ) -> WorkflowHandle[Any, Any]:
+        resource = AgentExecution(spec=AgentExecutionSpec(agent_id="a", message="m"))
+        resource.metadata.id = execution_id
+        handle: WorkflowHandle[Any, Any] = await self.client.start_workflow(
+            TalkingCaller.run,
+            args=[resource, heartbeat, cancellation, attempts],
+            id=f"wf-{uuid.uuid4().hex}",
+            task_queue=self.task_queue,
+        )
+        await _recorded(self.ledger, execution_id)
+        return handle
+
+    async def progress(self, execution_id: str, step: int) -> None:
+        patch = AgentExecutionStatus(phase=agent_enum.EXECUTION_IN_PROGRESS)
+        patch.tool_calls.add(id=f"call-{step}", name=f"tool-{step}")
+        await asyncio.to_thread(self.ledger.update_status, execution_id, patch)
+
+    async def annotation(self, execution_id: str, name: str, timeout: float = 30.0) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            resource = await asyncio.to_thread(self.ledger.get, execution_id)
+            if name in resource.metadata.annotations:
+                return str(resource.metadata.annotations[name])
+            assert time.monotonic() < deadline, f"{execution_id}: no {name} within {timeout} s"
+            await asyncio.sleep(0.1)
+
+
+@asynccontextmanager
+async def _talking(url: str, address: str) -> AsyncIterator[_Talk]:
+    """A worker, a dispatcher and a caller watch, all on ``url``."""
+    client = await Client.connect(address)
+    task_queue = f"q-{uuid.uuid4().hex}"
+    with open_ledger(url) as ledger:
+        dispatcher = Dispatcher(parse_url(url), client, poll_interval=0.05)
+        watch = CallerWatch(open_ledger(url), client, poll_interval=0.1, probe_interval=1.0)
+        stop = asyncio.Event()
+        try:
+            async with Worker(
+                client,
+                task_queue=task_queue,
+                workflows=[TalkingCaller],
+                activities=ExecutionActivities(ledger).all(),
+            ):
+                running = [
+                    asyncio.create_task(dispatcher.run()),
+                    asyncio.create_task(watch.run(stop)),
+                ]
+                try:
+                    yield _Talk(client, ledger, task_queue, url, watch)
+                finally:
+                    dispatcher.stop()
+                    stop.set()
+                    await asyncio.gather(*running)
+        finally:
+            dispatcher.close()
+            watch.ledger.close()
+
+
+async def _heartbeat_details(handle: WorkflowHandle[Any, Any]) -> tuple[int, dict[str, Any]]:
+    """The attempt and last heartbeat details of the caller's pending activity."""
+    description = await handle.describe()
+    (pending,) = description.raw_description.pending_activities
+    payloads = pending.heartbeat_details.payloads
+    details = json.loads(payloads[0].data) if payloads else {}
+    return pending.attempt, details
+
+
+@pytest.mark.temporal
+def test_progress_flows_as_heartbeats_and_silence_times_the_caller_out(
+    store_url: str, temporal_address: str
+) -> None:
+    async def scenario() -> None:
+        async with _talking(store_url, temporal_address) as talk:
+            execution_id = f"aex-hb-{uuid.uuid4().hex[:8]}"
+            handle = await talk.start(
+                execution_id, heartbeat=5.0, cancellation="TRY_CANCEL", attempts=2
+            )
+            for step in range(10):  # Progress every 2 s for 20 s: four timeouts' worth.
+                await talk.progress(execution_id, step)
+                await asyncio.sleep(2.0)
+                attempt, _ = await _heartbeat_details(handle)
+                assert attempt == 1  # Alive: each change was heartbeated in time.
+            deadline = time.monotonic() + 30
+            while True:  # The latest progress reaches the caller's describe.
+                attempt, details = await _heartbeat_details(handle)
+                if details.get("last") == "tool-9":
+                    break
+                assert time.monotonic() < deadline, details
+                await asyncio.sleep(0.2)
+            assert attempt == 1
+            assert details["tool_calls"] == 10
+            assert details["phase"] == "IN_PROGRESS"
+            assert "callback_token" not in json.dumps(details)
+            # Silence: nothing keeps the attempt alive; Temporal times it out and the
+            # retry records a new execution, and the first one's caller is gone.
+            retried = await _recorded(talk.ledger, execution_id + "-a2", timeout=60)
+            assert retried.resource.metadata.annotations[CALLER_ATTEMPT] == "2"
+            reason = await talk.annotation(execution_id, CALLER_GONE_REASON)
+            assert "attempt 2" in reason or "no longer pending" in reason or "not found" in reason
+            await handle.terminate()
+
+    asyncio.run(asyncio.wait_for(scenario(), 180))
+
+
+@pytest.mark.temporal
+@pytest.mark.parametrize(
+    ("heartbeat", "cancellation"),
+    [
+        (0.0, "WAIT_CANCELLATION_COMPLETED"),
+        (5.0, "WAIT_CANCELLATION_COMPLETED"),
+        (0.0, "TRY_CANCEL"),
+        (5.0, "TRY_CANCEL"),
+    ],
+)
+def test_the_callers_cancel_reaches_the_execution(
+    store_url: str, temporal_address: str, heartbeat: float, cancellation: str
+) -> None:
+    async def scenario() -> None:
+        async with _talking(store_url, temporal_address) as talk:
+            execution_id = f"aex-cancel-{uuid.uuid4().hex[:8]}"
+            handle = await talk.start(execution_id, heartbeat=heartbeat, cancellation=cancellation)
+            await talk.progress(execution_id, 0)
+            asked = time.monotonic()
+            await handle.signal(TalkingCaller.cancel)
+            await talk.annotation(execution_id, CANCEL_REQUESTED_AT, timeout=30)
+            elapsed = time.monotonic() - asked
+            assert elapsed <= 10.0, f"the cancel request took {elapsed:.1f} s to be recorded"
+            if cancellation == "TRY_CANCEL":
+                await handle.signal(TalkingCaller.finish)
+                assert await handle.result() == "moved-on"
+            await asyncio.to_thread(talk.ledger.cancel, execution_id, "the caller asked")
+            if cancellation == "WAIT_CANCELLATION_COMPLETED":
+                assert await asyncio.wait_for(handle.result(), 30) == "cancelled"
+            outcome = await _outcome(talk.url, execution_id)
+            assert outcome == (
+                "delivered" if cancellation == "WAIT_CANCELLATION_COMPLETED" else "stale"
+            )
+            types = [h.type for h in talk.ledger.history(execution_id)]
+            assert types.count("CancelRequested") == 1
+
+    asyncio.run(asyncio.wait_for(scenario(), 120))
+
+
+@pytest.mark.temporal
+def test_a_terminated_caller_is_known_as_gone(sqlite_url: str, temporal_address: str) -> None:
+    async def scenario() -> None:
+        async with _talking(sqlite_url, temporal_address) as talk:
+            execution_id = f"aex-gone-{uuid.uuid4().hex[:8]}"
+            handle = await talk.start(execution_id, heartbeat=0.0, cancellation="TRY_CANCEL")
+            ended = time.monotonic()
+            await handle.terminate(reason="operator")
+            reason = await talk.annotation(execution_id, CALLER_GONE_REASON, timeout=30)
+            assert time.monotonic() - ended <= 10.0
+            assert "terminated" in reason
+            # Completing it later is still allowed, and its delivery is stale.
+            await asyncio.to_thread(talk.ledger.complete, execution_id, {"late": True})
+            assert await _outcome(talk.url, execution_id) == "stale"
+
+    asyncio.run(asyncio.wait_for(scenario(), 90))
+
+
+async def _outcome(url: str, execution_id: str, timeout: float = 30.0) -> str:
+    """The dispatcher's recorded outcome for one execution, once it has one."""
+    log = DispatcherLog(parse_url(url).component_env("dispatcher"))
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            delivery = await asyncio.to_thread(log.delivery, execution_id)
+            if delivery is not None and delivery.is_final:
+                return str(delivery.outcome.value)
+            assert time.monotonic() < deadline, f"{execution_id}: no outcome in {timeout} s"
+            await asyncio.sleep(0.1)
+    finally:
+        log.close()

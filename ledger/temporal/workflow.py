@@ -17,10 +17,18 @@ non-retryable, with the final resource as its first detail. A caller that
 cancels its activity and whose execution is then cancelled sees a
 cancellation.
 
-``start_to_close_timeout`` applies per attempt and must cover the whole wait;
-``heartbeat_timeout`` must stay unset (nobody heartbeats a pending async
-activity). This module imports only the generated messages and
-``temporalio.workflow``, so it is safe in the workflow sandbox.
+``start_to_close_timeout`` applies per attempt and must cover the whole wait. A
+``heartbeat_timeout`` is welcome: while the execution records status changes, the
+ledger's dispatcher heartbeats the activity with its progress, and when the
+execution records nothing for longer than the timeout, Temporal times the attempt
+out and the retry policy applies (a retry records a new execution). The caller's
+cancel requests reach the execution as ``CancelRequested``; ``cancellation_type``
+says what the caller then waits for: ``WAIT_CANCELLATION_COMPLETED`` waits until the
+runner cancels the execution and gets a cancellation; ``TRY_CANCEL`` (the default)
+moves on at once, and the execution's later completion is recorded ``stale``.
+
+This module imports only the generated messages and ``temporalio.workflow``, so it
+is safe in the workflow sandbox (an import-linter contract keeps it so).
 """
 
 from __future__ import annotations
@@ -41,7 +49,6 @@ async def execute_agent_execution(
     resource: AgentExecution, *, start_to_close_timeout: timedelta, **options: Any
 ) -> AgentExecution:
     """Records ``resource`` in the ledger and waits for its final resource."""
-    _check(options)
     result: AgentExecution = await workflow.execute_activity(
         START_AGENT_EXECUTION,
         resource,
@@ -56,7 +63,6 @@ async def execute_workflow_execution(
     resource: WorkflowExecution, *, start_to_close_timeout: timedelta, **options: Any
 ) -> WorkflowExecution:
     """Records ``resource`` in the ledger and waits for its final resource."""
-    _check(options)
     result: WorkflowExecution = await workflow.execute_activity(
         START_WORKFLOW_EXECUTION,
         resource,
@@ -65,12 +71,3 @@ async def execute_workflow_execution(
         **options,
     )
     return result
-
-
-def _check(options: dict[str, Any]) -> None:
-    if options.get("heartbeat_timeout") is not None:
-        msg = (
-            "heartbeat_timeout must stay unset: nobody heartbeats an activity that "
-            "waits for a ledger execution"
-        )
-        raise ValueError(msg)
