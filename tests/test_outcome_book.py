@@ -88,11 +88,11 @@ def test_resolution_order_does_not_change_the_watermark_nor_the_outcomes() -> No
         deliveries = {p: resolved(p) for p in positions}
         for position in positions:
             book.open(position)
-        seen = []
+        seen: set[int] = set()
         for position in order:
             book.resolve(deliveries[position], position)
-            seen.append(position)
-            expected = max([0, *itertools.takewhile(lambda p: p in seen, positions)])
+            seen.add(position)
+            expected = max([0, *itertools.takewhile(seen.__contains__, positions)])
             assert book.watermark() == expected, (order, seen)
         batch = book.take()
         assert batch.position == 4

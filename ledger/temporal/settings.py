@@ -126,4 +126,3 @@ class TemporalSettings:
     def connect_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``Client.connect`` beside the address."""
         return {k: v for k, v in self.connect_config().items() if k != "target_host"}
-
