@@ -74,6 +74,7 @@ from ledger.temporal.caller import ExecutionActivities, execution_id_for
 from projections.dispatch.calls import CallbackResult, CallbackSender, call_for
 from projections.dispatch.delivery import Delivery, Outcome
 from projections.dispatch.dispatcher import Dispatcher
+from projections.dispatch.in_flight import InFlightCalls
 from projections.dispatch.log import DispatcherLog
 from projections.views import Views
 from tests.chaos_tools import (
@@ -655,17 +656,18 @@ def test_outcomes_resolved_while_a_flush_runs_are_recorded_before_its_position(
     try:
         with contextlib.closing(open_ledger(pg_url)) as ledger:
             page = ledger.recorder.select_notifications(1, 100, topics=list(COMPLETED_TOPICS))
-        (job,) = crashed._prepare(page)
-        watermark = crashed._watermark
+        (job,) = crashed.preparer.prepare(page)
+        watermark = crashed.book.watermark
+        calls = InFlightCalls(crashed.sender, crashed.book, crashed.stats)
 
         def resolved_meanwhile() -> int:
             # The call returns (on the event loop) while the flush thread is at work.
-            crashed._watermark = watermark  # type: ignore[method-assign]
-            asyncio.run(crashed._deliver(job, asyncio.Semaphore(1)))
+            crashed.book.watermark = watermark  # type: ignore[method-assign]
+            asyncio.run(calls.deliver(job))
             return watermark()
 
-        crashed._watermark = resolved_meanwhile  # type: ignore[method-assign]
-        crashed._flush()  # The flusher's run; then the process dies before the next one.
+        crashed.book.watermark = resolved_meanwhile  # type: ignore[method-assign]
+        crashed.flusher.flush()  # The flusher's run; then the process dies before the next one.
     finally:
         crashed.close()
     assert _after_restart(pg_url, ids) == {ids[0]: ["Opened", "Attempted", "Delivered"]}
@@ -680,12 +682,12 @@ def test_completions_being_prepared_are_not_covered_by_a_concurrent_flush(pg_url
         delivery = crashed.log.delivery
 
         def flushed_meanwhile(execution_id: str) -> Delivery | None:
-            crashed._flush()  # The flusher thread runs while this page is read...
+            crashed.flusher.flush()  # The flusher thread runs while this page is read...
             raise _Crash  # ... and the process dies before recording the page.
 
         crashed.log.delivery = flushed_meanwhile  # type: ignore[method-assign]
         with pytest.raises(_Crash):
-            crashed._prepare(page)
+            crashed.preparer.prepare(page)
         crashed.log.delivery = delivery  # type: ignore[method-assign]
     finally:
         crashed.close()

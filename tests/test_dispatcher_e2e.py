@@ -727,7 +727,7 @@ def test_a_lock_lost_while_the_first_start_waits_for_the_store_stands_by(
             w.ledger.complete(caller.execution_id)
             dispatcher = w.dispatcher(lock_check_interval=0.05)
             start_position = dispatcher._start_position
-            held = dispatcher._active.held
+            held = dispatcher.leadership.lock.held
             failures = 0
 
             def failing_start() -> int:
@@ -745,7 +745,7 @@ def test_a_lock_lost_while_the_first_start_waits_for_the_store_stands_by(
                 return checks > 1 and held()
 
             dispatcher._start_position = failing_start  # type: ignore[method-assign]
-            dispatcher._active.held = lost_once  # type: ignore[method-assign]
+            dispatcher.leadership.lock.held = lost_once  # type: ignore[method-assign]
             stats = await dispatcher.run(until_caught_up=True)
             assert stats.outcomes == {"delivered": 1}
             assert checks >= 1 and failures == 3

@@ -569,7 +569,7 @@ def test_tokens_are_logged_redacted_where_they_are_logged(full_run: Run) -> None
         if form in line.text:
             by_source.setdefault(line.source.split(" (")[0], []).append(line.level)
     assert "INFO" in by_source.get("projections.dispatch.calls", []), by_source  # A retry.
-    assert "WARNING" in by_source.get("projections.dispatch.dispatcher", []), by_source  # Parked.
+    assert "WARNING" in by_source.get("projections.dispatch.in_flight", []), by_source  # Parked.
     retried = [t for name, t in full_run.cli_outputs if name.startswith("dispatcher run")]
     assert retried and "retrying 1 parked deliveries" in retried[0], retried
 

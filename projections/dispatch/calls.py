@@ -40,11 +40,14 @@ from ledger.contract.kinds import Resource, copy_resource
 from ledger.contract.phases import Phase
 from ledger.domain.execution import DEFAULT_ERROR_TYPE, Execution
 from ledger.domain.redaction import redact_token
+from ledger.store.backoff import Backoff
 from projections.dispatch.delivery import Call, Outcome
 
 logger = logging.getLogger(__name__)
 
 CANCELLED_ERROR_TYPE = "ExecutionCancelled"
+"""The ``ApplicationError`` type a cancelled execution fails its activity with, when
+its caller had not asked to cancel."""
 
 
 @dataclass(frozen=True)
@@ -52,12 +55,22 @@ class RetryPolicy:
     """Bounded retries with exponential backoff for transient failures."""
 
     max_tries: int = 5
+    """Tries of one call, the first included, before the delivery is parked."""
     initial_backoff: float = 0.2
+    """Seconds to wait after the first failed try; doubled after each next one."""
     max_backoff: float = 5.0
+    """The longest wait between two tries."""
     rpc_timeout: timedelta = timedelta(seconds=10)
+    """How long each call may take."""
+
+    @property
+    def delays(self) -> Backoff:
+        """The waits between tries, as a :class:`~ledger.store.backoff.Backoff`."""
+        return Backoff(initial=self.initial_backoff, maximum=self.max_backoff)
 
     def backoff(self, tries: int) -> float:
-        return float(min(self.initial_backoff * (2 ** (tries - 1)), self.max_backoff))
+        """Seconds to wait after the ``tries``-th failed try (1-based)."""
+        return self.delays.delay(tries)
 
 
 @dataclass(frozen=True)
@@ -92,7 +105,8 @@ def call_for(phase: Phase) -> Call:
 
 
 class CallbackSender:
-    """Makes the Temporal call for one completed execution, with bounded retries."""
+    """Makes the Temporal call for one completed execution, with bounded retries
+    (:attr:`policy`), through :attr:`client`."""
 
     def __init__(self, client: Client, policy: RetryPolicy | None = None) -> None:
         self.client = client

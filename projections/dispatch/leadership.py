@@ -1,6 +1,6 @@
-"""One active follower per store: replicas stand by and take over on failure.
+"""Leadership: one active follower per store; replicas stand by and take over on failure.
 
-:class:`SingleActive` is held for the whole run of a follower (the dispatcher).
+:class:`SingleActive` is the lock, held for the whole run of a follower (the dispatcher).
 On PostgreSQL it is a session-level advisory lock on a connection of its own,
 keyed by the schema and the follower's name: when the holder dies, its
 connection closes, the lock is released, and a standby acquires it. On SQLite
@@ -16,7 +16,11 @@ connection answers a query within about :data:`CHECK_TIMEOUT` seconds (the
 server's ``statement_timeout``, and ``tcp_user_timeout`` for a peer that has gone
 silent), else the connection is closed and the lock is considered lost; the
 holder must then stop and stand by again (the dispatcher does, see
-:meth:`projections.dispatcher.Dispatcher.run`).
+:meth:`projections.dispatch.dispatcher.Dispatcher.run`).
+
+:class:`Leadership` is how a follower uses the lock: it holds it for a run
+(:meth:`Leadership.hold`), and watches that it still holds it
+(:meth:`Leadership.watch`), setting :attr:`Leadership.lost` when it does not.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import fcntl
 import logging
 import os
 import threading
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +106,7 @@ class SingleActive:
                 await asyncio.sleep(self.poll_interval)
             else:
                 # asyncio.timeout, not wait_for, which on Python 3.11 can swallow a
-                # cancellation (see Dispatcher._watch_lock).
+                # cancellation (see Leadership.watch).
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.poll_interval):
                         await stop.wait()
@@ -123,6 +128,7 @@ class SingleActive:
         return True
 
     def release(self) -> None:
+        """Releases the lock if held (closing its connection, or unlocking its file)."""
         with self._lock:
             connection, self._connection = self._connection, None
         if connection is not None:
@@ -163,3 +169,60 @@ class SingleActive:
                 return False
             return True
         return True
+
+
+class Leadership:
+    """A follower's hold on its :class:`SingleActive` lock, and the watch on it."""
+
+    def __init__(self, lock: SingleActive, *, check_interval: float = 2.0) -> None:
+        self.lock = lock
+        self.check_interval = check_interval
+        """Seconds between two checks that the lock is still held."""
+        self.lost = asyncio.Event()
+        """Set when the lock was found lost during a run (the follower clears it when
+        it starts a run)."""
+        self._holding = False
+
+    @property
+    def poll_interval(self) -> float:
+        """Seconds between two tries to take the lock."""
+        return self.lock.poll_interval
+
+    @contextlib.asynccontextmanager
+    async def hold(self, stop: asyncio.Event) -> AsyncIterator[bool]:
+        """Holds the lock (waiting for it) unless already held; yields False, not
+        holding it, when ``stop`` is set while waiting. Releases what it took."""
+        if self._holding:
+            yield True
+            return
+        if not await self.lock.acquire(stop):
+            yield False
+            return
+        self._holding = True
+        try:
+            yield True
+        finally:
+            self._holding = False
+            self.lock.release()
+
+    async def watch(self, on_lost: Callable[[], None]) -> None:
+        """Checks every :attr:`check_interval` seconds that the lock is held; when it
+        is not, sets :attr:`lost`, calls ``on_lost`` and returns. Cancel it to stop."""
+        while True:
+            await asyncio.sleep(self.check_interval)
+            try:
+                # asyncio.timeout, not wait_for: on Python 3.11, wait_for swallows a
+                # cancellation that lands as the check returns, and the watch would
+                # then run on for ever, holding up the end of the follower's run.
+                async with asyncio.timeout(CHECK_TIMEOUT * 2):
+                    held = await asyncio.to_thread(self.lock.held)
+            except TimeoutError:
+                held = False
+            if not held:
+                self.lost.set()
+                on_lost()
+                return
+
+    def release(self) -> None:
+        """Releases the lock (when the follower closes)."""
+        self.lock.release()
