@@ -218,13 +218,12 @@ class _Talk:
 
 @asynccontextmanager
 async def _talking(url: str, address: str) -> AsyncIterator[_Talk]:
-    """A worker, a dispatcher and a caller watch, all on ``url``."""
+    """A worker and a dispatcher (which runs the caller watch), all on ``url``."""
     client = await Client.connect(address)
     task_queue = f"q-{uuid.uuid4().hex}"
     with open_ledger(url) as ledger:
-        dispatcher = Dispatcher(parse_url(url), client, poll_interval=0.05)
-        watch = CallerWatch(open_ledger(url), client, poll_interval=0.1, probe_interval=1.0)
-        stop = asyncio.Event()
+        dispatcher = Dispatcher(parse_url(url), client, poll_interval=0.05, probe_interval=1.0)
+        assert dispatcher.callers is not None
         try:
             async with Worker(
                 client,
@@ -232,19 +231,14 @@ async def _talking(url: str, address: str) -> AsyncIterator[_Talk]:
                 workflows=[TalkingCaller],
                 activities=ExecutionActivities(ledger).all(),
             ):
-                running = [
-                    asyncio.create_task(dispatcher.run()),
-                    asyncio.create_task(watch.run(stop)),
-                ]
+                running = asyncio.create_task(dispatcher.run())
                 try:
-                    yield _Talk(client, ledger, task_queue, url, watch)
+                    yield _Talk(client, ledger, task_queue, url, dispatcher.callers)
                 finally:
                     dispatcher.stop()
-                    stop.set()
-                    await asyncio.gather(*running)
+                    await running
         finally:
             dispatcher.close()
-            watch.ledger.close()
 
 
 async def _heartbeat_details(handle: WorkflowHandle[Any, Any]) -> tuple[int, dict[str, Any]]:

@@ -42,7 +42,7 @@ from temporalio.client import AsyncActivityCancelledError, Client, WorkflowExecu
 from temporalio.service import RPCError, RPCStatusCode
 
 from ledger.application import Ledger
-from ledger.contract.errors import ExecutionNotFoundError, StoreUnavailableError
+from ledger.contract.errors import ExecutionNotFoundError
 from ledger.contract.names import (
     CALLER_ACTIVITY_ID,
     CALLER_ATTEMPT,
@@ -59,6 +59,7 @@ from ledger.contract.names import (
 )
 from ledger.contract.phases import Phase
 from ledger.domain.redaction import redact_token
+from projections.dispatch.outage import STORE_ERRORS
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +132,6 @@ class CallerWatch:
 
     async def run(self, stop: asyncio.Event) -> CallerWatchStats:
         """Follows the log and talks to callers until ``stop`` is set."""
-        await self._catch_up()
         next_probe = 0.0
         while not stop.is_set():
             try:
@@ -140,7 +140,7 @@ class CallerWatch:
                 if time.monotonic() >= next_probe:
                     await self._probe()
                     next_probe = time.monotonic() + self.probe_interval
-            except StoreUnavailableError as e:
+            except STORE_ERRORS as e:
                 logger.warning("caller watch: the store is unavailable (%s); retrying", e)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.poll_interval)

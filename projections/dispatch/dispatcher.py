@@ -55,6 +55,7 @@ from ledger.store.backoff import Backoff
 from ledger.store.connections import setup_lock
 from ledger.store.url import StoreConfig
 from ledger.temporal.settings import TemporalSettings
+from projections.dispatch.callers import CallerWatch
 from projections.dispatch.calls import CallbackSender, RetryPolicy, call_for
 from projections.dispatch.delivery import Delivery
 from projections.dispatch.flushing import OutcomeFlusher
@@ -73,6 +74,8 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 TEMPORAL_BACKOFF = Backoff(initial=0.2, maximum=10.0)
+CALLERS_BACKOFF = Backoff(initial=1.0, maximum=30.0)
+"""Pauses before the caller watch starts again after a failure."""
 """Delays between tries to connect to Temporal when it does not answer."""
 
 
@@ -82,7 +85,10 @@ class Dispatcher:
     Its parts, each replaceable in a test: :attr:`book` (what is in flight and
     what may be recorded), :attr:`preparer` (pages into jobs), :attr:`flusher`
     (outcomes into the log), :attr:`leadership` (the single-active lock) and
-    :attr:`sender` (the Temporal calls).
+    :attr:`sender` (the Temporal calls). While active it also runs :attr:`callers`,
+    the :class:`~projections.dispatch.callers.CallerWatch` (heartbeats, cancel
+    requests, gone callers), unless ``watch_callers`` is False or the run is only
+    catching up.
     """
 
     def __init__(
@@ -97,6 +103,8 @@ class Dispatcher:
         retry: RetryPolicy | None = None,
         start_at_head: bool = False,
         lock_check_interval: float = 2.0,
+        watch_callers: bool = True,
+        probe_interval: float = 2.0,
     ) -> None:
         self.config = config
         self.ledger = open_ledger_with(config, cache=False)
@@ -115,6 +123,11 @@ class Dispatcher:
         self.flusher = OutcomeFlusher(self.log, self.book, flush_interval=flush_interval)
         self.leadership = Leadership(
             SingleActive(config, "dispatcher"), check_interval=lock_check_interval
+        )
+        self.callers: CallerWatch | None = (
+            CallerWatch(self.ledger, client, probe_interval=probe_interval)
+            if watch_callers
+            else None
         )
         self._stop = asyncio.Event()
         self._subscription: PollingSubscription | None = None
@@ -181,6 +194,12 @@ class Dispatcher:
         run ends or the lock is lost (:attr:`Leadership.lost` is then set)."""
         self.leadership.lost.clear()
         watcher = asyncio.create_task(self.leadership.watch(self._wake))
+        callers_stop = asyncio.Event()
+        callers = (
+            asyncio.create_task(self._watch_callers(callers_stop))
+            if self.callers is not None and not until_caught_up
+            else None
+        )
         try:
             await self._follow(until_caught_up=until_caught_up)
         except LockLostError:
@@ -194,9 +213,25 @@ class Dispatcher:
             self.leadership.lost.set()
             await asyncio.sleep(self.leadership.poll_interval)
         finally:
+            callers_stop.set()
+            if callers is not None:
+                await callers
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
+
+    async def _watch_callers(self, stop: asyncio.Event) -> None:
+        """Runs the caller watch while active; a failure of it never stops the
+        completions: it is logged and the watch starts again after a pause."""
+        assert self.callers is not None
+        delays = CALLERS_BACKOFF.delays()
+        while not stop.is_set():
+            try:
+                await self.callers.run(stop)
+            except Exception:
+                logger.exception("the caller watch failed; starting it again")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), next(delays))
 
     async def _follow(self, *, until_caught_up: bool) -> None:
         """Starts at the recorded position and calls for each completion, recording
