@@ -5,9 +5,12 @@ from __future__ import annotations
 import base64
 import json
 import os
+import queue
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -235,3 +238,91 @@ def test_ctrl_c_while_the_cli_starts_is_one_line(tmp_path: Path, delay: float) -
     assert process.returncode in (130, 0), (process.returncode, stderr)
     if process.returncode == 130:
         assert stderr.strip().splitlines()[-1] == "interrupted"
+
+
+def unused_port() -> int:
+    """A localhost TCP port nothing listens on (bound, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.mark.parametrize(
+    ("args", "first"),
+    [
+        (("projections", "run"), "following status, audit"),
+        (("dispatcher", "run"), "not reachable"),
+    ],
+    ids=["projections", "dispatcher"],
+)
+def test_run_commands_log_json_lines(tmp_path: Path, args: tuple[str, ...], first: str) -> None:
+    """Both long-running commands log one JSON object a line with --log-format json:
+    time, level, logger, message. The dispatcher, with no Temporal to reach, says
+    that it waits for it; each is stopped by SIGTERM after its first line."""
+    env = {
+        **os.environ,
+        "LEDGER_URL": "sqlite:///" + str(tmp_path / "ledger.db"),
+        "TEMPORAL_ADDRESS": f"127.0.0.1:{unused_port()}",
+    }
+    process = subprocess.Popen(
+        [LEDGER, *args, "--log-format", "json", "--log-level", "info"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read_stderr() -> None:
+        assert process.stderr is not None
+        for entry in process.stderr:
+            lines.put(entry)
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
+    try:
+        logged = [lines.get(timeout=60)]  # Generous deadlines: the machine may be busy.
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+        reader.join(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.stdout is not None
+    assert process.stdout.read() == ""
+    while not lines.empty():
+        logged.append(lines.get_nowait())
+    records = [json.loads(entry) for entry in logged]
+    for record in records:
+        assert set(record) >= {"time", "level", "logger", "message"}, record
+        assert record["level"] in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+    assert first in records[0]["message"], records[0]
+    if args[0] == "projections":  # Its own SIGTERM handler: a clean stop, logged.
+        assert process.returncode == 0
+        assert records[-1]["message"] == "stopped", records[-1]
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_run_commands_logs_never_hold_a_whole_token(
+    log_format: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The one logging set-up redacts a token logged as an argument, in either format."""
+    import logging
+
+    from ledger.cli._logging import LogFormat, LogLevel, configure_logging
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        configure_logging(LogLevel.DEBUG, LogFormat(log_format))
+        logging.getLogger("projections.dispatch.calls").info("callback (token %s)", TOKEN)
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    logged = capsys.readouterr().err
+    assert "callback (token " in logged
+    assert TOKEN_B64 not in logged and TOKEN.decode() not in logged, logged
+    if log_format == "json":
+        assert json.loads(logged)["logger"] == "projections.dispatch.calls"

@@ -1,0 +1,135 @@
+"""What the CLI reads: resource, patch and output documents, and option values.
+
+A document is JSON or YAML (the proto's JSON form for resources and patches),
+from a file or stdin (``-``); an option taking an object takes inline JSON or
+``@file``. A document is at most :data:`MAX_INPUT_BYTES`, UTF-8, and YAML
+aliases are refused (no "billion laughs", no recursive documents). Every
+problem is an :class:`InputError`: one ``error:`` line, exit code 1.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from google.protobuf.json_format import ParseDict, ParseError
+from google.protobuf.message import Message
+
+from ledger.contract.errors import UserError
+from ledger.contract.kinds import Resource, kind_named
+from ledger.contract.phases import Phase
+
+M = TypeVar("M", bound=Message)
+
+MAX_INPUT_BYTES = 16 * 1024 * 1024
+"""A document given to the CLI is at most 16 MiB."""
+
+
+class InputError(UserError):
+    """A file or argument of the command line could not be read."""
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML without anchors' aliases: no "billion laughs", no recursive documents."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            raise yaml.composer.ComposerError(
+                None, None, "YAML aliases (*name) are not accepted", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+
+def read_document(path: str) -> Any:
+    """A JSON or YAML document from a file, or stdin for ``-``."""
+    try:
+        if path == "-":
+            raw = sys.stdin.buffer.read(MAX_INPUT_BYTES + 1)
+        else:
+            with Path(path).open("rb") as file:
+                raw = file.read(MAX_INPUT_BYTES + 1)
+    except OSError as e:
+        raise InputError(f"cannot read {path!r}: {e.strerror or e}") from None
+    if len(raw) > MAX_INPUT_BYTES:
+        raise InputError(f"{path!r} is larger than {MAX_INPUT_BYTES // (1024 * 1024)} MiB")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path!r} is not UTF-8 text: {e}") from None
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    except RecursionError:
+        raise InputError(f"{path!r} nests too deeply") from None
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        raise InputError(f"{path!r} is neither JSON nor YAML: {str(e).splitlines()[0]}") from None
+    except RecursionError:
+        raise InputError(f"{path!r} nests too deeply") from None
+
+
+def parse_into(message: M, document: Any, what: str) -> M:
+    """Fills ``message`` from a document in the proto's JSON form."""
+    if not isinstance(document, dict):
+        raise InputError(f"{what} must be a JSON/YAML object, not {type(document).__name__}")
+    try:
+        ParseDict(document, message)
+    except ParseError as e:
+        raise InputError(f"{what} does not match the contract: {e}") from None
+    except (RecursionError, ValueError, TypeError) as e:
+        raise InputError(f"{what} could not be read: {e}") from None
+    return message
+
+
+def resource_from(document: Any) -> Resource:
+    """The resource of the kind the document names."""
+    if not isinstance(document, dict):
+        raise InputError("the resource must be a JSON/YAML object")
+    kind = kind_named(str(document.get("kind", "")))
+    resource: Resource = parse_into(kind.empty_resource(), document, f"the {kind.name}")
+    return resource
+
+
+def phase(value: str) -> int:
+    """A phase's number from its name (``IN_PROGRESS``, ``EXECUTION_FAILED``, ...)."""
+    try:
+        return int(Phase.parse(value))
+    except (KeyError, ValueError):
+        names = ", ".join(p.name for p in Phase if p is not Phase.UNSPECIFIED)
+        raise InputError(f"unknown phase {value!r}: expected one of {names}") from None
+
+
+def json_object(value: str | None, what: str) -> dict[str, Any] | None:
+    """An option's object: inline JSON, or ``@file`` (JSON or YAML)."""
+    if value is None:
+        return None
+    document = read_document(value[1:]) if value.startswith("@") else _loads(value, what)
+    if not isinstance(document, dict):
+        raise InputError(f"{what} must be a JSON object")
+    return document
+
+
+def _loads(value: str, what: str) -> Any:
+    try:
+        return json.loads(value)
+    except (ValueError, RecursionError) as e:
+        raise InputError(f"{what} is not valid JSON: {e}") from None
+
+
+def iso_datetime(value: str | None, what: str) -> datetime | None:
+    """An ISO-8601 time option, or None."""
+    if value is None:
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise InputError(
+            f"{what} must be an ISO-8601 time, e.g. 2026-11-25T10:00:00+00:00"
+        ) from None
