@@ -1580,15 +1580,15 @@ def test_cli_unknown_enum_values(cli_store: CliStore) -> None:
     execution_id = cli_store.app.create(
         AgentExecution(spec=AgentExecutionSpec(agent_id="a", message="m"))
     ).id
-    for args, expected in [
-        (["--phase", "99"], "unknown phase '99'"),
-        (["--phase", "EXECUTION_BOGUS"], "unknown phase"),
-        (["--patch", cli_store.file("p1.json", '{"phase": 42}')], "status.phase 42"),
-        (["--patch", cli_store.file("p2.json", '{"phase": "NOPE"}')], "Invalid enum value NOPE"),
-        (["--patch", cli_store.file("p3.json", '{"phase": -1}')], "status.phase -1"),
+    for args, expected, code in [
+        (["--phase", "99"], "unknown phase '99'", 2),  # An option's value: a usage error.
+        (["--phase", "EXECUTION_BOGUS"], "unknown phase", 2),
+        (["--patch", cli_store.file("p1.json", '{"phase": 42}')], "status.phase 42", 1),
+        (["--patch", cli_store.file("p2.json", '{"phase": "NOPE"}')], "Invalid enum value NOPE", 1),
+        (["--patch", cli_store.file("p3.json", '{"phase": -1}')], "status.phase -1", 1),
     ]:
         result = cli_store.run("status", execution_id, *args)
-        assert result.returncode == 1, (args, result.stdout)
+        assert result.returncode == code, (args, result.stdout)
         assert expected in result.stderr, result.stderr
     patch = '{"toolCalls": [{"id": "c1", "status": 77}], "messages": [{"type": 1234}]}'
     kept_patch = cli_store.run("status", execution_id, "--patch", cli_store.file("p4.json", patch))

@@ -14,6 +14,7 @@ order ``ledger --help`` lists them):
 - :mod:`ledger.cli.admin`: setup, roles, keygen, demo (:mod:`ledger.cli.demo`);
 - :mod:`ledger.cli.views`: ``projections status|run|rebuild``;
 - :mod:`ledger.cli.dispatcher`: ``dispatcher run|retry-parked``;
+- :mod:`ledger.cli.keys`: ``keys list|add|encrypt``;
 - :mod:`ledger.cli._input`, :mod:`ledger.cli._render`, :mod:`ledger.cli._logging`:
   reading documents, printing results, logging of the long-running commands.
 """
@@ -27,9 +28,11 @@ from ledger.cli import admin  # noqa: F401
 
 # isort: on
 from ledger.cli.dispatcher import dispatcher_app
+from ledger.cli.keys import keys_app
 from ledger.cli.views import projections_app
 
 app.add_typer(projections_app, name="projections")
 app.add_typer(dispatcher_app, name="dispatcher")
+app.add_typer(keys_app, name="keys")
 
 __all__ = ["app", "main"]

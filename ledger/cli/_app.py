@@ -18,8 +18,10 @@ import typer
 from rich.text import Text
 
 from ledger.application import Ledger, open_ledger_with
+from ledger.cli._input import UsageError
 from ledger.cli._render import err
-from ledger.contract.errors import LedgerError
+from ledger.contract.errors import ConfigurationError, LedgerError
+from ledger.store.connections import check_store_exists
 from ledger.store.url import StoreConfig, parse_url
 
 if TYPE_CHECKING:
@@ -45,17 +47,20 @@ VersionOption = Annotated[
 ]
 
 
-def fail(message: str) -> NoReturn:
-    """One line on stderr (never markup-interpreted), exit code 1."""
+def fail(message: str, code: int = 1) -> NoReturn:
+    """One line on stderr (never markup-interpreted), exit code 1 (2: a usage error)."""
     err.print(Text("error: ", style="red") + Text(" ".join(message.split())), highlight=False)
-    raise typer.Exit(1)
+    raise typer.Exit(code)
 
 
 @contextmanager
 def errors() -> Iterator[None]:
-    """User errors and store problems become one line on stderr and exit code 1."""
+    """User errors and store problems become one line on stderr and exit code 1;
+    a :class:`~ledger.cli._input.UsageError`, exit code 2."""
     try:
         yield
+    except UsageError as e:
+        fail(str(e), 2)
     except LedgerError as e:
         fail(str(e))
     except (OSError, ValueError, RecursionError) as e:
@@ -68,10 +73,11 @@ def store_config(url: str | None) -> StoreConfig:
 
 
 @contextmanager
-def open_ledger(url: str | None) -> Iterator[Ledger]:
-    """The ledger, closed afterwards; its errors handled by :func:`errors`."""
+def open_ledger(url: str | None, *, read_only: bool = False) -> Iterator[Ledger]:
+    """The ledger, closed afterwards; its errors handled by :func:`errors`. A read
+    (``read_only``) never creates a store: it says there is none."""
     with errors():
-        ledger = open_ledger_with(store_config(url))
+        ledger = open_ledger_with(store_config(url), must_exist=read_only)
         try:
             yield ledger
         finally:
@@ -79,12 +85,21 @@ def open_ledger(url: str | None) -> Iterator[Ledger]:
 
 
 @contextmanager
-def open_views(url: str | None) -> Iterator[Views]:
-    """The read models, closed afterwards; their errors handled by :func:`errors`."""
+def open_views(url: str | None, *, read_only: bool = True) -> Iterator[Views]:
+    """The read models, closed afterwards; their errors handled by :func:`errors`. A
+    read (``read_only``) never creates the ledger's store; a follower may."""
     from projections.views import Views
 
     with errors():
-        views = Views(store_config(url))
+        config = store_config(url)
+        if config.scheme == "memory":
+            raise ConfigurationError(
+                "the views need a SQLite or PostgreSQL store: memory:// keeps nothing "
+                "between commands"
+            )
+        if read_only:
+            check_store_exists(config)
+        views = Views(config)
         try:
             yield views
         finally:

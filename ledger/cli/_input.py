@@ -9,7 +9,10 @@ problem is an :class:`InputError`: one ``error:`` line, exit code 1.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
+import re
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -31,6 +34,50 @@ MAX_INPUT_BYTES = 16 * 1024 * 1024
 
 class InputError(UserError):
     """A file or argument of the command line could not be read."""
+
+
+class UsageError(InputError):
+    """The command line itself is wrong (an option's value, a missing argument): one
+    ``error:`` line, exit code 2, as Click's own usage errors."""
+
+
+_BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}|[A-Za-z0-9_-]*={0,2}")
+_TOKEN_FIELDS = ("callback_token", "callbackToken")
+
+
+def check_token_text(document: Any) -> None:
+    """A token given as text must be strict base64 (standard or URL-safe, padded or
+    not): protobuf's JSON parser would quietly turn other text into other bytes. The
+    error never repeats the token (a bearer credential)."""
+    spec = document.get("spec") if isinstance(document, dict) else None
+    if not isinstance(spec, dict):
+        return
+    for name in _TOKEN_FIELDS:
+        value = spec.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, str) or not _is_base64(value):
+            size = len(value) if isinstance(value, str) else type(value).__name__
+            raise InputError(
+                f"spec.{name} must be base64 (standard or URL-safe, padded or not), as "
+                f"the proto's JSON form has bytes, e.g. callback_token: Q2lRNVpUTTJZ...; "
+                f"the value given ({size} characters) is not"
+            )
+
+
+def _is_base64(value: str) -> bool:
+    if not _BASE64.fullmatch(value) or len(value.rstrip("=")) % 4 == 1:
+        return False
+    body = value.rstrip("=")
+    padded = body + "=" * (-len(body) % 4)
+    alphabet = b"-_" if ("-" in body or "_" in body) else b"+/"
+    try:
+        raw = base64.b64decode(padded, altchars=alphabet, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    # Canonical only: the unused bits of the last character are zero, so the text is
+    # exactly what encoding the bytes gives (plain words are not taken for base64).
+    return base64.b64encode(raw, altchars=alphabet).decode("ascii").rstrip("=") == body
 
 
 class _NoAliasLoader(yaml.SafeLoader):
@@ -93,6 +140,7 @@ def resource_from(document: Any) -> Resource:
     if not isinstance(document, dict):
         raise InputError("the resource must be a JSON/YAML object")
     kind = kind_named(str(document.get("kind", "")))
+    check_token_text(document)
     resource: Resource = parse_into(kind.empty_resource(), document, f"the {kind.name}")
     return resource
 
@@ -103,7 +151,7 @@ def phase(value: str) -> int:
         return int(Phase.parse(value))
     except (KeyError, ValueError):
         names = ", ".join(p.name for p in Phase if p is not Phase.UNSPECIFIED)
-        raise InputError(f"unknown phase {value!r}: expected one of {names}") from None
+        raise UsageError(f"unknown phase {value!r}: expected one of {names}") from None
 
 
 def json_object(value: str | None, what: str) -> dict[str, Any] | None:

@@ -28,6 +28,7 @@ from ledger.cli._app import (
 )
 from ledger.cli._input import (
     InputError,
+    UsageError,
     iso_datetime,
     json_object,
     parse_into,
@@ -39,6 +40,7 @@ from ledger.cli._render import event_summary, out, print_json, print_record, row
 from ledger.contract.ids import kind_of_id
 from ledger.contract.kinds import kind_named
 from ledger.contract.phases import Phase
+from ledger.domain.execution import Execution
 from ledger.domain.redaction import display_dict
 
 # Writes.
@@ -164,15 +166,37 @@ def show(
     url: UrlOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Show an execution: metadata, spec (secrets redacted), status and audit."""
-    with open_ledger(url) as ledger:
+    """Show an execution: metadata, spec (secrets redacted), status and audit, and how
+    it ended (the output, the error's type, message and details, or the cancel reason)."""
+    with open_ledger(url, read_only=True) as ledger:
         record = ledger.read(execution_id)
+        last = ledger.history(execution_id)[-1].event if record.phase.is_terminal else None
     shown = display_dict(record.resource)
+    ending = _ending(last)
     if as_json:
-        print_json({"version": record.version, "resource": shown})
+        print_json({"version": record.version, "resource": shown, "ending": ending})
     else:
         out.print(f"[bold]{record.id}[/]  {record.phase.proto_name}  version {record.version}")
         out.print(yaml.safe_dump(shown, sort_keys=False, allow_unicode=True), highlight=False)
+        if ending is not None:
+            out.print(
+                yaml.safe_dump({"ending": ending}, sort_keys=False, allow_unicode=True),
+                highlight=False,
+            )
+
+
+def _ending(event: object) -> dict[str, Any] | None:
+    """How a terminal execution ended, from its ``Completed`` event."""
+    if not isinstance(event, Execution.Completed):
+        return None
+    ending: dict[str, Any] = {"phase": Phase(event.phase).name}
+    if event.output is not None:
+        ending["output"] = event.output
+    if event.error is not None:
+        ending["error"] = dict(event.error)
+    if event.reason:
+        ending["reason"] = event.reason
+    return ending
 
 
 @app.command()
@@ -182,7 +206,7 @@ def history(
     as_json: JsonOption = False,
 ) -> None:
     """Every event of one execution, in order."""
-    with open_ledger(url) as ledger:
+    with open_ledger(url, read_only=True) as ledger:
         entries = ledger.history(execution_id)
     events = [
         {
@@ -299,7 +323,7 @@ def audit(
     """The completion audit: one execution's callback story, or every pending one."""
     if (execution_id is None) == (not pending):
         with errors():
-            raise InputError("give an execution id or --pending (not both)")
+            raise UsageError("give an execution id or --pending (not both)")
     with open_views(url) as views:
         views.catch_up(["audit"])
         if pending:
@@ -313,8 +337,13 @@ def audit(
         with errors():
             kind_of_id(execution_id)
         row = views.audit.get(execution_id)
-    if row is None:
-        fail(f"execution {execution_id!r} has no completion in the audit (not completed yet?)")
+        if row is None:
+            with errors():
+                phase_now = views.ledger.read(execution_id).phase  # Unknown: does not exist.
+            fail(
+                f"execution {execution_id!r} is {phase_now.name}: its callback story starts "
+                "when it completes"
+            )
     shown = rows([row])
     if as_json:
         print_json(shown[0])

@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 
 from ledger.cli._app import JsonOption, UrlOption, errors, open_views
-from ledger.cli._input import InputError
+from ledger.cli._input import UsageError
 from ledger.cli._logging import (
     LogFormat,
     LogFormatOption,
@@ -59,7 +59,7 @@ def projections_run(
     _on_signals(stop.set)
     from projections.views import freeze_startup_objects
 
-    with open_views(url) as views:
+    with open_views(url, read_only=False) as views:
         freeze_startup_objects()
         status_line(f"following {', '.join(chosen)}; Ctrl-C to stop")
         views.run(stop, chosen)
@@ -71,7 +71,9 @@ def _view_names(names: list[str] | None) -> list[str]:
     unknown = [n for n in chosen if n not in VIEW_NAMES]
     if unknown:
         with errors():
-            raise InputError(f"unknown view(s) {unknown}: expected {VIEW_NAMES}")
+            raise UsageError(
+                f"unknown view(s) {', '.join(unknown)}: expected {' or '.join(VIEW_NAMES)}"
+            )
     return chosen
 
 
@@ -98,7 +100,7 @@ def projections_rebuild(
 
     from projections.views import freeze_startup_objects
 
-    with open_views(url) as views:
+    with open_views(url, read_only=False) as views:
         freeze_startup_objects()
         progress = Progress(
             TextColumn(f"rebuilding {name}"),

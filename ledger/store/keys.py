@@ -184,7 +184,7 @@ class StoreKeys:
         for an empty store; written down when this role may."""
         states = self._edge_states()
         if not states:
-            encrypted, known = key is not None, ({check_value(key)} if key else set())
+            encrypted, known = key is not None, ({check_value(k) for k in keys} if key else set())
         elif all(_is_plain_json(s) for s in states):
             encrypted, known = False, set()
         else:
