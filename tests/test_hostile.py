@@ -1231,11 +1231,12 @@ def cli(
 
 
 def clean(result: CliResult) -> None:
-    """Exit 0, or exit 1 with exactly one ``error:`` line and no traceback."""
+    """Exit 0, or exit 1 (2 for a usage error) with exactly one ``error:`` line and no
+    traceback."""
     assert result.returncode is not None, f"still running after {result.seconds:.0f}s: killed"
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
-    assert result.returncode in (0, 1), (result.returncode, result.stderr[-3000:])
-    if result.returncode == 1:
+    assert result.returncode in (0, 1, 2), (result.returncode, result.stderr[-3000:])
+    if result.returncode in (1, 2):
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1, result.stderr[-3000:]
         assert lines[0].startswith("error: "), lines[0][:500]
