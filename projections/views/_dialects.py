@@ -56,13 +56,17 @@ class PositionMovedError(Exception):
 class Tx(Protocol):
     """The part of a DB-API cursor the views use (tuple rows)."""
 
-    def execute(self, query: Any, params: Any = ..., /) -> Any: ...
+    def execute(self, query: Any, params: Any = ..., /) -> Any:
+        """Runs one statement (``query`` from :meth:`ViewRecorder.sql`)."""
 
-    def executemany(self, query: Any, params_seq: Any, /) -> Any: ...
+    def executemany(self, query: Any, params_seq: Any, /) -> Any:
+        """Runs one statement once per parameter row."""
 
-    def fetchall(self) -> Sequence[Any]: ...
+    def fetchall(self) -> Sequence[Any]:
+        """The rest of the last statement's rows."""
 
-    def fetchone(self) -> Any: ...
+    def fetchone(self) -> Any:
+        """The next row of the last statement, or None."""
 
 
 class ViewRecorder(ABC):
@@ -95,7 +99,8 @@ class ViewRecorder(ABC):
         """The parameter for an ``{in_ids}`` fragment: ids as one value."""
 
     @abstractmethod
-    def max_tracking_id(self, application_name: str) -> int | None: ...
+    def max_tracking_id(self, application_name: str) -> int | None:
+        """The position recorded for the log of ``application_name`` (None before any)."""
 
     @abstractmethod
     def bulk(
@@ -122,10 +127,12 @@ class ViewRecorder(ABC):
     # Conversions between Python values and the store's column types.
 
     @abstractmethod
-    def db_time(self, value: datetime | None) -> Any: ...
+    def db_time(self, value: datetime | None) -> Any:
+        """``value`` as the store's time columns hold it (naive datetimes are UTC)."""
 
     @abstractmethod
-    def py_time(self, value: Any) -> datetime | None: ...
+    def py_time(self, value: Any) -> datetime | None:
+        """A time column's value as an aware datetime in UTC."""
 
     # Position (compare-and-set) and reset.
 
@@ -211,6 +218,7 @@ class ViewRecorder(ABC):
         """The library recorder's: creates the tracking table and the view's tables."""
 
     def positions(self) -> dict[str, int]:
+        """Every recorded position: application name of the log -> notification id."""
         with self.read() as tx:
             tx.execute(
                 self.sql(
@@ -527,6 +535,8 @@ class ViewStore:
         self.datastore: PostgresDatastore | SQLiteDatastore = datastore
 
     def recorder(self, schema: ViewSchema) -> ViewRecorder:
+        """The recorder of one view, its tables created when missing (unless the
+        store's environment says a runtime role may not create tables)."""
         recorder: ViewRecorder
         if isinstance(self.datastore, PostgresDatastore):
             recorder = PostgresViewRecorder(
@@ -547,6 +557,7 @@ class ViewStore:
         return recorder
 
     def close(self) -> None:
+        """Closes the datastore (every recorder made here with it)."""
         self.factory.close()
 
 

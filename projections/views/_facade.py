@@ -32,6 +32,7 @@ from projections.views.audit import AuditView
 from projections.views.status import StatusView
 
 VIEW_NAMES: tuple[str, ...] = ("status", "audit")
+"""Every view, in the order :meth:`Views.catch_up` and :meth:`Views.run` take them."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class Lag:
 
     @property
     def lag(self) -> int:
+        """Notifications (ids) between the position and the head."""
         return self.head - self.position
 
 
@@ -83,6 +85,7 @@ class Views:
         self._views: dict[str, View[Any]] = {"status": self.status, "audit": self.audit}
 
     def view(self, name: str) -> View[Any]:
+        """The view called ``name`` (one of :data:`VIEW_NAMES`); ValueError otherwise."""
         try:
             return self._views[name]
         except KeyError:
@@ -202,6 +205,7 @@ class Views:
         return lags
 
     def close(self) -> None:
+        """Closes the views store, the ledger and the dispatcher's log."""
         self.store.close()
         self.ledger.close()
         self.dispatcher_log.close()

@@ -115,6 +115,7 @@ class Follower:
 
     @property
     def position(self) -> int:
+        """The position this follower knows is recorded (0 before any)."""
         return self._recorded or 0
 
     def resync(self) -> None:
@@ -138,6 +139,7 @@ class Follower:
             self._subscription.stop()
 
     def close(self) -> None:
+        """Ends the subscription; the next step or catch-up resyncs first."""
         if self._subscription is not None:
             self._subscription.__exit__(None, None, None)
             self._subscription = None

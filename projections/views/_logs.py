@@ -100,6 +100,7 @@ class LogReader:
         """Read the stored JSON directly when nothing needs upcasting (see the module doc)."""
 
     def head(self) -> int:
+        """The id of the log's last notification (0 when empty)."""
         return self.recorder.max_notification_id() or 0
 
     def plain_topics(self, topics: Collection[str]) -> frozenset[str]:

@@ -43,9 +43,12 @@ from projections.views._follower import View
 from projections.views._logs import PHASE_NAMES, LogReader, iso_value, pb_value, timestamp_and_phase
 
 CREATED = frozenset(CREATED_TOPICS)
+"""Topics of an execution's ``Created`` event (current and round-1 names)."""
 COMPLETED = frozenset(COMPLETED_TOPICS)
+"""Topics of ``Completed``."""
 _KNOWN_TOPICS = CREATED | COMPLETED
 PENDING = Outcome.PENDING.value
+"""The outcome shown while the dispatcher has recorded none."""
 
 
 @dataclass(frozen=True)

@@ -50,8 +50,11 @@ from projections.views._follower import View
 from projections.views._logs import PHASE_NAMES, LogReader, iso_value, pb_value, timestamp_and_phase
 
 CREATED = frozenset(CREATED_TOPICS)
+"""Topics of an execution's ``Created`` event (current and round-1 names)."""
 STATUS_CHANGED = frozenset(STATUS_CHANGED_TOPICS)
+"""Topics of ``StatusChanged``."""
 COMPLETED = frozenset(COMPLETED_TOPICS)
+"""Topics of ``Completed``."""
 
 MAX_LIMIT = 1000
 """The largest page :meth:`StatusView.list` returns."""
