@@ -22,9 +22,14 @@ from typing import Any
 from eventsourcing.persistence import ApplicationRecorder, Notification, Subscription
 from eventsourcing.postgres import PostgresApplicationRecorder
 
+from ledger.store.backoff import Backoff
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_PAGE_SIZE = 500
+
+RECONNECT_BACKOFF = Backoff(initial=0.1, maximum=5.0)
+"""Waits between tries to reconnect a lost LISTEN connection (polling goes on meanwhile)."""
 
 
 class PollingSubscription(Subscription[ApplicationRecorder]):
@@ -109,14 +114,14 @@ class PollingSubscription(Subscription[ApplicationRecorder]):
     def _listen(self, recorder: PostgresApplicationRecorder) -> None:
         from psycopg import sql
 
-        backoff = 0.1
+        tries = 0
         while not self._has_been_stopped:
             try:
                 with recorder.datastore.get_connection() as conn:
                     conn.execute(
                         sql.SQL("LISTEN {0}").format(sql.Identifier(recorder.channel_name))
                     )
-                    backoff = 0.1
+                    tries = 0
                     while not self._has_been_stopped:
                         for _ in conn.notifies(timeout=0.5, stop_after=1):
                             self._woken.set()
@@ -125,5 +130,5 @@ class PollingSubscription(Subscription[ApplicationRecorder]):
                     return
                 logger.warning("LISTEN connection lost (%s); reconnecting, polling meanwhile", e)
                 self._woken.set()  # Poll now: a notification may have been missed.
-                threading.Event().wait(backoff)
-                backoff = min(backoff * 2, 5.0)
+                tries += 1
+                threading.Event().wait(RECONNECT_BACKOFF.delay(tries))

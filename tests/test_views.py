@@ -1,4 +1,4 @@
-"""Read models (projections/views.py, status_view.py, audit_view.py) on SQLite and PostgreSQL.
+"""Read models (the projections.views package) on SQLite and PostgreSQL.
 
 The ledger is driven through its API (and, for large backlogs, through its
 aggregates saved in batches with ``Ledger.save``); the dispatcher's log through

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, ClassVar
 
 from eventsourcing.persistence import Notification
@@ -36,24 +36,19 @@ from eventsourcing.persistence import Notification
 from ledger.contract.errors import InvalidIdError
 from ledger.contract.ids import kind_of_id
 from ledger.contract.names import COMPLETED_TOPICS, CREATED_TOPICS, DISPATCHER_LOG, LEDGER_LOG
-from ledger.contract.phases import Phase
 from ledger.domain.execution import Execution
 from projections.dispatch.delivery import Delivery, Outcome
-from projections.views.facade import (
-    LogReader,
-    Tx,
-    View,
-    ViewRecorder,
-    ViewSchema,
-    iso_value,
-    pb_value,
-    timestamp_and_phase,
-)
+from projections.views._dialects import Tx, ViewRecorder, ViewSchema, as_utc
+from projections.views._follower import View
+from projections.views._logs import PHASE_NAMES, LogReader, iso_value, pb_value, timestamp_and_phase
 
 CREATED = frozenset(CREATED_TOPICS)
+"""Topics of an execution's ``Created`` event (current and round-1 names)."""
 COMPLETED = frozenset(COMPLETED_TOPICS)
+"""Topics of ``Completed``."""
 _KNOWN_TOPICS = CREATED | COMPLETED
 PENDING = Outcome.PENDING.value
+"""The outcome shown while the dispatcher has recorded none."""
 
 
 @dataclass(frozen=True)
@@ -109,7 +104,6 @@ class _LedgerPage:
     ended: list[_Ended] = field(default_factory=list)
 
 
-_PHASE_NAMES = {int(p): p.proto_name for p in Phase}
 _COLUMNS = "execution_id, kind, phase, completed_at, has_callback, outcome, attempts, delivered_at"
 
 
@@ -267,7 +261,7 @@ class AuditView(View[Any]):
                 (
                     e.execution_id,
                     kind,
-                    _PHASE_NAMES.get(e.phase, str(e.phase)),
+                    PHASE_NAMES.get(e.phase, str(e.phase)),
                     r.db_time(e.completed_at),
                     s.has_callback if s is not None else None,
                     None,
@@ -285,7 +279,7 @@ class AuditView(View[Any]):
             (
                 execution_id,
                 d.kind,
-                _PHASE_NAMES.get(d.phase, str(d.phase)) if d.phase is not None else None,
+                PHASE_NAMES.get(d.phase, str(d.phase)) if d.phase is not None else None,
                 r.db_time(d.completed_at),
                 d.has_callback,
                 d.outcome,
@@ -323,7 +317,7 @@ class AuditView(View[Any]):
         params: list[Any] = []
         if after is not None and after.completed_at is not None:
             keyset = "AND (completed_at > %s OR (completed_at = %s AND execution_id > %s)) "
-            when = r.db_time(_utc(after.completed_at))
+            when = r.db_time(as_utc(after.completed_at))
             params += [when, when, after.execution_id]
         with r.read() as tx:
             tx.execute(
@@ -347,10 +341,10 @@ class AuditView(View[Any]):
         params: list[Any] = []
         if since is not None:
             where.append("completed_at >= %s")
-            params.append(r.db_time(_utc(since)))
+            params.append(r.db_time(as_utc(since)))
         if until is not None:
             where.append("completed_at < %s")
-            params.append(r.db_time(_utc(until)))
+            params.append(r.db_time(as_utc(until)))
         statement = (
             "SELECT outcome, COUNT(*) FROM {audit}"  # noqa: S608
             + (" WHERE " + " AND ".join(where) if where else "")
@@ -397,7 +391,3 @@ def _kind_of(execution_id: str) -> str:
         return kind_of_id(execution_id).name
     except InvalidIdError:
         return ""
-
-
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value

@@ -30,7 +30,7 @@ import builtins
 import json
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import lru_cache
 from typing import Any, ClassVar
 
@@ -45,20 +45,16 @@ from ledger.contract.names import (
 )
 from ledger.contract.phases import Phase
 from ledger.domain.execution import Execution
-from projections.views.facade import (
-    LogReader,
-    Tx,
-    View,
-    ViewRecorder,
-    ViewSchema,
-    iso_value,
-    pb_value,
-    timestamp_and_phase,
-)
+from projections.views._dialects import Tx, ViewRecorder, ViewSchema, as_utc
+from projections.views._follower import View
+from projections.views._logs import PHASE_NAMES, LogReader, iso_value, pb_value, timestamp_and_phase
 
 CREATED = frozenset(CREATED_TOPICS)
+"""Topics of an execution's ``Created`` event (current and round-1 names)."""
 STATUS_CHANGED = frozenset(STATUS_CHANGED_TOPICS)
+"""Topics of ``StatusChanged``."""
 COMPLETED = frozenset(COMPLETED_TOPICS)
+"""Topics of ``Completed``."""
 
 MAX_LIMIT = 1000
 """The largest page :meth:`StatusView.list` returns."""
@@ -208,7 +204,6 @@ _ROW_TYPES = (
     ("has_callback", "boolean"),
     ("version", "bigint"),
 )
-_PHASE_NAMES = {int(p): p.proto_name for p in Phase}
 _PHASE_NUMBERS = {p.proto_name: int(p) for p in Phase}
 
 
@@ -353,7 +348,7 @@ class StatusView(View[dict[str, list[_Fact]]]):
                 updates.append(
                     (
                         execution_id,
-                        _PHASE_NAMES[row.phase],
+                        PHASE_NAMES[row.phase],
                         row.updated_at,
                         row.completed_at,
                         row.version,
@@ -365,7 +360,7 @@ class StatusView(View[dict[str, list[_Fact]]]):
                 (
                     execution_id,
                     row.kind,
-                    _PHASE_NAMES[row.phase],
+                    PHASE_NAMES[row.phase],
                     created.agent_id,
                     created.workflow_id,
                     created.workflow_instance_id,
@@ -386,9 +381,7 @@ class StatusView(View[dict[str, list[_Fact]]]):
         self._insert_rows(tx, inserts)
         self._update_rows(tx, updates)
         self._insert_labels(tx, labels)
-        deltas = [
-            (kind, _PHASE_NAMES[phase], n) for (kind, phase), n in sorted(counts.items()) if n
-        ]
+        deltas = [(kind, PHASE_NAMES[phase], n) for (kind, phase), n in sorted(counts.items()) if n]
         self._add_counts(tx, deltas)
 
     def _existing(self, tx: Tx, ids: Sequence[str]) -> dict[str, _Row]:
@@ -459,10 +452,10 @@ class StatusView(View[dict[str, list[_Fact]]]):
             params.append(org)
         if since is not None:
             where.append("k.created_at >= %s" if label else "s.created_at >= %s")
-            params.append(r.db_time(_utc(since)))
+            params.append(r.db_time(as_utc(since)))
         if until is not None:
             where.append("k.created_at < %s" if label else "s.created_at < %s")
-            params.append(r.db_time(_utc(until)))
+            params.append(r.db_time(as_utc(until)))
         key_time = "k.created_at" if label is not None else "s.created_at"
         if after is not None:
             cursor_time, cursor_id = _decode_cursor(after)
@@ -568,10 +561,6 @@ def _phase_name(value: str) -> str:
         return value
 
 
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
-
-
 def _encode_cursor(created_at: datetime, execution_id: str) -> str:
     data = json.dumps([created_at.isoformat(), execution_id], separators=(",", ":"))
     return base64.urlsafe_b64encode(data.encode()).decode().rstrip("=")
@@ -581,6 +570,6 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         created_at, execution_id = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        return _utc(datetime.fromisoformat(created_at)), str(execution_id)
+        return as_utc(datetime.fromisoformat(created_at)), str(execution_id)
     except (ValueError, TypeError, binascii.Error, UnicodeError):
         raise ValueError(f"not a cursor returned by list(): {cursor[:40]!r}") from None
