@@ -266,6 +266,19 @@ class Ledger(Application[str]):
             raise ExecutionNotFoundError(execution_id)
         return entries
 
+    def changes(self, execution_id: str, *, after: int = 0) -> ExecutionChanges:
+        """The execution's successive resources after version ``after``, one per
+        event, read from its stream in order (for subscriptions; see
+        :class:`ExecutionChanges`)."""
+        check_id(execution_id, kind_of_id(execution_id))
+        if after < 0:
+            raise InvalidResourceError(
+                f"execution {execution_id!r}: a version is 0 or more (got {after})",
+                execution_id=execution_id,
+                field="version",
+            )
+        return ExecutionChanges(self, execution_id, after)
+
     # Internals.
 
     def _write(
@@ -349,9 +362,16 @@ class Ledger(Application[str]):
                 f"execution {execution_id!r}: the store is unavailable: {e}"
             ) from e
 
-    def _events(self, execution_id: str) -> Iterator[Execution.Event]:
+    def _events(
+        self,
+        execution_id: str,
+        *,
+        gt: int | None = None,
+        lte: int | None = None,
+        limit: int | None = None,
+    ) -> Iterator[Execution.Event]:
         try:
-            for event in self.events.get(execution_id):
+            for event in self.events.get(execution_id, gt=gt, lte=lte, limit=limit):
                 yield cast(Execution.Event, event)
         except MapperDeserialisationError as e:
             raise _unreadable(execution_id, e) from e
@@ -368,6 +388,42 @@ class Ledger(Application[str]):
         if _comparable(record.resource.spec, shredded) != _comparable(spec, shredded):
             raise CreateConflictError(existing.id, "spec")
         return record
+
+
+class ExecutionChanges:
+    """One execution's resource after each of its events past a version, in order.
+
+    Keeps the execution as of the last event returned, so each :meth:`next` reads
+    only the events after it from the store: a reader that falls behind reads
+    at its own pace, and nothing is missed or repeated.
+    """
+
+    def __init__(self, ledger: Ledger, execution_id: str, after: int) -> None:
+        self._ledger = ledger
+        self.execution_id = execution_id
+        self.version = after
+        """The version of the last resource returned (``after`` before the first)."""
+        self._execution: Execution | None = None
+
+    def next(self, limit: int = 100) -> list[ExecutionRecord]:
+        """The resources after the next events (at most ``limit``); [] when none yet."""
+        ledger = self._ledger
+        if self._execution is None and self.version > 0:
+            for event in ledger._events(self.execution_id, lte=self.version):
+                self._execution = cast(Execution, event.mutate(self._execution))
+            if self._execution is None:
+                raise ExecutionNotFoundError(self.execution_id)
+        records: list[ExecutionRecord] = []
+        for event in ledger._events(self.execution_id, gt=self.version, limit=limit):
+            self._execution = cast(Execution, event.mutate(self._execution))
+            self.version = event.originator_version
+            records.append(ledger._as_record(self._execution))
+        return records
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether the last resource returned is in a terminal phase."""
+        return self._execution is not None and self._execution.phase.is_terminal
 
 
 def _retries() -> Iterator[int]:
