@@ -332,3 +332,72 @@ def test_platform_bytes_accepted_and_unknown_fields_refused(served: Served) -> N
     )
     assert [c.id for c in got.status.tool_calls] == ["c1"]
     assert served.raw(AGENT_QUERY + "get", text(1, "aex-bytes-1")) == got.SerializeToString()
+
+
+# Authentication, health, reflection.
+
+
+def test_auth_health_and_reflection(served: Served) -> None:
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    command, query = served.agent_command, served.agent_query
+    created = command.create(agent(), metadata=served.metadata())
+    which = agent_io.AgentExecutionId(value=created.metadata.id)
+    # No token, a wrong one, a malformed header: UNAUTHENTICATED, on queries and commands.
+    for metadata in (
+        (),
+        (("authorization", "Bearer ldg_wrong"),),
+        (("authorization", f"Basic {served.writer}"),),
+    ):
+        assert code_of(query.get, which, metadata=metadata)[0] == grpc.StatusCode.UNAUTHENTICATED
+        assert code_of(command.create, agent(), metadata=metadata)[0] == (
+            grpc.StatusCode.UNAUTHENTICATED
+        )
+    # A reader reads, without the callback token or secret values; commands are refused.
+    secret = agent()
+    secret.spec.callback_token = b"task-token"
+    secret.spec.runtime_env["KEY"].value = "s3cr3t"
+    secret.spec.runtime_env["KEY"].is_secret = True
+    secret.spec.runtime_env["PLAIN"].value = "visible"
+    recorded = command.create(secret, metadata=served.metadata())
+    assert recorded.spec.callback_token == b"task-token"  # A writer (a runner) sees it all.
+    assert recorded.spec.runtime_env["KEY"].value == "s3cr3t"
+    reader = served.metadata(served.reader)
+    seen = query.get(agent_io.AgentExecutionId(value=recorded.metadata.id), metadata=reader)
+    assert seen.spec.callback_token == b""
+    assert seen.spec.runtime_env["KEY"].value == ""
+    assert seen.spec.runtime_env["PLAIN"].value == "visible"
+    code, details = code_of(
+        command.updateStatus, agent_patch(created.metadata.id, 2), metadata=reader
+    )
+    assert code == grpc.StatusCode.PERMISSION_DENIED and "dashboard" in details
+    assert code_of(command.create, agent(), metadata=reader)[0] == (
+        grpc.StatusCode.PERMISSION_DENIED
+    )
+    # Health needs no token (probes carry none), for the server and each service.
+    health: Any = health_pb2_grpc.HealthStub(served._channel)
+    for service in ("", "ai.stigmer.agentic.agentexecution.v1.AgentExecutionCommandController"):
+        answer = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=30)
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+    # Reflection answers a reader: the services, and their files with the platform's names.
+    stub: Any = reflection_pb2_grpc.ServerReflectionStub(served._channel)
+    ask = reflection_pb2.ServerReflectionRequest(list_services="")
+    answers = list(stub.ServerReflectionInfo(iter([ask]), metadata=reader, timeout=30))
+    names = {s.name for s in answers[0].list_services_response.service}
+    assert {
+        "ai.stigmer.agentic.agentexecution.v1.AgentExecutionCommandController",
+        "ai.stigmer.agentic.agentexecution.v1.AgentExecutionQueryController",
+        "ai.stigmer.agentic.workflowexecution.v1.WorkflowExecutionCommandController",
+        "ai.stigmer.agentic.workflowexecution.v1.WorkflowExecutionQueryController",
+        "grpc.health.v1.Health",
+    } <= names
+    ask = reflection_pb2.ServerReflectionRequest(
+        file_containing_symbol="ai.stigmer.agentic.agentexecution.v1.AgentExecutionCommandController"
+    )
+    answers = list(stub.ServerReflectionInfo(iter([ask]), metadata=reader, timeout=30))
+    files = answers[0].file_descriptor_response.file_descriptor_proto
+    assert any(b"updateStatus" in f for f in files)
+    with pytest.raises(grpc.RpcError) as raised:
+        list(stub.ServerReflectionInfo(iter([ask]), timeout=30))
+    error: Any = raised.value
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED

@@ -17,13 +17,26 @@ import grpc
 from google.protobuf.message import Message
 
 from ledger.contract.kinds import AGENT_EXECUTION, WORKFLOW_EXECUTION, Kind
+from ledger.grpc.agentexecution.v1 import command_pb2 as agent_command_pb2
 from ledger.grpc.agentexecution.v1 import command_pb2_grpc as agent_command
 from ledger.grpc.agentexecution.v1 import io_pb2 as agent_io
+from ledger.grpc.agentexecution.v1 import query_pb2 as agent_query_pb2
 from ledger.grpc.agentexecution.v1 import query_pb2_grpc as agent_query
+from ledger.grpc.workflowexecution.v1 import command_pb2 as workflow_command_pb2
 from ledger.grpc.workflowexecution.v1 import command_pb2_grpc as workflow_command
 from ledger.grpc.workflowexecution.v1 import io_pb2 as workflow_io
+from ledger.grpc.workflowexecution.v1 import query_pb2 as workflow_query_pb2
 from ledger.grpc.workflowexecution.v1 import query_pb2_grpc as workflow_query
 from ledger.server.core import Context, Core, abort
+
+# The service descriptors, for reflection (the *_pb2_grpc modules import only the
+# messages' modules, not their own file's).
+SERVICE_FILES = (
+    agent_command_pb2.DESCRIPTOR,
+    agent_query_pb2.DESCRIPTOR,
+    workflow_command_pb2.DESCRIPTOR,
+    workflow_query_pb2.DESCRIPTOR,
+)
 
 
 @dataclass(frozen=True)
@@ -162,8 +175,5 @@ def add_services(server: grpc.aio.Server, core: Core) -> list[str]:
         WorkflowExecutionQueries(core), server
     )
     return [
-        "ai.stigmer.agentic.agentexecution.v1.AgentExecutionCommandController",
-        "ai.stigmer.agentic.workflowexecution.v1.WorkflowExecutionCommandController",
-        "ai.stigmer.agentic.agentexecution.v1.AgentExecutionQueryController",
-        "ai.stigmer.agentic.workflowexecution.v1.WorkflowExecutionQueryController",
+        service.full_name for file in SERVICE_FILES for service in file.services_by_name.values()
     ]
