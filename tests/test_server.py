@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -401,3 +402,210 @@ def test_auth_health_and_reflection(served: Served) -> None:
         list(stub.ServerReflectionInfo(iter([ask]), timeout=30))
     error: Any = raised.value
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+# Listing.
+
+
+def _until(check: Any, timeout: float = 60.0) -> Any:
+    """Polls ``check()`` until it returns something true (the status view lags a bit)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.2)
+
+
+def test_list_filters_pages_and_cursors(served: Served) -> None:
+    md = served.metadata()
+    command, query = served.agent_command, served.agent_query
+    ids = []
+    for labels in (
+        {"env": "prod", "team": "a"},
+        {"env": "prod", "team": "a"},
+        {"env": "prod"},
+        {"env": "dev"},
+        {"env": "dev", "team": "b"},
+    ):
+        ids.append(command.create(agent(**labels), metadata=md).metadata.id)
+    for execution_id in ids[:2]:
+        command.updateStatus(agent_patch(execution_id, 2), metadata=md)
+    session = agent()
+    session.spec.session_id = "session-1"
+    in_session = [command.create(session, metadata=md).metadata.id for _ in range(2)]
+    wf = [
+        served.workflow_command.create(workflow("wf-9"), metadata=md).metadata.id for _ in range(2)
+    ]
+    served.workflow_command.create(workflow("wf-other"), metadata=md)
+
+    def listed(**request: Any) -> tuple[list[str], int, str | None]:
+        answer, call = query.list.with_call(
+            agent_io.ListAgentExecutionsRequest(**request), metadata=md, timeout=30
+        )
+        token = dict(call.trailing_metadata()).get("x-next-page-token")
+        assert token is None or isinstance(token, str)
+        return [e.metadata.id for e in answer.entries], answer.total_pages, token
+
+    everything = _until(lambda: len(listed(page_size=100)[0]) == 7 and listed(page_size=100))
+    assert everything, "the status view did not catch up"
+    newest_first = [*reversed(ids), *reversed(in_session)]
+    assert sorted(everything[0]) == sorted(newest_first)
+    assert _until(lambda: set(listed(phase=2)[0]) == set(ids[:2]))
+    assert set(listed(tags=["env=prod"])[0]) == set(ids[:3])
+    assert set(listed(tags=["env=prod", "team"])[0]) == set(ids[:2])
+    assert set(listed(tags=["team"])[0]) == {ids[0], ids[1], ids[4]}
+    assert listed(tags=["env=prod", "team=b"])[0] == []
+    assert listed(tags=["env=dev"], phase=2)[0] == []
+    # Pages of 3: numbers in text, and the cursor of trailing metadata.
+    page1, total, token = listed(page_size=3)
+    assert total == 3 and len(page1) == 3 and token
+    page2, _, token2 = listed(page_size=3, page_token=token)
+    assert listed(page_size=3, page_token="2")[0] == page2
+    page3, _, token3 = listed(page_size=3, page_token=token2)
+    assert len(page3) == 1 and token3 is None
+    assert page1 + page2 + page3 == everything[0]
+    assert listed(page_size=3, page_token="9")[0] == []
+    _, total, _ = listed(page_size=2, tags=["env=prod"])
+    assert total == 2
+    assert (
+        code_of(query.list, agent_io.ListAgentExecutionsRequest(page_token="garbage"), metadata=md)[
+            0
+        ]
+        == grpc.StatusCode.INVALID_ARGUMENT
+    )
+    # By session, by workflow.
+    by_session = query.listBySession(
+        agent_io.ListAgentExecutionsBySessionRequest(session_id="session-1"), metadata=md
+    )
+    assert sorted(e.metadata.id for e in by_session.entries) == sorted(in_session)
+    assert by_session.total_pages == 1
+
+    def by_workflow() -> list[str]:
+        answer = served.workflow_query.listByWorkflow(
+            workflow_io.ListWorkflowExecutionsByWorkflowRequest(workflow_id="wf-9"), metadata=md
+        )
+        return sorted(e.metadata.id for e in answer.entries)
+
+    assert _until(lambda: by_workflow() == sorted(wf))
+    # A reader lists too, without secrets.
+    reader = served.metadata(served.reader)
+    answer = query.list(agent_io.ListAgentExecutionsRequest(), metadata=reader)
+    assert len(answer.entries) == 7
+
+
+# Subscriptions.
+
+
+class Subscriber(threading.Thread):
+    """Reads one subscription to its end, optionally slowly; records what it saw."""
+
+    def __init__(
+        self, served: Served, execution_id: str, *, delay: float = 0.0, after: int | None = None
+    ) -> None:
+        super().__init__(daemon=True)
+        self.served = served
+        self.execution_id = execution_id
+        self.delay = delay
+        self.after = after
+        self.versions: list[int] = []
+        self.seen: list[agent_api.AgentExecution] = []
+        self.error: grpc.StatusCode | None = None
+        self.started_reading = threading.Event()
+
+    def run(self) -> None:
+        extra = () if self.after is None else (("x-from-version", str(self.after)),)
+        stream: Any = self.served.agent_query.subscribe(
+            agent_io.AgentExecutionId(value=self.execution_id),
+            metadata=self.served.metadata(None, *extra),
+            timeout=120,
+        )
+        try:
+            first = int(dict(stream.initial_metadata()).get("x-version", 0))
+            self.started_reading.set()
+            for resource in stream:
+                self.versions.append(first + len(self.seen))
+                self.seen.append(resource)
+                if self.delay:
+                    time.sleep(self.delay)
+        except grpc.RpcError as e:
+            self.error = e.code()
+        finally:
+            self.started_reading.set()
+
+
+def _write_progress(served: Served, ids: list[str], rounds: int, start: int = 0) -> None:
+    for step in range(start, start + rounds):
+        for execution_id in ids:
+            patch = agent_patch(execution_id, 2)
+            patch.status.messages.add(content=f"{execution_id} step {step}")
+            served.agent_command.updateStatus(patch, metadata=served.metadata(), timeout=30)
+
+
+def test_subscribe_concurrent_slow_and_resumed(store_url: str, tmp_path: Path) -> None:
+    served = Served(store_url, tmp_path).start()
+    try:
+        md = served.metadata()
+        ids = [served.agent_command.create(agent(), metadata=md).metadata.id for _ in range(3)]
+        subscribers = [Subscriber(served, i) for i in ids] + [
+            Subscriber(served, i, delay=0.05) for i in ids
+        ]
+        for subscriber in subscribers:
+            subscriber.start()
+        for subscriber in subscribers:
+            assert subscriber.started_reading.wait(60)
+        rounds = 8
+        _write_progress(served, ids, rounds)
+        for execution_id in ids:
+            served.agent_command.updateStatus(agent_patch(execution_id, 3), metadata=md)
+        for subscriber in subscribers:
+            subscriber.join(120)
+            assert not subscriber.is_alive() and subscriber.error is None
+            # Exactly its own execution's versions, in order: created, each step, completed.
+            assert subscriber.versions == list(range(1, rounds + 3))
+            assert {r.metadata.id for r in subscriber.seen} == {subscriber.execution_id}
+            assert [len(r.status.messages) for r in subscriber.seen] == [
+                *range(rounds + 1),
+                rounds,
+            ]
+            assert [r.status.phase for r in subscriber.seen][-1] == 3
+            assert subscriber.seen[-1].status.messages[-1].content.endswith(f"step {rounds - 1}")
+
+        # A stream open when the server stops ends UNAVAILABLE; a restarted server resumes
+        # it from x-from-version with no gap and no repeat.
+        open_id = served.agent_command.create(agent(), metadata=md).metadata.id
+        _write_progress(served, [open_id], 2)  # Versions 2 and 3.
+        watching = Subscriber(served, open_id)
+        watching.start()
+        assert watching.started_reading.wait(60)
+        assert _until(lambda: len(watching.seen) == 1)
+        assert served.terminate() == 0
+        watching.join(60)
+        assert watching.error == grpc.StatusCode.UNAVAILABLE
+        assert watching.versions == [3]
+        served.start()
+        _write_progress(served, [open_id], 2, start=2)  # Versions 4 and 5.
+        resumed = Subscriber(served, open_id, after=watching.versions[-1])
+        resumed.start()
+        assert resumed.started_reading.wait(60)
+        served.agent_command.updateStatus(agent_patch(open_id, 5), metadata=md)  # Version 6.
+        resumed.join(60)
+        assert resumed.error is None and resumed.versions == [4, 5, 6]
+        assert [len(r.status.messages) for r in resumed.seen] == [3, 4, 4]
+        assert resumed.seen[-1].status.phase == 5
+        # Resuming at the end of a finished execution: nothing more, the stream ends.
+        done = Subscriber(served, open_id, after=6)
+        done.start()
+        done.join(60)
+        assert done.error is None and done.versions == []
+        # Past the end: OUT_OF_RANGE; unknown: NOT_FOUND.
+        late = Subscriber(served, open_id, after=9)
+        late.start()
+        late.join(60)
+        assert late.error == grpc.StatusCode.OUT_OF_RANGE
+        missing = Subscriber(served, "aex-missing")
+        missing.start()
+        missing.join(60)
+        assert missing.error == grpc.StatusCode.NOT_FOUND
+    finally:
+        served.kill()

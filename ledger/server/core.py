@@ -26,6 +26,7 @@ from ledger.contract.errors import InvalidResourceError
 from ledger.contract.kinds import Resource
 from ledger.server.auth import Authenticator, Role
 from ledger.server.errors import status_of
+from ledger.server.subscriptions import LogFollower
 from ledger.server.wire import check_known_fields
 
 T = TypeVar("T")
@@ -64,12 +65,15 @@ class Core:
         executor: ThreadPoolExecutor,
         authenticator: Authenticator | None,
         *,
-        on_write: Callable[[], None] = lambda: None,
+        follower: LogFollower,
+        status_view: Any,
     ) -> None:
         self.ledger = ledger
         self.executor = executor
         self.authenticator = authenticator
-        self._on_write = on_write
+        self.follower = follower
+        self.status_view = status_view
+        """The status view (``Views.status``), for listing."""
 
     async def run(self, context: Context, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``fn(*args, **kwargs)`` in the thread pool; a ledger error aborts the call
@@ -89,7 +93,7 @@ class Core:
     ) -> ExecutionRecord:
         """A command: as :meth:`run`, then the subscriptions' follower is woken."""
         record = await self.run(context, fn, *args, **kwargs)
-        self._on_write()
+        self.follower.wake()
         return record
 
     async def checked(self, context: Context, request: Message) -> None:

@@ -17,7 +17,6 @@ The largest request accepted is the ledger's largest write (a status patch of
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import sys
@@ -38,7 +37,9 @@ from ledger.domain.validation import MAX_STATUS_PATCH_BYTES
 from ledger.server.auth import Authenticator, AuthInterceptor, read_tokens
 from ledger.server.core import Core
 from ledger.server.services import add_services
+from ledger.server.subscriptions import LogFollower
 from ledger.store.url import StoreConfig
+from projections.views import Views
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +99,28 @@ class LedgerServer:
         self._server: aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._background: list[Callable[[], None]] = []
+        """What to stop or close when stopping, in reverse order."""
+        self._follower: LogFollower | None = None
+
+    @staticmethod
+    def _run_views(views: Views) -> Callable[[], None]:
+        """Keeps the status view up to date in a thread; returns what stops it."""
+        stop = threading.Event()
+
+        def follow() -> None:
+            try:
+                views.run(stop, ["status"])
+            except Exception:
+                logger.exception("the status view's follower stopped; list may lag")
+
+        thread = threading.Thread(target=follow, name="ledger-serve-views", daemon=True)
+        thread.start()
+
+        def stop_views() -> None:
+            stop.set()
+            thread.join(timeout=30)
+
+        return stop_views
 
     async def start(self) -> int:
         """Opens the ledger, binds the address, starts serving; returns the port."""
@@ -110,7 +133,17 @@ class LedgerServer:
         self._ledger = ledger = await loop.run_in_executor(
             self._executor, open_ledger_with, self.config
         )
-        core = Core(ledger, self._executor, authenticator)
+        views = await loop.run_in_executor(self._executor, Views, self.config)
+        self._background.append(views.close)
+        if options.follow_views:
+            self._background.append(self._run_views(views))
+        follower = LogFollower(ledger, loop, poll_interval=0.5 if self.config.is_postgres else 0.1)
+        await loop.run_in_executor(self._executor, follower.start)
+        self._follower = follower
+        self._background.append(follower.close)
+        core = Core(
+            ledger, self._executor, authenticator, follower=follower, status_view=views.status
+        )
         server = aio.server(
             interceptors=[AuthInterceptor(authenticator)] if authenticator else [],
             options=[
@@ -144,11 +177,15 @@ class LedgerServer:
     async def stop(self) -> None:
         """Health NOT_SERVING, streams ended, calls in flight finished, store closed."""
         await self._health.enter_graceful_shutdown()
+        if self._follower is not None:
+            self._follower.close()  # Open streams end with UNAVAILABLE.
         if self._server is not None:
             await self._server.stop(self.options.grace)
         for stop in reversed(self._background):
-            with contextlib.suppress(Exception):
+            try:
                 stop()
+            except Exception:
+                logger.exception("while stopping")
         self._executor.shutdown(wait=True, cancel_futures=True)
         if self._ledger is not None:
             self._ledger.close()
