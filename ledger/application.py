@@ -32,8 +32,11 @@ from google.protobuf.message import Message
 
 from ledger.contract.errors import (
     CreateConflictError,
+    ExecutionDeletedError,
     ExecutionNotFoundError,
+    ImmutableFieldError,
     InvalidResourceError,
+    MissingFieldError,
     PermissionDeniedError,
     StoreUnavailableError,
     UnreadableEventError,
@@ -85,7 +88,7 @@ class HistoryEntry:
     version: int
     recorded_at: datetime
     type: str
-    """``Created``, ``StatusChanged`` or ``Completed``."""
+    """``Created``, ``StatusChanged``, ``MetadataChanged``, ``Completed`` or ``Deleted``."""
     phase: Phase
     """The phase after this event."""
     event: Execution.Event
@@ -235,6 +238,74 @@ class Ledger(Application[str]):
         """Ends the execution in CANCELLED, with an optional reason."""
         return self._write(execution_id, expected_version, lambda e: e.cancel(reason, actor=actor))
 
+    def update(
+        self,
+        resource: Resource,
+        *,
+        expected_version: int | None = None,
+        actor: str = "",
+    ) -> ExecutionRecord:
+        """Changes an execution's metadata labels, annotations and tags (``metadata.id``
+        names it). Everything else must be as recorded: a different spec, kind or
+        other metadata field raises :class:`~ledger.contract.errors.ImmutableFieldError`
+        (an empty spec means "unchanged"); a status is refused (use update_status).
+        Nothing is appended when nothing changes; refused after a terminal phase."""
+        kind = kind_of(resource)
+        values: Any = resource
+        execution_id = values.metadata.id
+        if not execution_id:
+            raise MissingFieldError(
+                "an update names its execution in metadata.id", field="metadata.id"
+            )
+        check_id(execution_id, kind)
+        check_envelope(kind, values.api_version, values.kind, execution_id=execution_id)
+        if values.HasField("status") and values.status.ByteSize():
+            raise InvalidResourceError(
+                f"{about(execution_id)}an update changes metadata only: record status "
+                "with update_status",
+                execution_id=execution_id,
+                field="status",
+            )
+        check_metadata_counts(values.metadata, execution_id=execution_id)
+        check_text(actor, execution_id=execution_id, field="actor")
+        metadata = values.metadata
+
+        def decide(execution: Execution) -> None:
+            if execution.kind_name != kind.name:
+                raise ImmutableFieldError(execution_id, "kind")
+            recorded: Any = execution.resource
+            if values.HasField("spec") and values.spec.ByteSize():
+                current = self._as_record(execution).resource.spec
+                shredded = execution.phase.is_terminal
+                if _comparable(current, shredded) != _comparable(values.spec, shredded):
+                    raise ImmutableFieldError(execution_id, "spec")
+            for name in ("name", "slug", "org", "owner_scope", "version"):
+                if getattr(recorded.metadata, name) != getattr(metadata, name):
+                    raise ImmutableFieldError(execution_id, f"metadata.{name}")
+            execution.change_metadata(
+                dict(metadata.labels),
+                dict(metadata.annotations),
+                list(metadata.tags),
+                actor=actor,
+            )
+
+        return self._write(execution_id, expected_version, decide)
+
+    def delete(
+        self,
+        execution_id: str,
+        reason: str = "",
+        *,
+        expected_version: int | None = None,
+        actor: str = "",
+    ) -> ExecutionRecord:
+        """Records the execution as deleted, cancelling it first (in the same write) when
+        it is still open, so its caller is woken; secret values are shredded as at any
+        terminal phase. The history is kept (:meth:`history`); reads and writes raise
+        :class:`~ledger.contract.errors.ExecutionDeletedError` from then on. Returns the
+        execution as it was when deleted."""
+        return self._write(execution_id, expected_version, lambda e: e.delete(reason, actor=actor))
+
     # Reads.
 
     def get(self, execution_id: str) -> Resource:
@@ -350,7 +421,7 @@ class Ledger(Application[str]):
     def _load(self, execution_id: str) -> Execution:
         check_id(execution_id, kind_of_id(execution_id))
         try:
-            return cast(Execution, self.repository.get(execution_id))
+            execution = cast(Execution, self.repository.get(execution_id))
         except AggregateNotFoundError:
             raise ExecutionNotFoundError(execution_id) from None
         except MapperDeserialisationError as e:
@@ -361,6 +432,9 @@ class Ledger(Application[str]):
             raise StoreUnavailableError(
                 f"execution {execution_id!r}: the store is unavailable: {e}"
             ) from e
+        if execution.deleted:
+            raise ExecutionDeletedError(execution_id)
+        return execution
 
     def _events(
         self,
@@ -415,6 +489,8 @@ class ExecutionChanges:
                 raise ExecutionNotFoundError(self.execution_id)
         records: list[ExecutionRecord] = []
         for event in ledger._events(self.execution_id, gt=self.version, limit=limit):
+            if isinstance(event, Execution.Deleted):
+                break  # Only ever after the terminal phase, where a reader stops.
             self._execution = cast(Execution, event.mutate(self._execution))
             self.version = event.originator_version
             records.append(ledger._as_record(self._execution))

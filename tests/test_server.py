@@ -609,3 +609,114 @@ def test_subscribe_concurrent_slow_and_resumed(store_url: str, tmp_path: Path) -
         assert missing.error == grpc.StatusCode.NOT_FOUND
     finally:
         served.kill()
+
+
+# update and delete.
+
+
+def test_update_metadata_and_delete(served: Served) -> None:
+    md = served.metadata()
+    command, query = served.agent_command, served.agent_query
+    created = command.create(agent(env="dev"), metadata=md)
+    execution_id = created.metadata.id
+    which = agent_io.AgentExecutionId(value=execution_id)
+    # update: labels, annotations and tags change; the spec may be left out.
+    change = agent_api.AgentExecution()
+    change.metadata.id = execution_id
+    change.metadata.labels.update({"env": "prod", "team": "a"})
+    change.metadata.annotations["note"] = "moved"
+    change.metadata.tags.append("urgent")
+    updated, call = command.update.with_call(change, metadata=md)
+    assert dict(updated.metadata.labels) == {"env": "prod", "team": "a"}
+    assert list(updated.metadata.tags) == ["urgent"]
+    assert dict(call.trailing_metadata())["x-version"] == "2"
+    assert updated.spec == created.spec
+    # The same again: nothing new is recorded.
+    _, call = command.update.with_call(change, metadata=md)
+    assert dict(call.trailing_metadata())["x-version"] == "2"
+    # A changed spec, or another metadata field: FAILED_PRECONDITION; a status: INVALID_ARGUMENT.
+    changed = agent_api.AgentExecution()
+    changed.CopyFrom(updated)
+    changed.ClearField("status")
+    changed.spec.message = "something else"
+    code, details = code_of(command.update, changed, metadata=md)
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "spec cannot change" in details
+    renamed = agent_api.AgentExecution()
+    renamed.metadata.id = execution_id
+    renamed.metadata.name = "new name"
+    assert code_of(command.update, renamed, metadata=md)[0] == (grpc.StatusCode.FAILED_PRECONDITION)
+    assert code_of(command.update, updated, metadata=md)[0] == grpc.StatusCode.INVALID_ARGUMENT
+    stale = (*md, ("x-expected-version", "1"))
+    assert code_of(command.update, change, metadata=stale)[0] == grpc.StatusCode.ABORTED
+    # Listing: the view indexes the labels given at create, and each entry's current labels
+    # are checked, so an execution whose label an update removed is no longer listed by
+    # it, and one an update added is not found by the index (docs/GRPC.md, limits).
+    assert _until(
+        lambda: (
+            [
+                e.metadata.id
+                for e in query.list(
+                    agent_io.ListAgentExecutionsRequest(tags=["team=a"]), metadata=md
+                ).entries
+            ]
+            == []
+        )
+    )
+    assert [
+        e.metadata.id
+        for e in query.list(
+            agent_io.ListAgentExecutionsRequest(tags=["env=dev"]), metadata=md
+        ).entries
+    ] == []
+
+    # delete: an open execution is cancelled first; then get, subscribe, list, writes
+    # answer NOT_FOUND or leave it out. The secret value is shredded.
+    secret = agent()
+    secret.spec.runtime_env["KEY"].value = "s3cr3t"
+    secret.spec.runtime_env["KEY"].is_secret = True
+    doomed = command.create(secret, metadata=md).metadata.id
+    assert _until(
+        lambda: (
+            doomed
+            in [
+                e.metadata.id
+                for e in query.list(agent_io.ListAgentExecutionsRequest(), metadata=md).entries
+            ]
+        )
+    )
+    from ledger.grpc.commons.apiresource import io_pb2 as resource_io
+
+    gone = command.delete(resource_io.ApiResourceId(value=doomed), metadata=md)
+    assert gone.status.phase == 5  # CANCELLED
+    assert gone.spec.runtime_env["KEY"].value != "s3cr3t"
+    code, details = code_of(query.get, agent_io.AgentExecutionId(value=doomed), metadata=md)
+    assert code == grpc.StatusCode.NOT_FOUND and "deleted" in details
+    code, _ = code_of(command.updateStatus, agent_patch(doomed, 2), metadata=md)
+    assert code == grpc.StatusCode.NOT_FOUND
+    code, _ = code_of(command.delete, resource_io.ApiResourceId(value=doomed), metadata=md)
+    assert code == grpc.StatusCode.NOT_FOUND
+    listed = query.list(agent_io.ListAgentExecutionsRequest(), metadata=md).entries
+    assert doomed not in [e.metadata.id for e in listed]
+    subscriber = Subscriber(served, doomed)
+    subscriber.start()
+    subscriber.join(60)
+    assert subscriber.error == grpc.StatusCode.NOT_FOUND
+    # The history is kept, in the store.
+    from ledger.application import open_ledger
+
+    ledger = open_ledger(served.url)
+    try:
+        assert [e.type for e in ledger.history(doomed)] == ["Created", "Completed", "Deleted"]
+    finally:
+        ledger.close()
+    # A terminal execution is deleted as it is; a workflow likewise.
+    assert query.get(which, metadata=md).status.phase == 1
+    wex = served.workflow_command.create(workflow(), metadata=md).metadata.id
+    patch = workflow_io.WorkflowExecutionUpdateStatusInput(execution_id=wex)
+    patch.status.phase = 3  # type: ignore[assignment]
+    served.workflow_command.updateStatus(patch, metadata=md)
+    deleted = served.workflow_command.delete(resource_io.ApiResourceId(value=wex), metadata=md)
+    assert deleted.status.phase == 3
+    # Another kind's id through this kind's service: INVALID_ARGUMENT.
+    code, _ = code_of(command.delete, resource_io.ApiResourceId(value=wex), metadata=md)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT

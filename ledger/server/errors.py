@@ -15,6 +15,7 @@ import grpc
 from ledger.contract.errors import (
     CreateConflictError,
     ExecutionNotFoundError,
+    ImmutableFieldError,
     LedgerError,
     PermissionDeniedError,
     StoreUnavailableError,
@@ -34,6 +35,7 @@ _CODES: tuple[tuple[type[LedgerError], grpc.StatusCode], ...] = (
     (CreateConflictError, grpc.StatusCode.ALREADY_EXISTS),
     (VersionConflictError, grpc.StatusCode.ABORTED),
     (TransitionError, grpc.StatusCode.FAILED_PRECONDITION),  # Terminal, backwards.
+    (ImmutableFieldError, grpc.StatusCode.FAILED_PRECONDITION),  # update: a changed spec.
     (UserError, grpc.StatusCode.INVALID_ARGUMENT),  # Validation, limits, ids.
     (StoreUnavailableError, grpc.StatusCode.UNAVAILABLE),
     (PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED),

@@ -115,6 +115,10 @@ class Lister:
         else:
             self._phase = None
         self._label, self._checks = _tags(query.tags)
+        self._tag_checks = [
+            *self._checks,
+            *([_has_label(*self._label)] if self._label is not None else []),
+        ]
         if query.row_filter is not None:
             self._checks.append(query.row_filter)
         size = query.page_size or DEFAULT_PAGE_SIZE
@@ -162,6 +166,10 @@ class Lister:
             record = self._ledger.read(row.id)
         except ExecutionNotFoundError:
             return None  # Deleted since.
+        if self._tag_checks and not all(
+            check(record.resource.metadata) for check in self._tag_checks
+        ):
+            return None  # Labels changed by an update since the view's row was made.
         check = self._query.resource_filter
         if check is not None and not check(record.resource):
             return None

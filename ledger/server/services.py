@@ -88,8 +88,20 @@ class _Commands:
         return core.answer(context, record)
 
     async def update(self, request: Any, context: Context) -> Any:
-        """Metadata labels, annotations and tags only (see :mod:`ledger.server`)."""
-        await abort(context, grpc.StatusCode.UNIMPLEMENTED, "update is not served yet")
+        """``Ledger.update``: metadata labels, annotations and tags only; a changed spec
+        (or kind, or other metadata field) is FAILED_PRECONDITION."""
+        core = self._core
+        await core.checked(context, request)
+        expected = await core.expected_version(context)
+        await _of_kind(context, request.metadata.id, self._api.kind)
+        record = await core.write(
+            context,
+            core.ledger.update,
+            request,
+            expected_version=expected,
+            actor=core.actor(context),
+        )
+        return core.answer(context, record)
 
     async def updateStatus(self, request: Any, context: Context) -> Any:  # noqa: N802
         """``Ledger.update_status``: a terminal phase completes the execution."""
@@ -108,8 +120,20 @@ class _Commands:
         return core.answer(context, record)
 
     async def delete(self, request: Any, context: Context) -> Any:
-        """Records the execution as deleted; its history is kept."""
-        await abort(context, grpc.StatusCode.UNIMPLEMENTED, "delete is not served yet")
+        """``Ledger.delete``: cancelled first when open, then deleted; history kept.
+        Answers the execution as it was when deleted."""
+        core = self._core
+        await core.checked(context, request)
+        expected = await core.expected_version(context)
+        execution_id = await _of_kind(context, request.value, self._api.kind)
+        record = await core.write(
+            context,
+            core.ledger.delete,
+            execution_id,
+            expected_version=expected,
+            actor=core.actor(context),
+        )
+        return core.answer(context, record)
 
 
 class _Queries:
