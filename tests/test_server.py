@@ -59,6 +59,8 @@ class Served:
         self.proc: subprocess.Popen[str] | None = None
         self.port = 0
         self.channel: grpc.Channel | None = None
+        self.credentials: grpc.ChannelCredentials | None = None
+        """TLS: the client's credentials (None: in the clear)."""
 
     def start(self) -> Served:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -101,7 +103,11 @@ class Served:
         if not bound.wait(START_TIMEOUT):
             self.kill()
             pytest.fail(f"ledger serve did not start: {''.join(self.lines)}")
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+        target = f"127.0.0.1:{self.port}"
+        if self.credentials is None:
+            self.channel = grpc.insecure_channel(target)
+        else:
+            self.channel = grpc.secure_channel(target, self.credentials)
         health: Any = health_pb2_grpc.HealthStub(self._channel)
         answer = health.Check(
             health_pb2.HealthCheckRequest(service=""), timeout=START_TIMEOUT, wait_for_ready=True
@@ -720,3 +726,64 @@ def test_update_metadata_and_delete(served: Served) -> None:
     # Another kind's id through this kind's service: INVALID_ARGUMENT.
     code, _ = code_of(command.delete, resource_io.ApiResourceId(value=wex), metadata=md)
     assert code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+# TLS.
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def _certificates(tmp: Path) -> None:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, all by it."""
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=ca",
+             "-keyout", "ca.key", "-out", "ca.pem", cwd=tmp)  # fmt: skip
+    (tmp / "san.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    for name in ("server", "client"):
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
+                 "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=tmp)  # fmt: skip
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                 "-CAcreateserial", "-days", "2", "-extfile", "san.cnf",
+                 "-out", f"{name}.pem", cwd=tmp)  # fmt: skip
+
+
+def test_mutual_tls(sqlite_url: str, tmp_path: Path) -> None:
+    _certificates(tmp_path)
+    served = Served(
+        sqlite_url,
+        tmp_path,
+        extra=(
+            "--tls-cert",
+            str(tmp_path / "server.pem"),
+            "--tls-key",
+            str(tmp_path / "server.key"),
+            "--tls-client-ca",
+            str(tmp_path / "ca.pem"),
+        ),
+    )
+    ca = (tmp_path / "ca.pem").read_bytes()
+    client = grpc.ssl_channel_credentials(
+        ca, (tmp_path / "client.key").read_bytes(), (tmp_path / "client.pem").read_bytes()
+    )
+    served.credentials = client
+    served.start()
+    try:
+        created = served.agent_command.create(agent(), metadata=served.metadata(), timeout=30)
+        assert created.metadata.id.startswith("aex-")
+        # Without a client certificate, or in the clear: no connection.
+        for channel in (
+            grpc.secure_channel(f"127.0.0.1:{served.port}", grpc.ssl_channel_credentials(ca)),
+            grpc.insecure_channel(f"127.0.0.1:{served.port}"),
+        ):
+            stub = agent_query.AgentExecutionQueryControllerStub(channel)
+            code, _ = code_of(
+                stub.get,
+                agent_io.AgentExecutionId(value=created.metadata.id),
+                metadata=served.metadata(),
+                timeout=10,
+            )
+            assert code == grpc.StatusCode.UNAVAILABLE
+            channel.close()
+    finally:
+        served.kill()

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 from eventsourcing.domain import BaseAggregate, CanInitAggregate
 from google.protobuf.json_format import MessageToDict, ParseDict, ParseError
@@ -103,6 +103,11 @@ class Execution(BaseAggregate[str]):
         annotations: dict[str, str]
         tags: list[str]
         actor: str
+        # Not fields: readers that summarise an event by its outcome (the CLI's
+        # history) find none here.
+        output: ClassVar[None] = None
+        error: ClassVar[None] = None
+        reason: ClassVar[str] = ""
 
         def apply(self, aggregate: Execution) -> None:
             aggregate.apply_metadata_changed(self)
@@ -112,6 +117,8 @@ class Execution(BaseAggregate[str]):
 
         reason: str
         actor: str
+        output: ClassVar[None] = None  # Not fields: see MetadataChanged.
+        error: ClassVar[None] = None
 
         def apply(self, aggregate: Execution) -> None:
             aggregate.deleted = True
