@@ -32,8 +32,11 @@ from google.protobuf.message import Message
 
 from ledger.contract.errors import (
     CreateConflictError,
+    ExecutionDeletedError,
     ExecutionNotFoundError,
+    ImmutableFieldError,
     InvalidResourceError,
+    MissingFieldError,
     PermissionDeniedError,
     StoreUnavailableError,
     UnreadableEventError,
@@ -85,7 +88,7 @@ class HistoryEntry:
     version: int
     recorded_at: datetime
     type: str
-    """``Created``, ``StatusChanged`` or ``Completed``."""
+    """``Created``, ``StatusChanged``, ``MetadataChanged``, ``Completed`` or ``Deleted``."""
     phase: Phase
     """The phase after this event."""
     event: Execution.Event
@@ -251,6 +254,74 @@ class Ledger(Application[str]):
         nothing once it has ended): its runner may stop spending compute."""
         return self._write(execution_id, None, lambda e: e.record_caller_gone(reason, actor=actor))
 
+    def update(
+        self,
+        resource: Resource,
+        *,
+        expected_version: int | None = None,
+        actor: str = "",
+    ) -> ExecutionRecord:
+        """Changes an execution's metadata labels, annotations and tags (``metadata.id``
+        names it). Everything else must be as recorded: a different spec, kind or
+        other metadata field raises :class:`~ledger.contract.errors.ImmutableFieldError`
+        (an empty spec means "unchanged"); a status is refused (use update_status).
+        Nothing is appended when nothing changes; refused after a terminal phase."""
+        kind = kind_of(resource)
+        values: Any = resource
+        execution_id = values.metadata.id
+        if not execution_id:
+            raise MissingFieldError(
+                "an update names its execution in metadata.id", field="metadata.id"
+            )
+        check_id(execution_id, kind)
+        check_envelope(kind, values.api_version, values.kind, execution_id=execution_id)
+        if values.HasField("status") and values.status.ByteSize():
+            raise InvalidResourceError(
+                f"{about(execution_id)}an update changes metadata only: record status "
+                "with update_status",
+                execution_id=execution_id,
+                field="status",
+            )
+        check_metadata_counts(values.metadata, execution_id=execution_id)
+        check_text(actor, execution_id=execution_id, field="actor")
+        metadata = values.metadata
+
+        def decide(execution: Execution) -> None:
+            if execution.kind_name != kind.name:
+                raise ImmutableFieldError(execution_id, "kind")
+            recorded: Any = execution.resource
+            if values.HasField("spec") and values.spec.ByteSize():
+                current = self._as_record(execution).resource.spec
+                shredded = execution.phase.is_terminal
+                if _comparable(current, shredded) != _comparable(values.spec, shredded):
+                    raise ImmutableFieldError(execution_id, "spec")
+            for name in ("name", "slug", "org", "owner_scope", "version"):
+                if getattr(recorded.metadata, name) != getattr(metadata, name):
+                    raise ImmutableFieldError(execution_id, f"metadata.{name}")
+            execution.change_metadata(
+                dict(metadata.labels),
+                dict(metadata.annotations),
+                list(metadata.tags),
+                actor=actor,
+            )
+
+        return self._write(execution_id, expected_version, decide)
+
+    def delete(
+        self,
+        execution_id: str,
+        reason: str = "",
+        *,
+        expected_version: int | None = None,
+        actor: str = "",
+    ) -> ExecutionRecord:
+        """Records the execution as deleted, cancelling it first (in the same write) when
+        it is still open, so its caller is woken; secret values are shredded as at any
+        terminal phase. The history is kept (:meth:`history`); reads and writes raise
+        :class:`~ledger.contract.errors.ExecutionDeletedError` from then on. Returns the
+        execution as it was when deleted."""
+        return self._write(execution_id, expected_version, lambda e: e.delete(reason, actor=actor))
+
     # Reads.
 
     def get(self, execution_id: str) -> Resource:
@@ -281,6 +352,19 @@ class Ledger(Application[str]):
         if not entries:
             raise ExecutionNotFoundError(execution_id)
         return entries
+
+    def changes(self, execution_id: str, *, after: int = 0) -> ExecutionChanges:
+        """The execution's successive resources after version ``after``, one per
+        event, read from its stream in order (for subscriptions; see
+        :class:`ExecutionChanges`)."""
+        check_id(execution_id, kind_of_id(execution_id))
+        if after < 0:
+            raise InvalidResourceError(
+                f"execution {execution_id!r}: a version is 0 or more (got {after})",
+                execution_id=execution_id,
+                field="version",
+            )
+        return ExecutionChanges(self, execution_id, after)
 
     # Internals.
 
@@ -353,7 +437,7 @@ class Ledger(Application[str]):
     def _load(self, execution_id: str) -> Execution:
         check_id(execution_id, kind_of_id(execution_id))
         try:
-            return cast(Execution, self.repository.get(execution_id))
+            execution = cast(Execution, self.repository.get(execution_id))
         except AggregateNotFoundError:
             raise ExecutionNotFoundError(execution_id) from None
         except MapperDeserialisationError as e:
@@ -364,10 +448,20 @@ class Ledger(Application[str]):
             raise StoreUnavailableError(
                 f"execution {execution_id!r}: the store is unavailable: {e}"
             ) from e
+        if execution.deleted:
+            raise ExecutionDeletedError(execution_id)
+        return execution
 
-    def _events(self, execution_id: str) -> Iterator[Execution.Event]:
+    def _events(
+        self,
+        execution_id: str,
+        *,
+        gt: int | None = None,
+        lte: int | None = None,
+        limit: int | None = None,
+    ) -> Iterator[Execution.Event]:
         try:
-            for event in self.events.get(execution_id):
+            for event in self.events.get(execution_id, gt=gt, lte=lte, limit=limit):
                 yield cast(Execution.Event, event)
         except MapperDeserialisationError as e:
             raise _unreadable(execution_id, e) from e
@@ -384,6 +478,44 @@ class Ledger(Application[str]):
         if _comparable(record.resource.spec, shredded) != _comparable(spec, shredded):
             raise CreateConflictError(existing.id, "spec")
         return record
+
+
+class ExecutionChanges:
+    """One execution's resource after each of its events past a version, in order.
+
+    Keeps the execution as of the last event returned, so each :meth:`next` reads
+    only the events after it from the store: a reader that falls behind reads
+    at its own pace, and nothing is missed or repeated.
+    """
+
+    def __init__(self, ledger: Ledger, execution_id: str, after: int) -> None:
+        self._ledger = ledger
+        self.execution_id = execution_id
+        self.version = after
+        """The version of the last resource returned (``after`` before the first)."""
+        self._execution: Execution | None = None
+
+    def next(self, limit: int = 100) -> list[ExecutionRecord]:
+        """The resources after the next events (at most ``limit``); [] when none yet."""
+        ledger = self._ledger
+        if self._execution is None and self.version > 0:
+            for event in ledger._events(self.execution_id, lte=self.version):
+                self._execution = cast(Execution, event.mutate(self._execution))
+            if self._execution is None:
+                raise ExecutionNotFoundError(self.execution_id)
+        records: list[ExecutionRecord] = []
+        for event in ledger._events(self.execution_id, gt=self.version, limit=limit):
+            if isinstance(event, Execution.Deleted):
+                break  # Only ever after the terminal phase, where a reader stops.
+            self._execution = cast(Execution, event.mutate(self._execution))
+            self.version = event.originator_version
+            records.append(ledger._as_record(self._execution))
+        return records
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether the last resource returned is in a terminal phase."""
+        return self._execution is not None and self._execution.phase.is_terminal
 
 
 def _retries() -> Iterator[int]:

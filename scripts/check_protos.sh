@@ -3,8 +3,8 @@
 #   1. buf lint (rules in protos/buf.yaml);
 #   2. buf breaking (FILE rules) against the contract of the previous commit,
 #      when HEAD~1 exists and has protos/;
-#   3. staleness: the generated code under ledger/api (as checked out) must equal a
-#      fresh regeneration (scripts/gen_protos.sh into a temporary directory).
+#   3. staleness: the generated code under ledger/api and ledger/grpc (as checked
+#      out) must equal a fresh regeneration (scripts/gen_protos.sh into a temporary directory).
 # Runs every step, then exits non-zero if any failed (naming which).
 # Environment: BUF     buf binary (default: .venv/bin/buf of the repository)
 #              PYTHON  passed through to scripts/gen_protos.sh
@@ -40,38 +40,42 @@ else
   echo "skipped: no previous contract to compare against (HEAD~1 does not exist or has no protos/)"
 fi
 
-echo "== generated code is up to date (ledger/api)"
+echo "== generated code is up to date (ledger/api, ledger/grpc)"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 bash scripts/gen_protos.sh --out "$tmp" >/dev/null
 mkdir -p "$tmp/empty"
-committed="ledger/api"
-[[ -d "$committed" ]] || committed="$tmp/empty"  # everything will show as missing
 
 # Compare file lists and contents; caches are not generated code.
 stale=()
-while IFS= read -r rel; do
-  if [[ ! -f "ledger/api/$rel" ]]; then
-    stale+=("ledger/api/$rel (missing)")
-  elif ! cmp -s "$tmp/ledger/api/$rel" "ledger/api/$rel"; then
-    stale+=("ledger/api/$rel (differs)")
+for gen in ledger/api ledger/grpc; do
+  committed="$gen"
+  [[ -d "$committed" ]] || committed="$tmp/empty"  # everything will show as missing
+  if [[ -d "$tmp/$gen" ]]; then
+    while IFS= read -r rel; do
+      if [[ ! -f "$gen/$rel" ]]; then
+        stale+=("$gen/$rel (missing)")
+      elif ! cmp -s "$tmp/$gen/$rel" "$gen/$rel"; then
+        stale+=("$gen/$rel (differs)")
+      fi
+    done < <(cd "$tmp/$gen" && find . -type f ! -path '*/__pycache__/*' | sed 's|^\./||' | LC_ALL=C sort)
   fi
-done < <(cd "$tmp/ledger/api" && find . -type f ! -path '*/__pycache__/*' | sed 's|^\./||' | LC_ALL=C sort)
-while IFS= read -r rel; do
-  if [[ ! -f "$tmp/ledger/api/$rel" ]]; then
-    stale+=("ledger/api/$rel (not generated from any .proto: remove it)")
-  fi
-done < <(cd "$committed" && find . -type f ! -path '*/__pycache__/*' ! -name '*.pyc' | sed 's|^\./||' | LC_ALL=C sort)
+  while IFS= read -r rel; do
+    if [[ ! -f "$tmp/$gen/$rel" ]]; then
+      stale+=("$gen/$rel (not generated from any .proto: remove it)")
+    fi
+  done < <(cd "$committed" && find . -type f ! -path '*/__pycache__/*' ! -name '*.pyc' | sed 's|^\./||' | LC_ALL=C sort)
+done
 
 if [[ ${#stale[@]} -gt 0 ]]; then
   {
-    echo "STALE generated code: ${#stale[@]} file(s) under ledger/api do not match protos/:"
+    echo "STALE generated code: ${#stale[@]} file(s) under ledger/api or ledger/grpc do not match protos/:"
     printf '  %s\n' "${stale[@]}"
-    echo "Run: bash scripts/gen_protos.sh   (then commit ledger/api)"
+    echo "Run: bash scripts/gen_protos.sh   (then commit ledger/api and ledger/grpc)"
   } >&2
   failed+=("stale generated code")
 else
-  echo "ok: ledger/api matches protos/"
+  echo "ok: ledger/api and ledger/grpc match protos/"
 fi
 
 if [[ ${#failed[@]} -gt 0 ]]; then

@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# Regenerate the Python code of the resource contract (protos/**/*.proto):
-# ledger/api/**/*_pb2.py (protoc) and *_pb2.pyi (mypy-protobuf), plus the
-# __init__.py of every generated package. Deterministic: running it twice
-# gives byte-identical files.
+# Regenerate the Python code of the contract (protos/**/*.proto):
+# ledger/api/**/*_pb2.py (protoc) and *_pb2.pyi (mypy-protobuf), the resource
+# messages; ledger/grpc/**/*_pb2.py, *_pb2.pyi, *_pb2_grpc.py (grpc_tools'
+# grpc_python_out) and *_pb2_grpc.pyi (mypy-protobuf's protoc-gen-mypy_grpc),
+# the platform's services that `ledger serve` serves; plus the __init__.py of
+# every generated package. Deterministic: running it twice gives byte-identical
+# files.
 #
 # Usage: scripts/gen_protos.sh [--out DIR]
-#   --out DIR  write into DIR instead of the repository root (DIR/ledger/api/...);
+#   --out DIR  write into DIR instead of the repository root (DIR/ledger/api/...,
+#              DIR/ledger/grpc/...);
 #              used by scripts/check_protos.sh to detect stale generated code.
 # Environment: PYTHON  interpreter with grpcio-tools and mypy-protobuf
 #                      (default: .venv/bin/python of the repository).
@@ -50,23 +54,38 @@ if [[ -z "$MYPY_PLUGIN" || ! -x "$MYPY_PLUGIN" ]]; then
   echo "gen_protos: protoc-gen-mypy not found (install mypy-protobuf)" >&2
   exit 1
 fi
+MYPY_GRPC_PLUGIN="$SCRIPTS_DIR/protoc-gen-mypy_grpc"
+if [[ ! -x "$MYPY_GRPC_PLUGIN" ]]; then
+  MYPY_GRPC_PLUGIN="$(command -v protoc-gen-mypy_grpc || true)"
+fi
+if [[ -z "$MYPY_GRPC_PLUGIN" || ! -x "$MYPY_GRPC_PLUGIN" ]]; then
+  echo "gen_protos: protoc-gen-mypy_grpc not found (install mypy-protobuf)" >&2
+  exit 1
+fi
 
-# All sources, in a fixed (byte-wise) order.
+# All sources, in a fixed (byte-wise) order. The services (ledger/grpc) also get
+# gRPC stubs; the resource messages (ledger/api) do not.
 mapfile -t PROTOS < <(find protos -type f -name '*.proto' | LC_ALL=C sort)
 if [[ ${#PROTOS[@]} -eq 0 ]]; then
   echo "gen_protos: no .proto files under protos/" >&2
   exit 1
 fi
+mapfile -t SERVICE_PROTOS < <(find protos/ledger/grpc -type f -name '*.proto' 2>/dev/null | LC_ALL=C sort)
 
-GEN="$OUT/ledger/api"
+# Every generated package: ledger/api and ledger/grpc are generated, all of them.
+GENERATED=(api grpc)
 
-# Remove everything previously generated (all of ledger/api is generated),
-# so removed or renamed protos leave nothing behind.
-if [[ -d "$GEN" ]]; then
-  find "$GEN" -type f \( -name '*_pb2.py' -o -name '*_pb2.pyi' -o -name '__init__.py' \) -delete
-  find "$GEN" -depth -type d -name '__pycache__' -exec rm -rf {} +
-  find "$GEN" -depth -type d -empty -delete
-fi
+# Remove everything previously generated, so removed or renamed protos leave
+# nothing behind.
+for name in "${GENERATED[@]}"; do
+  gen="$OUT/ledger/$name"
+  if [[ -d "$gen" ]]; then
+    find "$gen" -type f \( -name '*_pb2.py' -o -name '*_pb2.pyi' -o -name '*_pb2_grpc.py' \
+      -o -name '*_pb2_grpc.pyi' -o -name '__init__.py' \) -delete
+    find "$gen" -depth -type d -name '__pycache__' -exec rm -rf {} +
+    find "$gen" -depth -type d -empty -delete
+  fi
+done
 
 "$PYTHON" -m grpc_tools.protoc \
   -I protos \
@@ -76,14 +95,39 @@ fi
   --mypy_out=quiet:"$OUT" \
   "${PROTOS[@]}"
 
-# Make every generated directory a regular package. ledger/__init__.py is not
-# ours (the application package owns it), so stop at ledger/api.
-printf '"""Generated protobuf modules of the resource contract (protos/); regenerate with scripts/gen_protos.sh."""\n' \
-  > "$GEN/__init__.py"
-while IFS= read -r dir; do
-  [[ "$dir" == "$GEN" ]] && continue
-  : > "$dir/__init__.py"
-done < <(find "$GEN" -type d | LC_ALL=C sort)
+if [[ ${#SERVICE_PROTOS[@]} -gt 0 ]]; then
+  "$PYTHON" -m grpc_tools.protoc \
+    -I protos \
+    -I "$WKT_INCLUDE" \
+    --plugin=protoc-gen-mypy_grpc="$MYPY_GRPC_PLUGIN" \
+    --grpc_python_out="$OUT" \
+    --mypy_grpc_out=quiet:"$OUT" \
+    "${SERVICE_PROTOS[@]}"
+  # A proto without services gets an empty stub module: none is kept.
+  while IFS= read -r stub; do
+    if ! grep -q 'Servicer' "$stub"; then
+      rm -f "$stub" "${stub%.py}.pyi"
+    fi
+  done < <(find "$OUT/ledger/grpc" -type f -name '*_pb2_grpc.py' | LC_ALL=C sort)
+fi
 
-count="$(find "$GEN" -type f -name '*_pb2.py' | wc -l | tr -d ' ')"
-echo "gen_protos: generated $count modules from ${#PROTOS[@]} protos into $GEN"
+# Make every generated directory a regular package. ledger/__init__.py is not
+# ours (the application package owns it), so stop at ledger/api and ledger/grpc.
+printf '"""Generated protobuf modules of the resource contract (protos/); regenerate with scripts/gen_protos.sh."""\n' \
+  > "$OUT/ledger/api/__init__.py"
+if [[ -d "$OUT/ledger/grpc" ]]; then
+  printf '"""Generated protobuf and gRPC modules of the platform'"'"'s services (protos/ledger/grpc); regenerate with scripts/gen_protos.sh."""\n' \
+    > "$OUT/ledger/grpc/__init__.py"
+fi
+for name in "${GENERATED[@]}"; do
+  gen="$OUT/ledger/$name"
+  [[ -d "$gen" ]] || continue
+  while IFS= read -r dir; do
+    [[ "$dir" == "$gen" ]] && continue
+    : > "$dir/__init__.py"
+  done < <(find "$gen" -type d | LC_ALL=C sort)
+done
+
+count="$(find "$OUT/ledger/api" "$OUT/ledger/grpc" -type f -name '*_pb2.py' 2>/dev/null | wc -l | tr -d ' ')"
+stubs="$(find "$OUT/ledger/grpc" -type f -name '*_pb2_grpc.py' 2>/dev/null | wc -l | tr -d ' ')"
+echo "gen_protos: generated $count modules and $stubs gRPC stub modules from ${#PROTOS[@]} protos into $OUT/ledger/{api,grpc}"

@@ -35,4 +35,6 @@ app.add_typer(projections_app, name="projections")
 app.add_typer(dispatcher_app, name="dispatcher")
 app.add_typer(keys_app, name="keys")
 
+from ledger.cli import serve  # noqa: E402, F401  (registers `serve` and `token`)
+
 __all__ = ["app", "main"]

@@ -89,6 +89,27 @@ class CreateConflictError(ConflictError):
         self.execution_id = execution_id
 
 
+class ExecutionDeletedError(ExecutionNotFoundError):
+    """The execution was deleted: its history is kept, but it is no longer read or written."""
+
+    def __init__(self, execution_id: str) -> None:
+        super().__init__(execution_id)
+        self.args = (f"execution {execution_id!r} was deleted",)
+
+
+class ImmutableFieldError(ConflictError):
+    """An update would change what cannot change (the spec, the envelope, the metadata
+    beyond labels, annotations and tags)."""
+
+    def __init__(self, execution_id: str, field: str) -> None:
+        super().__init__(
+            f"execution {execution_id!r}: {field} cannot change after create "
+            "(an update changes metadata labels, annotations and tags only)"
+        )
+        self.execution_id = execution_id
+        self.field = field
+
+
 class VersionConflictError(ConflictError):
     """The caller's ``expected_version`` is not the execution's current version."""
 

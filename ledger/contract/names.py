@@ -40,7 +40,9 @@ STATUS_CHANGED_TOPICS = execution_topics("StatusChanged")
 COMPLETED_TOPICS = execution_topics("Completed")
 
 
-CALLER_ANNOTATION_PREFIX = "execution-ledger/caller-"
+LEDGER_ANNOTATIONS = "execution-ledger/"
+"""The prefix of the annotations the ledger writes itself; an update never changes them."""
+CALLER_ANNOTATION_PREFIX = LEDGER_ANNOTATIONS + "caller-"
 """Annotations the caller activity writes on the executions it records (ledger-owned
 metadata; never the platform's spec fields): where the caller waits, so the ledger can
 heartbeat it, probe it and link to it."""

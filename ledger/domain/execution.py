@@ -9,9 +9,14 @@ Its event stream is the whole life of the execution:
 - :class:`Execution.CancelRequested`, :class:`Execution.CallerGone`: what the ledger
   learned of the waiting caller (it asked to cancel; it is gone), shown as
   ledger-owned annotations; neither changes the phase.
+- :class:`Execution.MetadataChanged`: new metadata labels, annotations and tags
+  (an update; before the terminal phase only).
 - :class:`Execution.Completed`: the terminal phase and its outcome: ``output``
   for COMPLETED, ``error`` (type, message, details) for FAILED, ``reason`` for
-  CANCELLED. Exactly one per execution; nothing follows it.
+  CANCELLED. Exactly one per execution; only a ``Deleted`` may follow it.
+- :class:`Execution.Deleted`: the execution was deleted (after its terminal
+  phase, recorded in the same write when it was open: cancelled first). The
+  history is kept; reads and writes answer "not found" from then on.
 
 Command methods check every rule before they trigger an event, so a broken rule
 raises with nothing pending. The aggregate holds the current resource message.
@@ -22,7 +27,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 from eventsourcing.domain import BaseAggregate, CanInitAggregate
 from google.protobuf.json_format import MessageToDict, ParseDict, ParseError
@@ -43,6 +48,7 @@ from ledger.contract.names import (
     CANCEL_REQUESTED_AT,
     CANCEL_REQUESTED_BY,
     EXECUTION_TOPIC,
+    LEDGER_ANNOTATIONS,
     LEGACY_EXECUTION_TOPIC,
 )
 from ledger.contract.phases import Phase
@@ -130,6 +136,37 @@ class Execution(BaseAggregate[str]):
             annotations = aggregate.resource.metadata.annotations
             annotations[CALLER_GONE_AT] = _iso(self.timestamp)
             annotations[CALLER_GONE_REASON] = self.reason
+
+    class MetadataChanged(Event):
+        """New metadata labels, annotations and tags (nothing else of the metadata)."""
+
+        labels: dict[str, str]
+        annotations: dict[str, str]
+        tags: list[str]
+        actor: str
+        # Not fields: readers that summarise an event by its outcome (the CLI's
+        # history) find none here.
+        output: ClassVar[None] = None
+        error: ClassVar[None] = None
+        reason: ClassVar[str] = ""
+
+        def apply(self, aggregate: Execution) -> None:
+            aggregate.apply_metadata_changed(self)
+
+    class Deleted(Event):
+        """The execution was deleted; its history is kept."""
+
+        reason: str
+        actor: str
+        output: ClassVar[None] = None  # Not fields: see MetadataChanged.
+        error: ClassVar[None] = None
+
+        def apply(self, aggregate: Execution) -> None:
+            aggregate.deleted = True
+            aggregate._audit("status_audit", self.actor, self.timestamp, "deleted")
+
+    deleted = False
+    """Whether a :class:`Deleted` event was recorded."""
 
     def __init__(
         self,
@@ -272,6 +309,47 @@ class Execution(BaseAggregate[str]):
         check_text(reason, execution_id=self.id, field="reason")
         self._complete(Phase.CANCELLED, reason=reason, actor=actor)
 
+    def change_metadata(
+        self,
+        labels: Mapping[str, str],
+        annotations: Mapping[str, str],
+        tags: list[str],
+        *,
+        actor: str = "",
+    ) -> None:
+        """Replaces the metadata's labels, annotations and tags (when they differ).
+
+        The ledger's own annotations (``execution-ledger/...``: where the caller
+        waits, its cancel request, its departure) are the ledger's to write: they are
+        kept as they are, whatever the update says of them."""
+        self._check_writable(actor)
+        metadata = self.resource.metadata
+        annotations = {
+            **{k: v for k, v in annotations.items() if not k.startswith(LEDGER_ANNOTATIONS)},
+            **{k: v for k, v in metadata.annotations.items() if k.startswith(LEDGER_ANNOTATIONS)},
+        }
+        if (
+            dict(metadata.labels) == dict(labels)
+            and dict(metadata.annotations) == dict(annotations)
+            and list(metadata.tags) == list(tags)
+        ):
+            return
+        self.trigger_event(
+            self.MetadataChanged,
+            labels=dict(labels),
+            annotations=dict(annotations),
+            tags=list(tags),
+            actor=actor,
+        )
+
+    def delete(self, reason: str = "", *, actor: str = "") -> None:
+        """Records the deletion; an open execution is cancelled first (same write)."""
+        check_text(actor, execution_id=self.id, field="actor")
+        check_text(reason, execution_id=self.id, field="reason")
+        if not self.phase.is_terminal:
+            self.cancel(reason or "deleted", actor=actor)
+        self.trigger_event(self.Deleted, reason=reason, actor=actor)
+
     # Rules.
 
     def _check_writable(self, actor: str) -> None:
@@ -404,6 +482,16 @@ class Execution(BaseAggregate[str]):
                 status.started_at = _iso(event.timestamp)
             status.phase = event.phase
         self._audit("status_audit", event.actor, event.timestamp, "status_changed")
+
+    def apply_metadata_changed(self, event: Execution.MetadataChanged) -> None:
+        metadata = self.resource.metadata
+        metadata.labels.clear()
+        metadata.labels.update(event.labels)
+        metadata.annotations.clear()
+        metadata.annotations.update(event.annotations)
+        del metadata.tags[:]
+        metadata.tags.extend(event.tags)
+        self._audit("spec_audit", event.actor, event.timestamp, "metadata_changed")
 
     def apply_completed(self, event: Execution.Completed) -> None:
         status: Any = self.resource.status
