@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/lifecycles.py
 	$(BIN)/python bench/catchup.py
 	$(BIN)/python bench/soak.py
+	$(BIN)/python bench/serve.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,290 @@
+"""`ledger serve` beside the in-process API and a bare grpcio service, in one run.
+
+On PostgreSQL (``LEDGER_BENCH_POSTGRES``, default the test server), for 1, 8 and 64
+concurrent clients, each updating its own execution's status in a loop for
+``--seconds``:
+
+- ``serve``: ``updateStatus`` through a real ``ledger serve`` process (grpc.aio
+  client, one channel, as a runner would use it);
+- ``in-process``: ``Ledger.update_status`` from as many threads, same patches;
+- ``echo``: a bare grpcio service in a process of its own that returns the request's
+  bytes, with a request of the same size: what gRPC itself costs here.
+
+Then ``subscribe`` fan-out: ``--streams`` streams spread over 50 executions, a status
+change every 20 ms, and the time from the write returning to each stream receiving
+it (p50, p99). Prints the figures and the ratios; stops by itself; drops its schema.
+
+Usage: ``python bench/serve.py [--seconds 5] [--streams 1000]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import grpc
+import psycopg
+from psycopg import sql
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from ledger import AgentExecution, AgentExecutionSpec, AgentExecutionStatus, open_ledger  # noqa: E402
+from ledger.api.agentexecution.v1 import enum_pb2 as agent_enum  # noqa: E402
+from ledger.grpc.agentexecution.v1 import command_pb2_grpc as agent_command  # noqa: E402
+from ledger.grpc.agentexecution.v1 import io_pb2 as agent_io  # noqa: E402
+from ledger.grpc.agentexecution.v1 import query_pb2_grpc as agent_query  # noqa: E402
+
+POSTGRES = os.environ.get("LEDGER_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+CONCURRENCY = (1, 8, 64)
+ECHO_METHOD = "/bench.Echo/Echo"
+
+
+def _patch(step: int) -> AgentExecutionStatus:
+    patch = AgentExecutionStatus(phase=agent_enum.EXECUTION_IN_PROGRESS)
+    patch.messages.add(content=f"step {step}: " + "x" * 200)
+    return patch
+
+
+def _percentiles(latencies: list[float]) -> tuple[float, float]:
+    ordered = sorted(latencies)
+    if not ordered:
+        return 0.0, 0.0
+    return (
+        ordered[len(ordered) // 2] * 1000,
+        ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000,
+    )
+
+
+def _start(args: list[str], pattern: str) -> tuple[subprocess.Popen[str], int]:
+    process = subprocess.Popen(
+        [sys.executable, *args],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert process.stderr is not None
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = process.stderr.readline()
+        found = re.search(pattern, line)
+        if found:
+            threading.Thread(target=process.stderr.read, daemon=True).start()
+            return process, int(found[1])
+        if not line and process.poll() is not None:
+            break
+    process.kill()
+    raise SystemExit(f"{args} did not start")
+
+
+# The bare grpcio service (run in a process of its own: `serve.py --echo`).
+
+
+async def _echo_server() -> None:
+    server = grpc.aio.server()
+    handler: Any = grpc.unary_unary_rpc_method_handler(_echo)
+    server.add_generic_rpc_handlers(
+        [grpc.method_handlers_generic_handler("bench.Echo", {"Echo": handler})]
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    sys.stderr.write(f"echo serving on 127.0.0.1:{port}\n")
+    await server.wait_for_termination()
+
+
+async def _echo(request: bytes, context: Any) -> bytes:
+    return request
+
+
+# Clients.
+
+
+async def _grpc_loop(call: Any, requests: list[Any], seconds: float) -> list[float]:
+    latencies: list[float] = []
+    deadline = time.monotonic() + seconds
+
+    async def one(request_of: Any) -> None:
+        step = 0
+        while time.monotonic() < deadline:
+            step += 1
+            started = time.perf_counter()
+            await call(request_of(step))
+            latencies.append(time.perf_counter() - started)
+
+    await asyncio.gather(*(one(r) for r in requests))
+    return latencies
+
+
+def _serve_round(port: int, ids: list[str], seconds: float) -> list[float]:
+    async def run() -> list[float]:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = agent_command.AgentExecutionCommandControllerStub(channel)
+
+            def request_of(execution_id: str) -> Any:
+                return lambda step: agent_io.AgentExecutionUpdateStatusInput(
+                    execution_id=execution_id, status=_patch(step)
+                )
+
+            return await _grpc_loop(stub.updateStatus, [request_of(i) for i in ids], seconds)
+
+    return asyncio.run(run())
+
+
+def _echo_round(port: int, clients: int, size: int, seconds: float) -> list[float]:
+    payload = b"\x01" * size
+
+    async def run() -> list[float]:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call: Any = channel.unary_unary(ECHO_METHOD)
+            return await _grpc_loop(call, [lambda step: payload] * clients, seconds)
+
+    return asyncio.run(run())
+
+
+def _in_process_round(url: str, ids: list[str], seconds: float) -> list[float]:
+    latencies: list[float] = []
+    lock = threading.Lock()
+    deadline = time.monotonic() + seconds
+    with open_ledger(url) as ledger:
+
+        def one(execution_id: str) -> None:
+            step = 0
+            mine: list[float] = []
+            while time.monotonic() < deadline:
+                step += 1
+                started = time.perf_counter()
+                ledger.update_status(execution_id, _patch(step))
+                mine.append(time.perf_counter() - started)
+            with lock:
+                latencies.extend(mine)
+
+        with ThreadPoolExecutor(len(ids)) as pool:
+            list(pool.map(one, ids))
+    return latencies
+
+
+def _fan_out(port: int, url: str, streams: int, changes: int) -> list[float]:
+    """Latency from a status change's write returning to each stream receiving it."""
+    with open_ledger(url) as ledger:
+        ids = [
+            ledger.create(AgentExecution(spec=AgentExecutionSpec(agent_id="b", message="m"))).id
+            for _ in range(50)
+        ]
+        written: dict[tuple[str, int], float] = {}
+        received: list[float] = []
+
+        async def run() -> None:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = agent_query.AgentExecutionQueryControllerStub(channel)
+                ready = asyncio.Semaphore(0)
+
+                async def watch(execution_id: str) -> None:
+                    stream = stub.subscribe(agent_io.AgentExecutionId(value=execution_id))
+                    first = True
+                    async for resource in stream:
+                        if first:
+                            first = False
+                            ready.release()
+                            continue
+                        key = (execution_id, len(resource.status.messages))
+                        if key in written:
+                            received.append(time.perf_counter() - written[key])
+                        if len(resource.status.messages) >= changes:
+                            return
+
+                tasks = [asyncio.create_task(watch(ids[n % len(ids)])) for n in range(streams)]
+                for _ in range(streams):
+                    await asyncio.wait_for(ready.acquire(), 120)
+                for step in range(1, changes + 1):
+                    for execution_id in ids:
+                        await asyncio.to_thread(ledger.update_status, execution_id, _patch(step))
+                        written[(execution_id, step)] = time.perf_counter()
+                    await asyncio.sleep(0.02)
+                await asyncio.wait_for(asyncio.gather(*tasks), 300)
+
+        asyncio.run(run())
+    return received
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--streams", type=int, default=1000)
+    parser.add_argument("--echo", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.echo:
+        asyncio.run(_echo_server())
+        return
+    schema = "bench_serve_" + uuid.uuid4().hex[:8]
+    url = f"{POSTGRES}?schema={schema}"
+    size = len(
+        agent_io.AgentExecutionUpdateStatusInput(
+            execution_id="aex-" + "0" * 26, status=_patch(1)
+        ).SerializeToString()
+    )
+    serve, port = _start(
+        ["-m", "ledger", "serve", "--url", url, "--address", "127.0.0.1:0", "--no-auth"],
+        r"serving on [\d.]+:(\d+)",
+    )
+    echo, echo_port = _start([str(Path(__file__)), "--echo"], r"echo serving on [\d.]+:(\d+)")
+    load = os.getloadavg()
+    print(
+        f"ledger serve vs in-process vs bare grpcio ({size}-byte updateStatus requests), "
+        f"{args.seconds:g} s a round, PostgreSQL; load average {load[0]:.2f}"
+    )
+    print(
+        f"{'clients':>7} {'serve/s':>9} {'in-proc/s':>10} {'echo/s':>9} "
+        f"{'serve/in-proc':>13} {'serve/echo':>10}  serve p50/p99 ms   in-proc p50/p99 ms"
+    )
+    try:
+        with open_ledger(url) as ledger:
+            ids = [
+                ledger.create(AgentExecution(spec=AgentExecutionSpec(agent_id="b", message="m"))).id
+                for _ in range(max(CONCURRENCY))
+            ]
+        for clients in CONCURRENCY:
+            mine = ids[:clients]
+            served = _serve_round(port, mine, args.seconds)
+            local = _in_process_round(url, mine, args.seconds)
+            echoed = _echo_round(echo_port, clients, size, args.seconds)
+            rates = [len(x) / args.seconds for x in (served, local, echoed)]
+            s50, s99 = _percentiles(served)
+            l50, l99 = _percentiles(local)
+            print(
+                f"{clients:>7} {rates[0]:>9.0f} {rates[1]:>10.0f} {rates[2]:>9.0f} "
+                f"{rates[0] / rates[1]:>13.2f} {rates[0] / rates[2]:>10.2f}  "
+                f"{s50:6.2f} / {s99:6.2f}     {l50:6.2f} / {l99:6.2f}"
+            )
+        received = _fan_out(port, url, args.streams, changes=5)
+        p50, p99 = _percentiles(received)
+        print(
+            f"subscribe fan-out: {args.streams} streams over 50 executions, "
+            f"{len(received)} deliveries, p50 {p50:.1f} ms, p99 {p99:.1f} ms "
+            f"(mean {statistics.fmean(received) * 1000 if received else 0:.1f} ms)"
+        )
+    finally:
+        for process in (serve, echo):
+            process.terminate()
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        with psycopg.connect(POSTGRES, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+
+
+if __name__ == "__main__":
+    main()
