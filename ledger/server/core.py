@@ -23,7 +23,7 @@ from grpc import aio
 
 from ledger.application import ExecutionRecord, Ledger
 from ledger.contract.errors import InvalidResourceError
-from ledger.contract.kinds import Resource
+from ledger.contract.kinds import Resource, copy_resource
 from ledger.server.auth import Authenticator, Role
 from ledger.server.errors import status_of
 from ledger.server.subscriptions import LogFollower
@@ -132,6 +132,7 @@ def for_caller(resource: Resource, *, reader: bool) -> Resource:
     sees it whole; a reader sees no callback token and no secret value (blank)."""
     if not reader:
         return resource
+    resource = copy_resource(resource)  # Subscriptions share their records.
     spec: Any = resource.spec
     if spec.callback_token:
         spec.callback_token = b""

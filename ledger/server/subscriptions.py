@@ -4,13 +4,15 @@ One :class:`LogFollower` per server process follows the ledger's notification lo
 (:class:`~projections.subscription.PollingSubscription`: LISTEN/NOTIFY wake-ups
 on PostgreSQL, polling everywhere) from the head it found at start, and for each
 event of an execution someone subscribed to, wakes that subscription. It carries
-no events: a subscription, once woken, reads its execution's events after the
-last version it sent, from the store, at its own pace
-(:meth:`ledger.application.Ledger.changes`), and sends the resource after each,
-one at a time, as fast as its client takes them (gRPC flow control). So nothing
-is missed or repeated however slow a client is, and what a subscription holds is
-bounded (a wake-up flag and the execution's current state), whatever happens
-meanwhile. The server's own writes wake the follower at once; writes by other
+no events: the subscriptions of one execution share a :class:`_Feed`, which reads
+the execution's new events from the store once for all of them
+(:meth:`ledger.application.Ledger.changes`) and keeps the last :data:`WINDOW`
+resources; a subscription sends the resources after the last version it sent, one
+at a time, as fast as its client takes them (gRPC flow control). One that falls
+behind the window reads the store at its own pace instead. So nothing is missed or
+repeated however slow a client is, what a subscription holds is bounded, and a
+thousand streams of fifty executions cost fifty reads a change, not a thousand.
+The server's own writes wake the follower at once; writes by other
 processes are seen at its next poll or notification. As a safety net a
 subscription also re-reads every :data:`RECHECK_SECONDS` without a wake-up.
 
@@ -34,7 +36,7 @@ from typing import Any
 import grpc
 from eventsourcing.persistence import InterfaceError, OperationalError
 
-from ledger.application import Ledger
+from ledger.application import ExecutionChanges, ExecutionRecord, Ledger
 from ledger.contract.kinds import Resource
 from projections.subscription import PollingSubscription
 
@@ -44,6 +46,8 @@ RECHECK_SECONDS = 30.0
 """A subscription re-reads its execution this often even without a wake-up."""
 BATCH = 100
 """Events read per store query by a subscription."""
+WINDOW = 256
+"""Resources a feed keeps for the subscriptions of its execution that are behind."""
 
 
 class LogFollower:
@@ -57,6 +61,7 @@ class LogFollower:
         self._loop = loop
         self._poll_interval = poll_interval
         self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._feeds: dict[str, _Feed] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._subscription: PollingSubscription | None = None
@@ -88,6 +93,15 @@ class LogFollower:
                 waiting.discard(event)
                 if not waiting:
                     del self._waiters[execution_id]
+                    self._feeds.pop(execution_id, None)
+
+    def feed(self, execution_id: str) -> _Feed:
+        """The shared reader of ``execution_id``'s changes (while it has subscriptions;
+        called on the event loop's thread)."""
+        feed = self._feeds.get(execution_id)
+        if feed is None:
+            feed = self._feeds[execution_id] = _Feed(self._ledger, execution_id)
+        return feed
 
     def close(self) -> None:
         """Ends every open stream (UNAVAILABLE) and stops following."""
@@ -142,6 +156,40 @@ class ClosingError(Exception):
     message = "the server is stopping; resume with x-from-version on another connection"
 
 
+class _Feed:
+    """One execution's changes, read from the store once for all its subscriptions."""
+
+    def __init__(self, ledger: Ledger, execution_id: str) -> None:
+        self._ledger = ledger
+        self._execution_id = execution_id
+        self._changes: ExecutionChanges | None = None
+        self._records: list[ExecutionRecord] = []
+        self._lock = asyncio.Lock()
+        self.terminal = False
+        """Whether the execution's last read resource is in a terminal phase."""
+
+    async def after(
+        self, version: int, run: Callable[..., Awaitable[Any]]
+    ) -> list[ExecutionRecord] | None:
+        """The resources after ``version`` (reading the store when none is known yet, once
+        for every subscription waiting); None when ``version`` is behind the window."""
+        async with self._lock:
+            if self._changes is None:
+                self._changes = self._ledger.changes(self._execution_id, after=version)
+            known = self._changes.version
+            if version > known:  # Ahead of the feed (it started further back): jump.
+                self._changes = self._ledger.changes(self._execution_id, after=version)
+                self._records = []
+                known = version
+            if version == known:
+                records = await run(self._changes.next, BATCH)
+                self._records = (self._records + records)[-WINDOW:]
+                self.terminal = self._changes.is_terminal
+            if version < known and (not self._records or self._records[0].version > version + 1):
+                return None
+            return [r for r in self._records if r.version > version]
+
+
 async def follow_execution(
     ledger: Ledger,
     follower: LogFollower,
@@ -152,16 +200,28 @@ async def follow_execution(
     """The resources after version ``after`` of one execution, one per event, until its
     terminal phase (``run`` calls a blocking function off the event loop)."""
     event = follower.register(execution_id)
+    own: ExecutionChanges | None = None  # Reading alone, when behind the feed's window.
     try:
-        changes = ledger.changes(execution_id, after=after)
+        sent = after
         while True:
             if follower.closing:
                 raise ClosingError
             event.clear()
-            records = await run(changes.next, BATCH)
+            feed = follower.feed(execution_id)
+            shared = None if own is not None else await feed.after(sent, run)
+            if shared is None:
+                if own is None:
+                    own = ledger.changes(execution_id, after=sent)
+                records = await run(own.next, BATCH)
+                terminal = own.is_terminal
+                if not records:
+                    own = None  # Caught up with the store: back to the shared feed.
+            else:
+                records, terminal = shared, feed.terminal
             for record in records:
+                sent = record.version
                 yield record.resource
-            if changes.is_terminal:
+            if terminal:  # Every reader stops at its reader's tip, which it has now sent.
                 return
             if not records:
                 with contextlib.suppress(TimeoutError):
