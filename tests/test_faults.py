@@ -77,7 +77,7 @@ from tests.support.servers import (
 )
 from tests.support.waiting import wait_for
 from tests.support.writer import check_lifecycle, read_results, writer_executions
-from tests.test_dispatcher_e2e import World, activity_events, agent_resource, world
+from tests.test_dispatcher_e2e import World, activity_events, world
 from tests.test_dispatcher_kill import outcome_counts
 
 pytestmark = pytest.mark.postgres
@@ -407,7 +407,7 @@ def test_a_lost_commit_acknowledgement_is_not_applied_twice_or_misreported(
         monkeypatch.setenv(key, value)
     ledger = open_ledger(proxied_url(pg_url, pg_proxy.port))
     try:
-        execution_id = ledger.create(agent_resource()).id
+        execution_id = ledger.create(agent_execution()).id
         pg_proxy.cut_next_commit()
         try:
             if command == "update_status":
@@ -512,7 +512,7 @@ def follow(subscription: PollingSubscription, arrivals: dict[str, float]) -> Non
 def append_and_time(ledger: Ledger, arrivals: dict[str, float], timeout: float) -> float:
     """Creates an execution; returns how long it took to reach the follower."""
     started = time.monotonic()
-    execution_id = ledger.create(agent_resource()).id
+    execution_id = ledger.create(agent_execution()).id
     wait_for(
         lambda: execution_id in arrivals,
         timeout=timeout,

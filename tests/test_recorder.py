@@ -46,13 +46,14 @@ from psycopg.conninfo import conninfo_to_dict
 from ledger.api.agentexecution.v1 import enum_pb2
 from ledger.application import Ledger
 from ledger.contract.errors import TerminalPhaseError
-from ledger.contract.kinds import API_VERSION, AgentExecution, AgentExecutionStatus
+from ledger.contract.kinds import AgentExecutionStatus
 from ledger.store.recorder import (
     LedgerPostgresApplicationRecorder,
     LedgerPostgresProcessRecorder,
     db_function_name,
 )
 from ledger.store.url import StoreConfig, parse_url
+from tests.support.builders import agent_execution
 
 POSTGRES_URL = os.environ.get(
     "LEDGER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -552,13 +553,14 @@ class TestRecorderProperties(WithPostgresSchema):
 # The Ledger API with the recorder's variables.
 
 
-def resource() -> AgentExecution:
-    value = AgentExecution(api_version=API_VERSION, kind="AgentExecution")
-    value.spec.agent_id = "agt-1"
-    value.spec.session_id = "ses-1"
-    value.spec.message = "hello"
-    value.spec.callback_token = b"\x01" * 300
-    return value
+resource = partial(
+    agent_execution,
+    agent_id="agt-1",
+    session_id="ses-1",
+    message="hello",
+    token=b"\x01" * 300,
+    envelope=True,
+)
 
 
 class TestLedgerWithRecorder(unittest.TestCase):
