@@ -69,6 +69,7 @@ from tests.e2e_cancel_flows import (
 )
 from tests.e2e_flows import AwaitAgentExecution, AwaitWorkflowExecution
 from tests.support.builders import agent_execution, workflow_execution
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.temporal
 
@@ -139,16 +140,19 @@ class World:
     async def start_agent(self, workflow: str = "AwaitAgentExecution") -> Caller:
         return await self.start(workflow, agent_execution())
 
-    async def recorded(self, execution_id: str, timeout: float = 15.0) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
+    async def recorded(self, execution_id: str, timeout: float = 60.0) -> None:
+        """Waits until the ledger has ``execution_id`` (the caller activity recorded it)."""
+
+        def found() -> bool:
             try:
-                await asyncio.to_thread(self.ledger.read, execution_id)
-                return
+                self.ledger.read(execution_id)
             except ExecutionNotFoundError:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.02)
+                return False
+            return True
+
+        await asyncio.to_thread(
+            wait_for, found, timeout=timeout, interval=0.02, message=f"{execution_id} recorded"
+        )
 
 
 @asynccontextmanager
@@ -1052,13 +1056,19 @@ def lock_holder(url: str) -> int | None:
     return int(row[0]) if row else None
 
 
-async def lock_taken(url: str, *, other_than: int | None = None, timeout: float = 10) -> int:
+async def lock_taken(url: str, *, other_than: int | None = None, timeout: float = 60) -> int:
     """Waits until a backend other than ``other_than`` holds the single-active lock;
     returns its pid."""
-    deadline = time.monotonic() + timeout
-    while (holder := lock_holder(url)) in (None, other_than):
-        assert time.monotonic() < deadline, "no dispatcher took the lock"
-        await asyncio.sleep(0.05)
+    holders: list[int | None] = [None]
+
+    def taken() -> bool:
+        holders[0] = lock_holder(url)
+        return holders[0] not in (None, other_than)
+
+    await asyncio.to_thread(
+        wait_for, taken, timeout=timeout, message="a dispatcher to take the lock"
+    )
+    holder = holders[0]
     assert holder is not None
     return holder
 
@@ -1087,7 +1097,7 @@ def test_a_dispatcher_that_loses_its_lock_stands_by_and_a_standby_takes_over(
 
             with psycopg.connect(w.url.partition("?")[0], autocommit=True) as admin:
                 admin.execute("SELECT pg_terminate_backend(%s)", (holder,))
-            await lock_taken(w.url, other_than=holder, timeout=15)
+            await lock_taken(w.url, other_than=holder)
             for caller in callers[1:]:
                 await asyncio.to_thread(w.ledger.complete, caller.execution_id)
             for caller in callers[1:]:

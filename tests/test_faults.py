@@ -692,7 +692,7 @@ def complete_slowly(
 # 4. The dispatcher started before Temporal is reachable.
 
 WAITING = re.compile(
-    r"WARNING (?:__main__|projections\.dispatcher) "  # Its logger, run with -m.
+    r"WARNING (?:__main__|projections(?:\.dispatch)?\.dispatcher):? "  # Its logger, run with -m.
     r"Temporal at (?P<address>\S+) not reachable \(.*\); "
     r"retrying in (?P<delay>[\d.]+)s \(waiting (?P<waited>\d+)s so far\)"
 )

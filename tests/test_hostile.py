@@ -105,7 +105,7 @@ from ledger.domain.validation import (
     MAX_STRUCT_DEPTH,
     MAX_TEXT_CHARS,
 )
-from tests.support.builders import agent_execution, secret_env
+from tests.support.builders import agent_execution, secret_env, workflow_execution
 
 T = TypeVar("T")
 
@@ -638,9 +638,9 @@ def built_patches(draw: st.DrawFn, for_agent: bool) -> BuiltPatch:
 def new_execution(store: Store, for_agent: bool) -> str:
     resource: Resource
     if for_agent:
-        resource = AgentExecution(spec=AgentExecutionSpec(agent_id="a", message="m"))
+        resource = agent_execution(agent_id="a", message="m")
     else:
-        resource = WorkflowExecution(spec=WorkflowExecutionSpec(workflow_id="wf"))
+        resource = workflow_execution(workflow_id="wf")
     return store.app.create(resource).id
 
 
@@ -974,7 +974,7 @@ def test_api_odd_unicode_round_trips(store: Store) -> None:
 
 def id_operations(app: Ledger) -> dict[str, Callable[[str], object]]:
     def create(execution_id: str) -> object:
-        resource = AgentExecution(spec=AgentExecutionSpec(agent_id="a", message="m"))
+        resource = agent_execution(agent_id="a", message="m")
         resource.metadata.id = execution_id
         return app.create(resource)
 
@@ -1076,7 +1076,7 @@ def test_api_values_that_look_encrypted_round_trip(store: Store) -> None:
 def test_api_huge_metadata_is_refused(store: Store) -> None:
     """Metadata strings are bounded like the rest: a 5 MB name or label is a LimitExceededError."""
     for field_name in ("name", "slug", "org", "label", "annotation", "tag"):
-        resource = AgentExecution(spec=AgentExecutionSpec(agent_id="a", message="m"))
+        resource = agent_execution(agent_id="a", message="m")
         metadata: Any = resource.metadata
         huge = "n" * 5_000_000
         if field_name == "label":
@@ -1511,12 +1511,8 @@ def billion_laughs(indent: str = "") -> str:
 
 
 def test_cli_yaml_bombs_fail_fast(cli_store: CliStore) -> None:
-    agent = cli_store.app.create(
-        AgentExecution(spec=AgentExecutionSpec(agent_id="a", message="m"))
-    ).id
-    workflow = cli_store.app.create(
-        WorkflowExecution(spec=WorkflowExecutionSpec(workflow_id="w"))
-    ).id
+    agent = cli_store.app.create(agent_execution(agent_id="a", message="m")).id
+    workflow = cli_store.app.create(workflow_execution(workflow_id="w")).id
     bomb = billion_laughs()
     cases: dict[str, list[str]] = {
         "bomb beside the resource": [
@@ -1604,9 +1600,7 @@ def test_cli_unknown_enum_values(cli_store: CliStore) -> None:
     named = cli_store.run("create", cli_store.file("e2.json", document("BOGUS")))
     assert named.returncode == 1 and "Invalid enum value BOGUS" in named.stderr
 
-    execution_id = cli_store.app.create(
-        AgentExecution(spec=AgentExecutionSpec(agent_id="a", message="m"))
-    ).id
+    execution_id = cli_store.app.create(agent_execution(agent_id="a", message="m")).id
     for args, expected in [
         (["--phase", "99"], "unknown phase '99'"),
         (["--phase", "EXECUTION_BOGUS"], "unknown phase"),
@@ -1655,9 +1649,7 @@ cli_ids = st.one_of(
 
 def test_cli_hostile_ids(cli_store: CliStore) -> None:
     marker = cli_store.folder / "pwned"
-    sentinel = cli_store.app.create(
-        AgentExecution(spec=AgentExecutionSpec(agent_id="a", message="m"))
-    ).id
+    sentinel = cli_store.app.create(agent_execution(agent_id="a", message="m")).id
 
     def check_one(command: str, execution_id: bytes) -> None:
         result = cli_store.run(*CLI_ID_COMMANDS[command], "--", execution_id)
@@ -1709,9 +1701,7 @@ def test_cli_create_with_hostile_ids_in_the_document(cli_store: CliStore) -> Non
 
 def test_cli_output_arguments_are_bounded(cli_store: CliStore) -> None:
     """Deep or huge --output/--details/--patch values: one clean error, nothing written."""
-    execution_id = cli_store.app.create(
-        AgentExecution(spec=AgentExecutionSpec(agent_id="a", message="m"))
-    ).id
+    execution_id = cli_store.app.create(agent_execution(agent_id="a", message="m")).id
     deep = cli_store.file("deep.json", deep_objects(100_000))
     huge = cli_store.file(
         "huge.json", json.dumps({f"k{i}": "v" * 40 for i in range(MAX_OUTCOME_BYTES // 20)})

@@ -14,7 +14,6 @@ PostgreSQL: ``LEDGER_TEST_POSTGRES`` (default
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 import unittest
@@ -53,11 +52,12 @@ from ledger.store.recorder import (
     db_function_name,
 )
 from ledger.store.url import StoreConfig, parse_url
+from tests.support import servers
 from tests.support.builders import agent_execution
+from tests.support.servers import POSTGRES_URL
 
-POSTGRES_URL = os.environ.get(
-    "LEDGER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
+pytestmark = pytest.mark.postgres  # Every test here runs on PostgreSQL.
+
 
 RECORDER_ENV = {
     "APPLICATION_RECORDER_TOPIC": "ledger.store.recorder:LedgerPostgresApplicationRecorder",
@@ -68,15 +68,8 @@ RECORDER_ENV = {
 """What ledger.config adds to the PostgreSQL environment (see the recorder's docstring)."""
 
 
-@cache
-def postgres_problem() -> str | None:
-    """Why PostgreSQL cannot be reached (checked once per session), or None."""
-    try:
-        with psycopg.connect(POSTGRES_URL, connect_timeout=3) as conn:
-            conn.execute("SELECT 1")
-    except psycopg.OperationalError as e:
-        return str(e)
-    return None
+postgres_problem = cache(servers.postgres_problem)
+"""Why PostgreSQL cannot be reached (checked once per session), or None."""
 
 
 def require_postgres() -> None:
@@ -94,8 +87,7 @@ def new_schema() -> str:
 
 
 def drop_schema(name: str) -> None:
-    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
+    servers.drop_schema(POSTGRES_URL, name)
 
 
 def new_datastore(

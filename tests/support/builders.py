@@ -139,12 +139,16 @@ def secret_env(
 
 
 def agent_status(
-    phase: Phase = Phase.UNSPECIFIED, messages: Sequence[str] = ()
+    phase: Phase = Phase.UNSPECIFIED, messages: Sequence[str] = (), message_type: int = MESSAGE_AI
 ) -> AgentExecutionStatus:
-    """An AgentExecution status patch: ``phase`` and AI messages with these contents."""
+    """An AgentExecution status patch: ``phase`` and messages with these contents
+    (of ``message_type``: AI by default, 0 for unspecified)."""
     return AgentExecutionStatus(
         phase=int(phase),  # type: ignore[arg-type]
-        messages=[AgentMessage(type=MESSAGE_AI, content=content) for content in messages],
+        messages=[
+            AgentMessage(type=message_type, content=content)  # type: ignore[arg-type]
+            for content in messages
+        ],
     )
 
 
