@@ -656,7 +656,7 @@ def test_sigkill_mid_catch_up_then_restart(
     views = open_views()  # Creates the tables before the child process runs.
     head = ledger.recorder.max_notification_id() or 0
     code = (
-        "from ledger.config import parse_url\n"
+        "from ledger.store.url import parse_url\n"
         "from projections.views import Views\n"
         f"Views(parse_url({store_url!r}), page_size=20).catch_up()\n"
     )
