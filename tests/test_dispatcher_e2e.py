@@ -141,18 +141,20 @@ class World:
         return await self.start(workflow, agent_execution())
 
     async def recorded(self, execution_id: str, timeout: float = 60.0) -> None:
-        """Waits until the ledger has ``execution_id`` (the caller activity recorded it)."""
+        """Waits until the ledger has ``execution_id`` (the caller activity recorded it).
 
-        def found() -> bool:
+        A loop of its own, not :func:`wait_for` in a thread: many callers wait at once
+        (``asyncio.gather``), and each would hold a worker thread of the default
+        executor, which the activities need too."""
+        deadline = time.monotonic() + timeout
+        while True:
             try:
-                self.ledger.read(execution_id)
+                await asyncio.to_thread(self.ledger.read, execution_id)
+                return
             except ExecutionNotFoundError:
-                return False
-            return True
-
-        await asyncio.to_thread(
-            wait_for, found, timeout=timeout, interval=0.02, message=f"{execution_id} recorded"
-        )
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.02)
 
 
 @asynccontextmanager
