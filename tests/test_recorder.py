@@ -55,6 +55,7 @@ from ledger.store.url import StoreConfig, parse_url
 from tests.support import servers
 from tests.support.builders import agent_execution
 from tests.support.servers import POSTGRES_URL
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.postgres  # Every test here runs on PostgreSQL.
 
@@ -256,19 +257,23 @@ class TestRecorderProperties(WithPostgresSchema):
 
     def waiting_for_lock(self, count: int) -> None:
         """Waits until ``count`` backends wait for a lock on this schema's events table."""
-        deadline = time.monotonic() + 10
         query = (
             "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
             "JOIN pg_namespace n ON n.oid = c.relnamespace "
             "WHERE NOT l.granted AND n.nspname = %s AND c.relname = 'events'"
         )
         with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-            while time.monotonic() < deadline:
+
+            def queued() -> bool:
                 row = conn.execute(query, (self.schema,)).fetchone()
-                if row is not None and row[0] >= count:
-                    return
-                time.sleep(0.01)
-        self.fail(f"{count} inserts did not queue on the table lock")
+                return row is not None and row[0] >= count
+
+            wait_for(
+                queued,
+                timeout=60,
+                interval=0.01,
+                message=f"{count} inserts to queue on the table lock",
+            )
 
     def test_function_names_fit_and_differ(self) -> None:
         long_name = "e" * 63
@@ -383,8 +388,13 @@ class TestRecorderProperties(WithPostgresSchema):
         follower.start()
         try:
             results = self.in_threads(write, write, write, write)
+            head = recorder.max_notification_id() or 0
+            wait_for(
+                lambda: not head or (bool(seen) and seen[-1] >= head),
+                timeout=60,
+                message=lambda: f"the follower to reach {head} (at {seen[-1:]})",
+            )
         finally:
-            time.sleep(0.2)
             stop.set()
             follower.join(timeout=30)
         for result in results:
