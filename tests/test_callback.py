@@ -44,6 +44,7 @@ from projections.dispatch.calls import (
     final_resource,
 )
 from projections.dispatch.delivery import Call, Outcome
+from tests.support.builders import agent_execution
 
 TOKEN = b"\x0a\x24task-token-bytes\x00\xff" * 8
 POLICY = RetryPolicy(
@@ -208,9 +209,7 @@ def test_failed_fails_with_a_typed_non_retryable_error_carrying_the_resource(
 
 
 def test_failed_by_status_patch_has_the_default_error_type(ledger: Ledger) -> None:
-    execution_id = ledger.create(
-        AgentExecution(spec=AgentExecutionSpec(agent_id="a", message="m", callback_token=TOKEN))
-    ).id
+    execution_id = ledger.create(agent_execution(agent_id="a", message="m", token=TOKEN)).id
     ledger.update_status(
         execution_id,
         AgentExecutionStatus(phase=Phase.FAILED, error="it broke"),  # type: ignore[arg-type]

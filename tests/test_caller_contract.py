@@ -46,6 +46,7 @@ from projections.dispatch.calls import final_resource
 from projections.dispatch.dispatcher import Dispatcher
 from projections.dispatch.log import DispatcherLog
 from tests.e2e_caller_flows import AwaitWithRetries, TalkingCaller
+from tests.support.waiting import wait_for
 
 
 def test_the_output_of_both_kinds_is_in_the_final_resource(ledger_app: Ledger) -> None:
@@ -141,14 +142,17 @@ def test_a_refused_resource_fails_the_caller_without_retry(
 
 
 async def _recorded(ledger: Ledger, execution_id: str, timeout: float = 30.0) -> ExecutionRecord:
-    deadline = time.monotonic() + timeout
-    while True:
+    """The execution once it is in the ledger (the caller activity records it)."""
+
+    def exists() -> bool:
         try:
-            return await asyncio.to_thread(ledger.read, execution_id)
+            ledger.read(execution_id)
         except ExecutionNotFoundError:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.05)
+            return False
+        return True
+
+    await asyncio.to_thread(wait_for, exists, timeout, 0.05, f"{execution_id} recorded")
+    return await asyncio.to_thread(ledger.read, execution_id)
 
 
 def test_cancel_requests_and_a_gone_caller_are_recorded_once(ledger_app: Ledger) -> None:
@@ -207,13 +211,12 @@ class _Talk:
         await asyncio.to_thread(self.ledger.update_status, execution_id, patch)
 
     async def annotation(self, execution_id: str, name: str, timeout: float = 30.0) -> str:
-        deadline = time.monotonic() + timeout
-        while True:
-            resource = await asyncio.to_thread(self.ledger.get, execution_id)
-            if name in resource.metadata.annotations:
-                return str(resource.metadata.annotations[name])
-            assert time.monotonic() < deadline, f"{execution_id}: no {name} within {timeout} s"
-            await asyncio.sleep(0.1)
+        def present() -> bool:
+            return name in self.ledger.get(execution_id).metadata.annotations
+
+        await asyncio.to_thread(wait_for, present, timeout, 0.1, f"{execution_id}: {name}")
+        resource = await asyncio.to_thread(self.ledger.get, execution_id)
+        return str(resource.metadata.annotations[name])
 
 
 @asynccontextmanager

@@ -2,9 +2,9 @@
 
 Four processes work on one PostgreSQL schema while workflows wait in Temporal:
 
-- two writers (``python -m tests.chaos_tools writer``), each driving the
+- two writers (``python -m tests.support.writer planned``), each driving the
   executions it owns through their plans: executions recorded by the caller
-  activity with real task tokens (workflows :class:`~tests.chaos_tools.ChaosCallers`
+  activity with real task tokens (workflows :class:`ChaosCallers`
   started in seeded waves, on a worker in this process), and executions of its
   own without token, created with deterministic ids; status patches, then
   complete, complete by status patch, fail or cancel (some of its own stay
@@ -42,20 +42,20 @@ import asyncio
 import contextlib
 import os
 import random
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
+from google.protobuf.json_format import MessageToDict
+from temporalio import workflow
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle
+from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from ledger.application import open_ledger
@@ -64,6 +64,8 @@ from ledger.contract.kinds import (
     WORKFLOW_EXECUTION,
     AgentExecution,
     AgentExecutionSpec,
+    Resource,
+    WorkflowExecution,
     kind_named,
 )
 from ledger.contract.names import COMPLETED_TOPICS
@@ -71,21 +73,17 @@ from ledger.contract.phases import Phase
 from ledger.domain.execution import Execution
 from ledger.store.url import parse_url
 from ledger.temporal.caller import ExecutionActivities, execution_id_for
+from ledger.temporal.workflow import execute_agent_execution, execute_workflow_execution
 from projections.dispatch.calls import CallbackResult, CallbackSender, call_for
 from projections.dispatch.delivery import Delivery, Outcome
 from projections.dispatch.dispatcher import Dispatcher
 from projections.dispatch.in_flight import InFlightCalls
 from projections.dispatch.log import DispatcherLog
 from projections.views import Views
-from tests.chaos_tools import (
-    CREATED_TOPIC,
-    ORIGIN_LABEL,
-    PLAN_LABEL,
-    ChaosCallers,
-    Plan,
-    expected_result,
-)
-from tests.fault_tools import python_process, stop_process
+from tests.support.builders import ORIGIN_LABEL, PLAN_LABEL, Plan, planned_resource
+from tests.support.processes import LEDGER, Killable, planned_writer_args
+from tests.support.waiting import wait_for
+from tests.support.writer import CREATED_TOPIC, ERROR_TYPE
 
 pytestmark = pytest.mark.postgres
 
@@ -96,13 +94,101 @@ RAPID_KILL_CHANCE = 0.25
 """After a kill, the chance that the restarted process is killed again during start-up."""
 WRITER_PAUSE = 0.01
 """Seconds between a writer's commands (about 80 commands/s each on this machine)."""
-FINAL_TIMEOUT = 60.0
+FINAL_TIMEOUT = 120.0
+"""Seconds for each wait of the end of a run (generous: the machine may be loaded)."""
 ROOT = Path(__file__).resolve().parent.parent
+CANCELLED_TYPE = "ExecutionCancelled"
+CALL_TIMEOUT = timedelta(minutes=10)
 FINAL_OUTCOMES = {"Delivered", "StaleAfterAttempt", "Stale", "Rejected", "NoCallback"}
 
 
 def context(extra: str = "") -> str:
     return f"CHAOS_SEED={SEED}" + (f": {extra}" if extra else "")
+
+
+# What the caller receives.
+
+
+def describe_final(final: Resource) -> dict[str, Any]:
+    """What a caller sees of a final resource (compared with :func:`expected_result`)."""
+    status: Any = final.status
+    described: dict[str, Any] = {
+        "id": final.metadata.id,
+        "phase": Phase(status.phase).name,
+        "token": bool(final.spec.callback_token),
+    }
+    if isinstance(final, AgentExecution):
+        described["messages"] = [m.content for m in final.status.messages]
+    else:
+        described["tasks"] = [t.task_id for t in final.status.tasks]
+        described["output"] = MessageToDict(final.status.output)
+    return described
+
+
+def describe_failure(error: ActivityError) -> dict[str, Any]:
+    cause = error.cause
+    if not isinstance(cause, ApplicationError):
+        return {"error": type(cause).__name__, "message": str(cause)}
+    described: dict[str, Any] = {"error": cause.type, "message": cause.message}
+    if cause.details and isinstance(cause.details[0], AgentExecution | WorkflowExecution):
+        described["final"] = describe_final(cause.details[0])
+    return described
+
+
+def expected_result(kind_name: str, owner: str, plan: Plan, execution_id: str) -> dict[str, Any]:
+    """What the caller of a token execution must receive once its plan has run."""
+    final: dict[str, Any] = {
+        "id": execution_id,
+        "phase": plan.final_phase.name,
+        "token": False,
+    }
+    if kind_name == AGENT_EXECUTION.name:
+        final["messages"] = [f"step {j}" for j in range(plan.steps)]
+        if plan.end == "finish":
+            final["messages"].append("finish")
+    else:
+        final["tasks"] = [f"task-{j}" for j in range(plan.steps)]
+        final["output"] = {}
+        if plan.end == "finish":
+            final["tasks"].append("task-finish")
+            final["output"] = {"finished": execution_id}
+        elif plan.end == "complete":
+            final["output"] = {"by": owner, "id": execution_id}
+    if plan.end in ("complete", "finish"):
+        return {"completed": final}
+    if plan.end == "fail":
+        return {"error": ERROR_TYPE, "message": f"chaos failure of {execution_id}", "final": final}
+    assert plan.end == "cancel", plan
+    return {"error": CANCELLED_TYPE, "message": f"chaos cancel of {execution_id}", "final": final}
+
+
+# The workflow.
+
+
+@workflow.defn(name="ChaosCallers")
+class ChaosCallers:
+    """Awaits one execution per call (``[kind, owner, plan]``), all at once; returns,
+    per call in order, ``{"completed": final}`` or the failure it received."""
+
+    @workflow.run
+    async def run(self, calls: list[list[str]]) -> list[dict[str, Any]]:
+        return list(await asyncio.gather(*(self._one(*call) for call in calls)))
+
+    async def _one(self, kind_name: str, owner: str, plan_label: str) -> dict[str, Any]:
+        plan = Plan.parse(plan_label)
+        request = planned_resource(kind_name, owner, plan, "token")
+        try:
+            if isinstance(request, AgentExecution):
+                final: Resource = await execute_agent_execution(
+                    request, start_to_close_timeout=CALL_TIMEOUT
+                )
+            else:
+                final = await execute_workflow_execution(
+                    request, start_to_close_timeout=CALL_TIMEOUT
+                )
+        except ActivityError as e:
+            return describe_failure(e)
+        return {"completed": describe_final(final)}
 
 
 # The schedule.
@@ -163,52 +249,6 @@ def wave_schedule(seed: int, seconds: float) -> list[Wave]:
 # The processes.
 
 
-@dataclass
-class Killable:
-    """A process of the run: started, SIGKILLed and started again."""
-
-    name: str
-    args: list[str]
-    env: dict[str, str]
-    log: Path
-    process: subprocess.Popen[bytes] | None = None
-    starts: int = 0
-    kills: int = 0
-    exits: list[int] = field(default_factory=list)
-
-    def start(self) -> None:
-        self.starts += 1
-        with self.log.open("a") as f:
-            f.write(f"\n===== start {self.starts} =====\n")
-        self.process = python_process(self.args, self.env, self.log)
-
-    def tail(self, chars: int = 3000) -> str:
-        return self.log.read_text(errors="replace")[-chars:]
-
-    def check_alive(self) -> None:
-        assert self.process is not None
-        assert self.process.poll() is None, context(
-            f"{self.name} exited by itself ({self.process.returncode}):\n{self.tail()}"
-        )
-
-    def kill(self) -> None:
-        self.check_alive()
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.exits.append(self.process.wait(10))
-        assert self.exits[-1] == -signal.SIGKILL, context(f"{self.name}: {self.exits[-1]}")
-        self.kills += 1
-
-    def stop(self) -> int:
-        assert self.process is not None
-        return stop_process(self.process)
-
-    def wait(self, timeout: float) -> int:
-        """Waits for the process to exit by itself; returns its code."""
-        assert self.process is not None
-        return self.process.wait(timeout)
-
-
 def make_processes(url: str, temporal: str, stop_file: Path, tmp: Path) -> dict[str, Killable]:
     def env(role: str) -> dict[str, str]:
         return {
@@ -221,35 +261,26 @@ def make_processes(url: str, temporal: str, stop_file: Path, tmp: Path) -> dict[
     processes = {
         name: Killable(
             name,
-            [
-                "-m",
-                "tests.chaos_tools",
-                "writer",
-                "--url",
-                url,
-                "--name",
-                name,
-                "--seed",
-                str(SEED),
-                "--stop-file",
-                str(stop_file),
-                "--pause",
-                str(WRITER_PAUSE),
-            ],
+            planned_writer_args(url, name, SEED, stop_file, WRITER_PAUSE),
             env(name),
             tmp / f"{name}.log",
+            context,
         )
         for name in WRITERS
     }
-    ledger_cli = str(Path(sys.executable).parent / "ledger")
     processes["views"] = Killable(
-        "views", [ledger_cli, "projections", "run", "--url", url], env("views"), tmp / "views.log"
+        "views",
+        [LEDGER, "projections", "run", "--url", url],
+        env("views"),
+        tmp / "views.log",
+        context,
     )
     processes["dispatcher"] = Killable(
         "dispatcher",
         ["-m", "ledger", "dispatcher", "run"],
         env("dispatcher"),
         tmp / "dispatcher.log",
+        context,
     )
     return processes
 
@@ -327,13 +358,6 @@ async def closed_activities(handle: WorkflowHandle[Any, Any]) -> tuple[int, Coun
     return scheduled, closed
 
 
-def wait_until(what: str, condition: Callable[[], bool], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, context(f"timed out after {timeout}s: {what}")
-        time.sleep(0.2)
-
-
 # The test.
 
 
@@ -405,7 +429,11 @@ def test_sigkill_at_random_moments(pg_url: str, temporal_address: str, tmp_path:
                     return expected <= {str(n.originator_id) for n in found}
 
                 await asyncio.to_thread(
-                    wait_until, "every caller's execution recorded", all_recorded, FINAL_TIMEOUT
+                    wait_for,
+                    all_recorded,
+                    FINAL_TIMEOUT,
+                    0.2,
+                    context("every caller's execution recorded"),
                 )
                 stop_file.touch()
                 for name in WRITERS:
@@ -433,12 +461,13 @@ def test_sigkill_at_random_moments(pg_url: str, temporal_address: str, tmp_path:
             ledger.close()
 
     try:
-        asyncio.run(asyncio.wait_for(scenario(), 150))
+        asyncio.run(asyncio.wait_for(scenario(), 300))
         with contextlib.closing(Views(parse_url(pg_url))) as views:
-            wait_until(
-                "the views and the dispatcher caught up",
+            wait_for(
                 lambda: all(lag.lag == 0 for lag in views.lag()),
-                FINAL_TIMEOUT,
+                timeout=FINAL_TIMEOUT,
+                interval=0.2,
+                message=context("the views and the dispatcher caught up"),
             )
             for name in ("views", "dispatcher"):
                 code = processes[name].stop()

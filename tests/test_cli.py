@@ -226,19 +226,31 @@ def test_ctrl_c_while_the_cli_starts_is_one_line(tmp_path: Path, delay: float) -
     its signal handlers (Typer's silent exit 130): no traceback, exit 130, one line."""
     process = subprocess.Popen(
         [LEDGER, "projections", "run"],
-        env={**os.environ, "LEDGER_URL": "sqlite:///" + str(tmp_path / "ledger.db")},
+        env={
+            **os.environ,
+            "LEDGER_URL": "sqlite:///" + str(tmp_path / "ledger.db"),
+            "COLUMNS": "200",
+        },
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     time.sleep(delay)
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=30)
-    assert "Traceback" not in stderr, stderr
+    stdout, stderr = process.communicate(timeout=60)
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    assert stdout == "", stdout
+    lines = stderr.strip().splitlines()
     # Interrupted while importing (130), or already following and stopped cleanly (0).
     assert process.returncode in (130, 0), (process.returncode, stderr)
     if process.returncode == 130:
-        assert stderr.strip().splitlines()[-1] == "interrupted"
+        assert lines and lines[-1] == "interrupted", stderr
+    else:
+        # It got as far as following: its banner, then its clean stop, and nothing else.
+        assert len(lines) == 2, stderr
+        assert lines[0].startswith("following status, audit"), stderr
+        assert lines[0].endswith("Ctrl-C to stop"), stderr
+        assert lines[1] == "stopped", stderr
 
 
 def unused_port() -> int:

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -32,11 +33,8 @@ from ledger.api.commons.v1 import metadata_pb2
 from ledger.application import Ledger, open_ledger
 from ledger.contract.kinds import (
     AGENT_EXECUTION,
-    API_VERSION,
     AgentExecution,
-    AgentExecutionStatus,
     WorkflowExecution,
-    WorkflowExecutionStatus,
 )
 from ledger.contract.names import COMPLETED_TOPICS, CREATED_TOPICS
 from ledger.contract.phases import Phase
@@ -44,6 +42,8 @@ from ledger.domain.execution import Execution
 from ledger.store.url import parse_url
 from projections.dispatch.delivery import Call, Delivery, Outcome
 from projections.dispatch.log import DispatcherLog
+from tests.support.builders import agent_execution, status, workflow_execution
+from tests.support.waiting import wait_for
 
 LEDGER = str(Path(sys.executable).parent / "ledger")
 _T = TypeVar("_T")
@@ -114,35 +114,13 @@ def token_forms(token: bytes) -> list[str]:
     ]
 
 
-def agent(
-    *, org: str = "", labels: dict[str, str] | None = None, token: bytes = b""
-) -> AgentExecution:
-    value = AgentExecution(api_version=API_VERSION, kind="AgentExecution")
-    value.spec.agent_id = "agent-1"
-    value.spec.message = "summarize"
-    value.metadata.org = org
-    value.metadata.labels.update(labels or {})
-    value.spec.callback_token = token
-    return value
-
-
-def workflow(
-    *, org: str = "", labels: dict[str, str] | None = None, token: bytes = b""
-) -> WorkflowExecution:
-    value = WorkflowExecution(api_version=API_VERSION, kind="WorkflowExecution")
-    value.spec.workflow_id = "wf-1"
-    value.metadata.org = org
-    value.metadata.labels.update(labels or {})
-    value.spec.callback_token = token
-    return value
+agent = partial(agent_execution, message="summarize", envelope=True)
+workflow = partial(workflow_execution, envelope=True)
 
 
 def start(ledger: Ledger, execution_id: str) -> None:
-    patch: Any = (
-        AgentExecutionStatus() if execution_id.startswith("aex-") else WorkflowExecutionStatus()
-    )
-    patch.phase = int(Phase.IN_PROGRESS)
-    ledger.update_status(execution_id, patch)
+    kind_name = "AgentExecution" if execution_id.startswith("aex-") else "WorkflowExecution"
+    ledger.update_status(execution_id, status(kind_name, Phase.IN_PROGRESS))
 
 
 def record_delivery(url: str, ledger: Ledger, execution_id: str, outcomes: list[Outcome]) -> None:
@@ -586,14 +564,6 @@ def test_projections_rebuild_or_run_of_an_unknown_view(sqlite_url: str) -> None:
 # ledger projections run
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
-
-
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_projections_run_follows_live_and_stops_cleanly(
     store_url: str, ledger: Ledger, signum: signal.Signals
@@ -623,7 +593,7 @@ def test_projections_run_follows_live_and_stops_cleanly(
             completed = row is not None and row.phase == "EXECUTION_COMPLETED"
             return completed and views.audit.get(created) is not None
 
-        wait_for(projected, 10, "the runner to project the new execution")
+        wait_for(projected, timeout=60, message="the runner to project the new execution")
         assert views.status.get(before) is not None
         assert {before, created} <= {r["id"] for r in ok_json(store_url, "list")["executions"]}
         assert process.poll() is None, "the runner stopped by itself"

@@ -51,8 +51,6 @@ from ledger.contract.kinds import (
     AgentExecutionStatus,
     Kind,
     Resource,
-    WorkflowExecution,
-    WorkflowExecutionSpec,
     WorkflowExecutionStatus,
 )
 from ledger.contract.names import LEDGER_LOG
@@ -70,6 +68,8 @@ from tests.e2e_cancel_flows import (
     ManyAgentExecutions,
 )
 from tests.e2e_flows import AwaitAgentExecution, AwaitWorkflowExecution
+from tests.support.builders import agent_execution, workflow_execution
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.temporal
 
@@ -138,9 +138,14 @@ class World:
         return Caller(handle, execution_id)
 
     async def start_agent(self, workflow: str = "AwaitAgentExecution") -> Caller:
-        return await self.start(workflow, agent_resource())
+        return await self.start(workflow, agent_execution())
 
-    async def recorded(self, execution_id: str, timeout: float = 15.0) -> None:
+    async def recorded(self, execution_id: str, timeout: float = 60.0) -> None:
+        """Waits until the ledger has ``execution_id`` (the caller activity recorded it).
+
+        A loop of its own, not :func:`wait_for` in a thread: many callers wait at once
+        (``asyncio.gather``), and each would hold a worker thread of the default
+        executor, which the activities need too."""
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -173,14 +178,6 @@ async def world(url: str, address: str) -> AsyncIterator[World]:
         for log in w.logs:
             log.close()
         ledger.close()
-
-
-def agent_resource() -> AgentExecution:
-    return AgentExecution(spec=AgentExecutionSpec(agent_id="agent-1", message="summarise"))
-
-
-def workflow_resource() -> WorkflowExecution:
-    return WorkflowExecution(spec=WorkflowExecutionSpec(workflow_id="flow-1"))
 
 
 # Reading both sides.
@@ -389,9 +386,11 @@ def test_caller_receives_the_outcome(
     async def scenario() -> None:
         async with world(store_url, temporal_address) as w:
             if kind is AGENT_EXECUTION:
-                caller = await w.start("AwaitAgentExecution", agent_resource(), kind)
+                caller = await w.start("AwaitAgentExecution", agent_execution(), kind)
             else:
-                caller = await w.start("AwaitWorkflowExecution", workflow_resource(), kind)
+                caller = await w.start(
+                    "AwaitWorkflowExecution", workflow_execution(workflow_id="flow-1"), kind
+                )
             recorded: Any = w.ledger.get(caller.execution_id)
             assert len(recorded.spec.callback_token) > 20  # The activity's own task token.
             drive(w.ledger, kind, caller.execution_id, outcome)
@@ -443,7 +442,7 @@ def test_caller_that_asked_to_cancel_sees_a_cancellation(
 ) -> None:
     async def scenario() -> None:
         async with world(sqlite_url, temporal_address) as w:
-            caller = await w.start("CancellableAgentExecution", agent_resource())
+            caller = await w.start("CancellableAgentExecution", agent_execution())
             await caller.handle.signal("cancel")
             deadline = time.monotonic() + 10
             while (await activity_events(caller.handle))["CANCEL_REQUESTED"] == 0:
@@ -504,7 +503,7 @@ def test_stale_when_the_attempt_timed_out_and_the_retry_is_a_new_execution(
 ) -> None:
     async def scenario() -> None:
         async with world(sqlite_url, temporal_address) as w:
-            first = await w.start("BriefAgentExecution", agent_resource())
+            first = await w.start("BriefAgentExecution", agent_execution())
             run_id = first.handle.result_run_id
             assert run_id is not None
             second_id = execution_id_for(AGENT_EXECUTION, first.handle.id, run_id, "1", attempt=2)
@@ -538,7 +537,7 @@ def test_rejected_and_no_callback_without_calling_twice(
                     )
                 )
             ).id
-            nobody = w.ledger.create(agent_resource()).id
+            nobody = w.ledger.create(agent_execution()).id
             w.ledger.complete(garbage)
             w.ledger.fail(nobody, "nobody waits for this")
 
@@ -577,7 +576,7 @@ def test_parked_while_temporal_is_down_then_retry_parked_delivers(
             through_proxy = await proxied_client(proxy)
             caller = await w.start_agent()
             w.ledger.complete(caller.execution_id, {"n": 1})
-            behind = w.ledger.create(agent_resource()).id
+            behind = w.ledger.create(agent_execution()).id
             w.ledger.complete(behind)
             await proxy.stop()
 
@@ -770,7 +769,7 @@ def test_a_standby_dispatcher_stops_when_asked(pg_url: str, temporal_address: st
             stats = await asyncio.wait_for(waiting, 5)
             assert stats.outcomes == {} and stats.skipped == 0
             active.stop()
-            w.ledger.create(agent_resource())  # A NOTIFY ends the wait at once.
+            w.ledger.create(agent_execution())  # A NOTIFY ends the wait at once.
             await asyncio.wait_for(running, 10)
 
     run(scenario())
@@ -1059,13 +1058,19 @@ def lock_holder(url: str) -> int | None:
     return int(row[0]) if row else None
 
 
-async def lock_taken(url: str, *, other_than: int | None = None, timeout: float = 10) -> int:
+async def lock_taken(url: str, *, other_than: int | None = None, timeout: float = 60) -> int:
     """Waits until a backend other than ``other_than`` holds the single-active lock;
     returns its pid."""
-    deadline = time.monotonic() + timeout
-    while (holder := lock_holder(url)) in (None, other_than):
-        assert time.monotonic() < deadline, "no dispatcher took the lock"
-        await asyncio.sleep(0.05)
+    holders: list[int | None] = [None]
+
+    def taken() -> bool:
+        holders[0] = lock_holder(url)
+        return holders[0] not in (None, other_than)
+
+    await asyncio.to_thread(
+        wait_for, taken, timeout=timeout, message="a dispatcher to take the lock"
+    )
+    holder = holders[0]
     assert holder is not None
     return holder
 
@@ -1094,7 +1099,7 @@ def test_a_dispatcher_that_loses_its_lock_stands_by_and_a_standby_takes_over(
 
             with psycopg.connect(w.url.partition("?")[0], autocommit=True) as admin:
                 admin.execute("SELECT pg_terminate_backend(%s)", (holder,))
-            await lock_taken(w.url, other_than=holder, timeout=15)
+            await lock_taken(w.url, other_than=holder)
             for caller in callers[1:]:
                 await asyncio.to_thread(w.ledger.complete, caller.execution_id)
             for caller in callers[1:]:
@@ -1102,7 +1107,7 @@ def test_a_dispatcher_that_loses_its_lock_stands_by_and_a_standby_takes_over(
 
             for dispatcher in (first, second):
                 dispatcher.stop()
-            w.ledger.create(agent_resource())  # A NOTIFY ends the waits at once.
+            w.ledger.create(agent_execution())  # A NOTIFY ends the waits at once.
             await asyncio.wait_for(asyncio.gather(*running), 30)
             assert first_calls[:1] == [callers[0].execution_id]
             assert sorted(first_calls + second_calls) == sorted(c.execution_id for c in callers)
@@ -1161,7 +1166,7 @@ def test_losing_the_lock_with_calls_in_flight_wakes_each_caller_once(
                 await asyncio.sleep(0.1)
             for dispatcher in (first, second):
                 dispatcher.stop()
-            w.ledger.create(agent_resource())
+            w.ledger.create(agent_execution())
             await asyncio.wait_for(asyncio.gather(*running), 30)  # Neither run failed.
             for caller in callers:
                 assert (await activity_events(caller.handle))["COMPLETED"] == 1
@@ -1207,7 +1212,7 @@ def test_live_completions_are_delivered(store_url: str, temporal_address: str) -
             assert max(latencies) < (1.0 if is_postgres else 2.0), latencies
             dispatcher.stop()
             if is_postgres:
-                w.ledger.create(agent_resource())  # A NOTIFY ends the wait at once.
+                w.ledger.create(agent_execution())  # A NOTIFY ends the wait at once.
             stats = await asyncio.wait_for(running, poll + 5)
             assert stats.outcomes == {"delivered": 3}
             assert dispatcher.log.position() == last_completion

@@ -27,8 +27,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from ledger.contract.kinds import AgentExecution, AgentExecutionSpec
 from ledger.store.url import parse_url
+from tests.support.builders import agent_execution
 from tests.test_dispatcher_e2e import World, activity_events, run, world
 
 pytestmark = [pytest.mark.slow, pytest.mark.temporal, pytest.mark.postgres]
@@ -87,7 +87,7 @@ def test_dispatcher_killed_mid_stream_and_restarted(
                 await w.client.start_workflow(
                     "ManyAgentExecutions",
                     args=[
-                        AgentExecution(spec=AgentExecutionSpec(agent_id="a", message="m")),
+                        agent_execution(agent_id="a", message="m"),
                         PER_WORKFLOW,
                     ],
                     id=f"wf-{uuid.uuid4().hex}",

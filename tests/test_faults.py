@@ -5,7 +5,7 @@ stopped: an "outage" here is what a restart looks like to a client. Every
 backend of the processes under test is terminated with ``pg_terminate_backend``
 (found by the ``application_name`` each process is started with, ``PGAPPNAME``)
 and, for as long as the outage lasts, new connections are refused by a TCP
-proxy (:class:`~tests.fault_tools.PgProxy`) the processes reach PostgreSQL
+proxy (:class:`~tests.support.servers.PgProxy`) the processes reach PostgreSQL
 through. The same proxy drops NOTIFY messages (a lost notification) and cuts a
 connection between the server's COMMIT and its acknowledgement.
 
@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import re
-import signal
 import subprocess
 import threading
 import time
@@ -53,27 +52,32 @@ from ledger.api.agentexecution.v1.enum_pb2 import MESSAGE_AI
 from ledger.api.agentexecution.v1.status_pb2 import AgentMessage
 from ledger.application import Ledger, open_ledger
 from ledger.contract.errors import StoreUnavailableError
-from ledger.contract.kinds import AgentExecution, AgentExecutionSpec, AgentExecutionStatus
+from ledger.contract.kinds import AgentExecutionStatus
 from ledger.contract.phases import Phase
 from ledger.domain.execution import Execution
 from projections.dispatch.calls import RetryPolicy
 from projections.dispatch.delivery import Outcome
 from projections.subscription import PollingSubscription
 from tests.conftest import temporal_cli
-from tests.fault_tools import (
+from tests.support.builders import agent_execution
+from tests.support.processes import (
+    check_alive,
+    kill_all,
+    start_dispatcher,
+    start_lifecycles_writer,
+    stop_process,
+)
+from tests.support.servers import (
     PLAIN_PG_ENV,
     PgProxy,
     TemporalDevServer,
     backends,
-    check_lifecycle,
     proxied_url,
-    python_process,
-    read_results,
-    stop_process,
     terminate_backends,
-    writer_executions,
 )
-from tests.test_dispatcher_e2e import World, activity_events, agent_resource, world
+from tests.support.waiting import wait_for
+from tests.support.writer import check_lifecycle, read_results, writer_executions
+from tests.test_dispatcher_e2e import World, activity_events, world
 from tests.test_dispatcher_kill import outcome_counts
 
 pytestmark = pytest.mark.postgres
@@ -83,28 +87,13 @@ T = TypeVar("T")
 FINAL = {"Delivered", "StaleAfterAttempt", "Stale", "Rejected", "NoCallback", "Parked"}
 
 
-def run(coro: Coroutine[Any, Any, T], timeout: float = 90.0) -> T:
+def run(coro: Coroutine[Any, Any, T], timeout: float = 180.0) -> T:
     return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
 def app_name(role: str) -> str:
     """A unique ``application_name``: this test's backends, and only them."""
     return f"fault-{role}-{uuid.uuid4().hex[:10]}"
-
-
-def wait_for(what: str, condition: Any, timeout: float, *, interval: float = 0.05) -> None:
-    """Polls ``condition()`` until it is true; fails with ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
-        time.sleep(interval)
-
-
-async def wait_for_async(what: str, condition: Any, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not await asyncio.to_thread(condition):
-        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture
@@ -124,67 +113,30 @@ def temporal_server(tmp_path: Path) -> Iterator[TemporalDevServer]:
     server.stop()
 
 
-def start_dispatcher(
-    url: str, temporal: str, name: str, log: Path, **env: str
-) -> subprocess.Popen[bytes]:
-    """``python -m ledger dispatcher run``, its backends named ``name``."""
-    return python_process(
-        ["-m", "ledger", "dispatcher", "run"],
-        {"LEDGER_URL": url, "TEMPORAL_ADDRESS": temporal, "PGAPPNAME": name, **env},
-        log,
-    )
-
-
-def start_writer(
-    url: str, name: str, tmp: Path, *args: str, **env: str
-) -> tuple[subprocess.Popen[bytes], Path, Path]:
-    """The writer process (``tests.fault_tools writer``); returns it, its results, its stop file."""
-    out, stop = tmp / f"{name}.jsonl", tmp / f"{name}.stop"
-    process = python_process(
-        [
-            "-m",
-            "tests.fault_tools",
-            "writer",
-            "--url",
-            url,
-            "--out",
-            str(out),
-            "--stop-file",
-            str(stop),
-            *args,
-        ],
-        {"PGAPPNAME": name, **env},
-        tmp / f"{name}.log",
-    )
-    return process, out, stop
-
-
-def alive(process: subprocess.Popen[bytes], log: Path) -> None:
-    assert process.poll() is None, (
-        f"process exited ({process.returncode}):\n{log.read_text(errors='replace')[-4000:]}"
-    )
-
-
 async def start_many(w: World, count: int) -> tuple[WorkflowHandle[Any, list[str]], list[str]]:
     """A workflow awaiting ``count`` executions; waits until all are recorded."""
     handle = await w.client.start_workflow(
         "ManyAgentExecutions",
-        args=[AgentExecution(spec=AgentExecutionSpec(agent_id="a", message="m")), count],
+        args=[agent_execution(agent_id="a", message="m"), count],
         id=f"wf-{uuid.uuid4().hex}",
         task_queue=w.task_queue,
         result_type=list[str],
     )
-    deadline = time.monotonic() + 30
-    while True:
-        notifications = await asyncio.to_thread(
-            w.ledger.recorder.select_notifications, 1, 100 * count
-        )
-        created = [str(n.originator_id) for n in notifications if n.topic.endswith("Created")]
-        if len(created) >= count:
-            assert len(created) == count
-            return handle, created
-        assert time.monotonic() < deadline, f"only {len(created)} executions recorded"
-        await asyncio.sleep(0.05)
+    created: list[str] = []
+
+    def recorded() -> bool:
+        notifications = w.ledger.recorder.select_notifications(1, 100 * count)
+        created[:] = [str(n.originator_id) for n in notifications if n.topic.endswith("Created")]
+        return len(created) >= count
+
+    await asyncio.to_thread(
+        wait_for,
+        recorded,
+        timeout=60,
+        message=lambda: f"{count} executions recorded (only {len(created)})",
+    )
+    assert len(created) == count
+    return handle, created
 
 
 async def check_completed_once(
@@ -220,7 +172,7 @@ def test_writer_during_a_postgres_outage_fails_cleanly_and_carries_on(
     postgres_server: str, pg_url: str, pg_proxy: PgProxy, tmp_path: Path
 ) -> None:
     name = app_name("writer")
-    writer, results_file, stop = start_writer(
+    writer, results_file, stop = start_lifecycles_writer(
         proxied_url(pg_url, pg_proxy.port),
         name,
         tmp_path,
@@ -235,8 +187,8 @@ def test_writer_during_a_postgres_outage_fails_cleanly_and_carries_on(
         )
 
     try:
-        wait_for("the writer's first lifecycles", lambda: finished() >= 10, 30)
-        alive(writer, log)
+        wait_for(lambda: finished() >= 10, timeout=60, message="the writer's first lifecycles")
+        check_alive(writer, log)
 
         # The outage: the writer's backends terminated, new connections refused.
         outage_started = time.time()
@@ -247,15 +199,17 @@ def test_writer_during_a_postgres_outage_fails_cleanly_and_carries_on(
         def failed_during_outage() -> bool:
             return any(not r.ok and r.at > outage_started for r in read_results(results_file))
 
-        wait_for("a command to hit the outage", failed_during_outage, 30)
+        wait_for(failed_during_outage, timeout=60, message="a command to hit the outage")
         time.sleep(0.5)
         pg_proxy.start()
         outage_ended = time.time()
         assert outage_ended - outage_started > 2
 
         # The same process carries on by itself.
-        wait_for("lifecycles after the outage", lambda: finished(outage_ended) >= 10, 30)
-        alive(writer, log)
+        wait_for(
+            lambda: finished(outage_ended) >= 10, timeout=60, message="lifecycles after the outage"
+        )
+        check_alive(writer, log)
         assert all(pid not in terminated for pid, _ in backends(postgres_server, name))
     finally:
         stop.touch()
@@ -314,10 +268,10 @@ def test_dispatcher_following_through_a_postgres_outage_delivers_each_completion
             ids_file = tmp_path / "ids.txt"
             ids_file.write_text("\n".join(execution_ids))
             dispatcher = start_dispatcher(
-                proxied, temporal_address, dispatcher_name, dispatcher_log, **env
+                proxied, temporal_address, dispatcher_log, PGAPPNAME=dispatcher_name, **env
             )
             processes.append(dispatcher)
-            writer, results_file, _ = start_writer(
+            writer, results_file, _ = start_lifecycles_writer(
                 proxied,
                 writer_name,
                 tmp_path,
@@ -329,12 +283,13 @@ def test_dispatcher_following_through_a_postgres_outage_delivers_each_completion
             )
             processes.append(writer)
 
-            await wait_for_async(
-                "deliveries before the outage",
+            await asyncio.to_thread(
+                wait_for,
                 lambda: outcome_counts(pg_url)["Delivered"] >= 6,
-                30,
+                timeout=60,
+                message="deliveries before the outage",
             )
-            alive(dispatcher, dispatcher_log)
+            check_alive(dispatcher, dispatcher_log)
             delivered_before = outcome_counts(pg_url)["Delivered"]
             assert delivered_before < count, "the outage came too late"
 
@@ -345,10 +300,11 @@ def test_dispatcher_following_through_a_postgres_outage_delivers_each_completion
             if outage == "within_retries":
                 await asyncio.sleep(3)
             else:
-                await wait_for_async(
-                    "the writer's retries to run out",
+                await asyncio.to_thread(
+                    wait_for,
                     lambda: any(not r.ok for r in read_results(results_file)),
-                    30,
+                    timeout=60,
+                    message="the writer's retries to run out",
                 )
                 await asyncio.sleep(3)  # The dispatcher's retries have run out too.
             pg_proxy.start()
@@ -357,16 +313,17 @@ def test_dispatcher_following_through_a_postgres_outage_delivers_each_completion
             # Both carry on by themselves: every caller gets its execution, once.
             results = asyncio.create_task(check_completed_once(handle, execution_ids, 60))
             while not results.done():
-                alive(dispatcher, dispatcher_log)
+                check_alive(dispatcher, dispatcher_log)
                 await asyncio.sleep(0.2)
             await results
             assert writer.wait(30) == 0
-            alive(dispatcher, dispatcher_log)
+            check_alive(dispatcher, dispatcher_log)
             log = w.log()
-            await wait_for_async(
-                "the dispatcher's position to reach the head",
+            await asyncio.to_thread(
+                wait_for,
                 lambda: log.position() == w.ledger.recorder.max_notification_id(),
-                20,
+                timeout=60,
+                message="the dispatcher's position to reach the head",
             )
             assert stop_process(dispatcher) == 0, dispatcher_log.read_text()[-3000:]
 
@@ -383,12 +340,9 @@ def test_dispatcher_following_through_a_postgres_outage_delivers_each_completion
             )
 
     try:
-        run(scenario(), 150)
+        run(scenario(), 300)
     finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait(10)
+        kill_all(processes)
 
 
 @pytest.mark.temporal
@@ -419,12 +373,16 @@ def test_a_store_error_while_recording_outcomes_does_not_stop_the_recording(
             for caller in (first, second):
                 await asyncio.to_thread(w.ledger.complete, caller.execution_id)
                 await asyncio.wait_for(caller.handle.result(), 10)
-                await wait_for_async(
-                    f"the outcome of {caller.execution_id} to be recorded",
-                    lambda c=caller: (
-                        getattr(log.delivery(c.execution_id), "outcome", None) is Outcome.DELIVERED
-                    ),
-                    10,
+
+                def delivered(c: Any = caller) -> bool:
+                    outcome = getattr(log.delivery(c.execution_id), "outcome", None)
+                    return outcome is Outcome.DELIVERED
+
+                await asyncio.to_thread(
+                    wait_for,
+                    delivered,
+                    timeout=60,
+                    message=f"the outcome of {caller.execution_id} to be recorded",
                 )
             assert failed, "no outcome write failed"
             assert log.position() == w.ledger.recorder.max_notification_id()
@@ -449,7 +407,7 @@ def test_a_lost_commit_acknowledgement_is_not_applied_twice_or_misreported(
         monkeypatch.setenv(key, value)
     ledger = open_ledger(proxied_url(pg_url, pg_proxy.port))
     try:
-        execution_id = ledger.create(agent_resource()).id
+        execution_id = ledger.create(agent_execution()).id
         pg_proxy.cut_next_commit()
         try:
             if command == "update_status":
@@ -488,14 +446,14 @@ def listen_backends(postgres_server: str, name: str) -> list[int]:
     return [pid for pid, query in backends(postgres_server, name) if query.startswith("LISTEN")]
 
 
-def kill_listen_and_wait_for_a_new_one(postgres_server: str, name: str) -> tuple[int, int]:
+def kill_listen_and_await_a_new_one(postgres_server: str, name: str) -> tuple[int, int]:
     """Terminates the one LISTEN backend; returns (its pid, the pid of its replacement)."""
     (old,) = listen_backends(postgres_server, name)
     assert terminate_backends(postgres_server, name, query_prefix="LISTEN") == [old]
     wait_for(
-        "a new LISTEN connection",
         lambda: len(pids := listen_backends(postgres_server, name)) == 1 and pids[0] != old,
-        10,
+        timeout=60,
+        message="a new LISTEN connection",
     )
     (new,) = listen_backends(postgres_server, name)
     return old, new
@@ -516,16 +474,17 @@ def test_dispatcher_listen_connection_terminated_still_wakes_it(
             callers = [await w.start_agent() for _ in range(3)]
             dispatcher = w.dispatcher(poll_interval=30.0)
             running = asyncio.create_task(dispatcher.run())
-            await wait_for_async(
-                "the dispatcher's LISTEN connection",
+            await asyncio.to_thread(
+                wait_for,
                 lambda: len(listen_backends(postgres_server, name)) == 1,
-                10,
+                timeout=60,
+                message="the dispatcher's LISTEN connection",
             )
             latencies = []
             for n, caller in enumerate(callers):
                 if n:  # The first one proves LISTEN works at all; then it is cut each time.
                     old, new = await asyncio.to_thread(
-                        kill_listen_and_wait_for_a_new_one, postgres_server, name
+                        kill_listen_and_await_a_new_one, postgres_server, name
                     )
                     assert new != old
                     await asyncio.sleep(1)  # Past the wake-up the listener gives on losing it.
@@ -553,8 +512,12 @@ def follow(subscription: PollingSubscription, arrivals: dict[str, float]) -> Non
 def append_and_time(ledger: Ledger, arrivals: dict[str, float], timeout: float) -> float:
     """Creates an execution; returns how long it took to reach the follower."""
     started = time.monotonic()
-    execution_id = ledger.create(agent_resource()).id
-    wait_for(f"{execution_id} to reach the follower", lambda: execution_id in arrivals, timeout)
+    execution_id = ledger.create(agent_execution()).id
+    wait_for(
+        lambda: execution_id in arrivals,
+        timeout=timeout,
+        message=f"{execution_id} to reach the follower",
+    )
     return arrivals[execution_id] - started
 
 
@@ -574,15 +537,15 @@ def test_subscription_listen_connection_terminated_still_wakes_it(
             consumer = threading.Thread(target=follow, args=(subscription, arrivals), daemon=True)
             consumer.start()
             wait_for(
-                "the LISTEN connection",
                 lambda: len(listen_backends(postgres_server, name)) == 1,
-                10,
+                timeout=60,
+                message="the LISTEN connection",
             )
-            latencies = [append_and_time(writer, arrivals, 5)]
+            latencies = [append_and_time(writer, arrivals, 30)]
             for _ in range(3):
-                kill_listen_and_wait_for_a_new_one(postgres_server, name)
+                kill_listen_and_await_a_new_one(postgres_server, name)
                 time.sleep(1)  # Past the wake-up the listener gives on losing it.
-                latencies.append(append_and_time(writer, arrivals, 5))
+                latencies.append(append_and_time(writer, arrivals, 30))
             assert max(latencies) < 2.0, latencies
             assert consumer.is_alive()
         consumer.join(5)
@@ -610,7 +573,7 @@ def test_a_lost_notification_is_covered_by_polling(
             time.sleep(0.5)
             pg_proxy.drop_notifications = True
             dropped = pg_proxy.notifications_dropped
-            latencies = [append_and_time(writer, arrivals, 5) for _ in range(3)]
+            latencies = [append_and_time(writer, arrivals, 30) for _ in range(3)]
             assert pg_proxy.notifications_dropped >= dropped + 3, "notifications not dropped"
             assert max(latencies) < 2.5, latencies
         consumer.join(5)
@@ -664,10 +627,11 @@ def test_temporal_killed_and_restarted_mid_stream(
             completing = asyncio.create_task(
                 asyncio.to_thread(complete_slowly, w.ledger, execution_ids, 0.15, appended)
             )
-            await wait_for_async(
-                "deliveries before the kill",
+            await asyncio.to_thread(
+                wait_for,
                 lambda: outcome_counts(pg_url)["Delivered"] >= 8,
-                30,
+                timeout=60,
+                message="deliveries before the kill",
             )
             await asyncio.to_thread(temporal_server.kill)
             killed = time.monotonic()
@@ -683,10 +647,11 @@ def test_temporal_killed_and_restarted_mid_stream(
 
             parked_total = 0
             if retries == "parked_then_retried":
-                await wait_for_async(
-                    "every completion to be recorded",
+                await asyncio.to_thread(
+                    wait_for,
                     lambda: dispatcher.log.position() == w.ledger.recorder.max_notification_id(),
-                    30,
+                    timeout=60,
+                    message="every completion to be recorded",
                 )
                 parked = await asyncio.to_thread(dispatcher.log.deliveries_in, Outcome.PARKED)
                 assert parked, "nothing was parked: the outage was not felt"
@@ -712,7 +677,7 @@ def test_temporal_killed_and_restarted_mid_stream(
             assert counted["Delivered"] + counted["StaleAfterAttempt"] == count
             print(f"delivered before the kill: {killed_at['Delivered']}; outcomes: {counted}")
 
-    run(scenario(), 120)
+    run(scenario(), 240)
 
 
 def complete_slowly(
@@ -727,7 +692,7 @@ def complete_slowly(
 # 4. The dispatcher started before Temporal is reachable.
 
 WAITING = re.compile(
-    r"WARNING (?:__main__|projections\.dispatch\.dispatcher) "  # Its logger, run with -m.
+    r"WARNING (?:__main__|projections(?:\.dispatch)?\.dispatcher):? "  # Its logger, run with -m.
     r"Temporal at (?P<address>\S+) not reachable \(.*\); "
     r"retrying in (?P<delay>[\d.]+)s \(waiting (?P<waited>\d+)s so far\)"
 )
@@ -749,11 +714,22 @@ def test_dispatcher_started_before_temporal_waits_with_backoff_then_delivers(
                 await asyncio.to_thread(w.ledger.complete, execution_id, {"n": n})
             await asyncio.to_thread(temporal_server.kill)  # Nothing listens on its port now.
 
-            dispatcher = start_dispatcher(pg_url, temporal_server.address, app_name("d"), log)
+            dispatcher = start_dispatcher(
+                pg_url, temporal_server.address, log, PGAPPNAME=app_name("d")
+            )
             processes.append(dispatcher)
-            await asyncio.sleep(5)
-            alive(dispatcher, log)
-            waits = [m for m in map(WAITING.search, log.read_text().splitlines()) if m]
+
+            def waits_logged() -> list[re.Match[str]]:
+                return [m for m in map(WAITING.search, log.read_text().splitlines()) if m]
+
+            await asyncio.to_thread(
+                wait_for,
+                lambda: len(waits_logged()) >= 3 or dispatcher.poll() is not None,
+                timeout=60,
+                message="three waits for Temporal in the dispatcher's log",
+            )
+            check_alive(dispatcher, log)
+            waits = waits_logged()
             assert len(waits) >= 3, log.read_text()
             assert {m["address"] for m in waits} == {temporal_server.address}
             delays = [float(m["delay"]) for m in waits]
@@ -764,20 +740,18 @@ def test_dispatcher_started_before_temporal_waits_with_backoff_then_delivers(
 
             await asyncio.to_thread(temporal_server.start)
             await check_completed_once(handle, execution_ids, 60)
-            alive(dispatcher, log)
-            await wait_for_async(
-                "every delivery to be recorded",
+            check_alive(dispatcher, log)
+            await asyncio.to_thread(
+                wait_for,
                 lambda: outcome_counts(pg_url)["Delivered"] == count,
-                20,
+                timeout=60,
+                message="every delivery to be recorded",
             )
             finals = finals_by_execution(w, execution_ids)
             assert all(f == ["Delivered"] for f in finals.values()), finals
             assert stop_process(dispatcher) == 0, log.read_text()[-3000:]
 
     try:
-        run(scenario(), 120)
+        run(scenario(), 240)
     finally:
-        for process in processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGKILL)
-                process.wait(10)
+        kill_all(processes)

@@ -13,6 +13,7 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
@@ -41,20 +42,20 @@ from ledger import (
     UnknownKindError,
     VersionConflictError,
     WorkflowExecution,
-    WorkflowExecutionSpec,
     WorkflowExecutionStatus,
     open_ledger,
 )
 from ledger.api.agentexecution.v1 import enum_pb2 as agent_enum
 from ledger.api.agentexecution.v1 import status_pb2 as agent_status
-from ledger.api.commons.v1 import audit_pb2, metadata_pb2
-from ledger.api.commons.v1.execution_value_pb2 import ExecutionValue
+from ledger.api.commons.v1 import audit_pb2
 from ledger.api.workflowexecution.v1 import enum_pb2 as workflow_enum
 from ledger.api.workflowexecution.v1 import status_pb2 as workflow_status
 from ledger.contract.kinds import API_VERSION, MAX_CALLBACK_TOKEN_BYTES, Resource, Status
 from ledger.domain.events import TextIdEvent
 from ledger.domain.execution import Execution
 from ledger.domain.validation import MAX_LABELS, MAX_STRUCT_DEPTH
+from tests.support.builders import agent_execution, secret_env, workflow_execution
+from tests.support.builders import status as status_for
 
 E = TypeVar("E", bound=BaseException)
 
@@ -65,47 +66,21 @@ TOKEN = b"temporal-task-token:" + bytes(range(256)) + b":end-of-token"
 # Builders.
 
 
-def agent(
-    execution_id: str = "",
-    *,
-    agent_id: str = "agent-1",
-    session_id: str = "",
-    message: str = "summarise the report",
-    token: bytes = TOKEN,
-) -> AgentExecution:
-    return AgentExecution(
-        api_version=API_VERSION,
-        kind="AgentExecution",
-        metadata=metadata_pb2.ApiResourceMetadata(id=execution_id, name="run"),
-        spec=AgentExecutionSpec(
-            agent_id=agent_id,
-            session_id=session_id,
-            message=message,
-            callback_token=token,
-            runtime_env={"REGION": ExecutionValue(value="eu", is_secret=False)},
-        ),
-    )
-
-
-def workflow(
-    execution_id: str = "",
-    *,
-    workflow_id: str = "wf-1",
-    workflow_instance_id: str = "",
-    token: bytes = TOKEN,
-) -> WorkflowExecution:
-    return WorkflowExecution(
-        api_version=API_VERSION,
-        kind="WorkflowExecution",
-        metadata=metadata_pb2.ApiResourceMetadata(id=execution_id),
-        spec=WorkflowExecutionSpec(
-            workflow_id=workflow_id,
-            workflow_instance_id=workflow_instance_id,
-            trigger_message="go",
-            trigger_metadata={"source": "test"},
-            callback_token=token,
-        ),
-    )
+agent = partial(
+    agent_execution,
+    name="run",
+    message="summarise the report",
+    token=TOKEN,
+    env=secret_env({}, {"REGION": "eu"}),
+    envelope=True,
+)
+workflow = partial(
+    workflow_execution,
+    trigger_message="go",
+    trigger_metadata={"source": "test"},
+    token=TOKEN,
+    envelope=True,
+)
 
 
 KIND_BUILDERS: dict[str, Callable[[], Resource]] = {
@@ -116,12 +91,6 @@ KIND_BUILDERS: dict[str, Callable[[], Resource]] = {
 
 def new(kind: str) -> Resource:
     return KIND_BUILDERS[kind]()
-
-
-def status_for(kind: str, phase: int = 0) -> Status:
-    if kind == "AgentExecution":
-        return AgentExecutionStatus(phase=phase)  # type: ignore[arg-type]
-    return WorkflowExecutionStatus(phase=phase)  # type: ignore[arg-type]
 
 
 def nested(depth: int) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import multiprocessing
 import traceback
 from collections.abc import Callable
+from functools import partial
 from multiprocessing.context import SpawnContext
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier, Lock
@@ -18,8 +19,6 @@ from typing import Any
 import pytest
 
 from ledger import (
-    AgentExecution,
-    AgentExecutionSpec,
     AgentExecutionStatus,
     Ledger,
     Phase,
@@ -27,8 +26,8 @@ from ledger import (
     open_ledger,
 )
 from ledger.api.agentexecution.v1 import status_pb2 as agent_status
-from ledger.api.commons.v1 import metadata_pb2
 from ledger.domain.execution import Execution
+from tests.support.builders import agent_execution
 
 pytestmark = pytest.mark.postgres
 
@@ -45,8 +44,7 @@ Result = tuple[int, str, Any]
 """(worker index, "ok" or "error", payload)."""
 
 
-def spec() -> AgentExecutionSpec:
-    return AgentExecutionSpec(agent_id="agent-1", message="race", callback_token=b"token")
+racer = partial(agent_execution, agent_id="agent-1", message="race", token=b"token")
 
 
 # Workers (module level, so a spawned interpreter can import them).
@@ -141,9 +139,7 @@ def _create_each(
     created: list[tuple[str, int]] = []
     for execution_id in execution_ids:
         barrier.wait(BARRIER_TIMEOUT)
-        record = app.create(
-            AgentExecution(metadata=metadata_pb2.ApiResourceMetadata(id=execution_id), spec=spec())
-        )
+        record = app.create(racer(execution_id))
         created.append((record.id, record.version))
     return created
 
@@ -176,11 +172,7 @@ def open_worker(
             barrier.wait(BARRIER_TIMEOUT)
             app = open_ledger(url)
             try:
-                record = app.create(
-                    AgentExecution(
-                        metadata=metadata_pb2.ApiResourceMetadata(id=execution_id), spec=spec()
-                    )
-                )
+                record = app.create(racer(execution_id))
                 created.append((record.id, record.version))
             finally:
                 app.close()
@@ -227,7 +219,7 @@ def race(target: Callable[..., None], count: int, url: str, *args: object) -> di
 def test_concurrent_status_updates_lose_nothing(pg_url: str) -> None:
     app = open_ledger(pg_url)
     try:
-        execution_id = app.create(AgentExecution(spec=spec())).id
+        execution_id = app.create(racer()).id
         results = race(append_worker, WORKERS, pg_url, execution_id)
         assert sum(results.values()) == WORKERS * UPDATES_PER_WORKER
 
@@ -251,9 +243,7 @@ def test_concurrent_status_updates_lose_nothing(pg_url: str) -> None:
 def test_racing_completions_exactly_one_wins(pg_url: str) -> None:
     app = open_ledger(pg_url)
     try:
-        execution_ids = [
-            app.create(AgentExecution(spec=spec())).id for _ in range(COMPLETION_RACES)
-        ]
+        execution_ids = [app.create(racer()).id for _ in range(COMPLETION_RACES)]
         results = race(finish_worker, 2, pg_url, execution_ids)
         completer: list[str] = results[0]
         failer: list[str] = results[1]

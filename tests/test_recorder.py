@@ -14,7 +14,6 @@ PostgreSQL: ``LEDGER_TEST_POSTGRES`` (default
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 import unittest
@@ -46,17 +45,20 @@ from psycopg.conninfo import conninfo_to_dict
 from ledger.api.agentexecution.v1 import enum_pb2
 from ledger.application import Ledger
 from ledger.contract.errors import TerminalPhaseError
-from ledger.contract.kinds import API_VERSION, AgentExecution, AgentExecutionStatus
+from ledger.contract.kinds import AgentExecutionStatus
 from ledger.store.recorder import (
     LedgerPostgresApplicationRecorder,
     LedgerPostgresProcessRecorder,
     db_function_name,
 )
 from ledger.store.url import StoreConfig, parse_url
+from tests.support import servers
+from tests.support.builders import agent_execution
+from tests.support.servers import POSTGRES_URL
+from tests.support.waiting import wait_for
 
-POSTGRES_URL = os.environ.get(
-    "LEDGER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
+pytestmark = pytest.mark.postgres  # Every test here runs on PostgreSQL.
+
 
 RECORDER_ENV = {
     "APPLICATION_RECORDER_TOPIC": "ledger.store.recorder:LedgerPostgresApplicationRecorder",
@@ -67,15 +69,8 @@ RECORDER_ENV = {
 """What ledger.store.url adds to the PostgreSQL environment (see the recorder's docstring)."""
 
 
-@cache
-def postgres_problem() -> str | None:
-    """Why PostgreSQL cannot be reached (checked once per session), or None."""
-    try:
-        with psycopg.connect(POSTGRES_URL, connect_timeout=3) as conn:
-            conn.execute("SELECT 1")
-    except psycopg.OperationalError as e:
-        return str(e)
-    return None
+postgres_problem = cache(servers.postgres_problem)
+"""Why PostgreSQL cannot be reached (checked once per session), or None."""
 
 
 def require_postgres() -> None:
@@ -93,8 +88,7 @@ def new_schema() -> str:
 
 
 def drop_schema(name: str) -> None:
-    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
+    servers.drop_schema(POSTGRES_URL, name)
 
 
 def new_datastore(
@@ -263,19 +257,23 @@ class TestRecorderProperties(WithPostgresSchema):
 
     def waiting_for_lock(self, count: int) -> None:
         """Waits until ``count`` backends wait for a lock on this schema's events table."""
-        deadline = time.monotonic() + 10
         query = (
             "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
             "JOIN pg_namespace n ON n.oid = c.relnamespace "
             "WHERE NOT l.granted AND n.nspname = %s AND c.relname = 'events'"
         )
         with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-            while time.monotonic() < deadline:
+
+            def queued() -> bool:
                 row = conn.execute(query, (self.schema,)).fetchone()
-                if row is not None and row[0] >= count:
-                    return
-                time.sleep(0.01)
-        self.fail(f"{count} inserts did not queue on the table lock")
+                return row is not None and row[0] >= count
+
+            wait_for(
+                queued,
+                timeout=60,
+                interval=0.01,
+                message=f"{count} inserts to queue on the table lock",
+            )
 
     def test_function_names_fit_and_differ(self) -> None:
         long_name = "e" * 63
@@ -390,8 +388,13 @@ class TestRecorderProperties(WithPostgresSchema):
         follower.start()
         try:
             results = self.in_threads(write, write, write, write)
+            head = recorder.max_notification_id() or 0
+            wait_for(
+                lambda: not head or (bool(seen) and seen[-1] >= head),
+                timeout=60,
+                message=lambda: f"the follower to reach {head} (at {seen[-1:]})",
+            )
         finally:
-            time.sleep(0.2)
             stop.set()
             follower.join(timeout=30)
         for result in results:
@@ -552,13 +555,14 @@ class TestRecorderProperties(WithPostgresSchema):
 # The Ledger API with the recorder's variables.
 
 
-def resource() -> AgentExecution:
-    value = AgentExecution(api_version=API_VERSION, kind="AgentExecution")
-    value.spec.agent_id = "agt-1"
-    value.spec.session_id = "ses-1"
-    value.spec.message = "hello"
-    value.spec.callback_token = b"\x01" * 300
-    return value
+resource = partial(
+    agent_execution,
+    agent_id="agt-1",
+    session_id="ses-1",
+    message="hello",
+    token=b"\x01" * 300,
+    envelope=True,
+)
 
 
 class TestLedgerWithRecorder(unittest.TestCase):

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import psycopg
@@ -14,24 +15,20 @@ import pytest
 from psycopg import sql
 
 from ledger import (
-    AgentExecution,
-    AgentExecutionSpec,
     PermissionDeniedError,
     open_ledger,
 )
 from ledger.application import Ledger
 from ledger.store.roles import roles_sql
+from tests.support.builders import agent_execution, secret_env
 
 LEDGER = str(Path(sys.executable).parent / "ledger")
 NO_CREATE = {"CREATE_TABLE": "false"}
 
 
-def _resource() -> AgentExecution:
-    resource = AgentExecution(spec=AgentExecutionSpec(agent_id="a", message="m"))
-    resource.spec.callback_token = b"token"
-    resource.spec.runtime_env["KEY"].value = "s3cret"
-    resource.spec.runtime_env["KEY"].is_secret = True
-    return resource
+_resource = partial(
+    agent_execution, agent_id="a", message="m", token=b"token", env=secret_env({"KEY": "s3cret"})
+)
 
 
 class Roles:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import re
 import sqlite3
+from functools import partial
 from pathlib import Path
 
 import psycopg
@@ -12,8 +13,6 @@ import pytest
 from eventsourcing.cipher import AESCipher
 
 from ledger import (
-    AgentExecution,
-    AgentExecutionSpec,
     CipherKeyMismatchError,
     CreateConflictError,
     UnreadableEventError,
@@ -21,18 +20,17 @@ from ledger import (
 )
 from ledger.application import Ledger
 from ledger.domain.sealing import ENCRYPTED_PREFIX
+from tests.support.builders import agent_execution, secret_env
 
 SECRET = "sk-live-4f7e1b2c9d"
 
 
-def _resource(execution_id: str = "") -> AgentExecution:
-    resource = AgentExecution(spec=AgentExecutionSpec(agent_id="a", message="m"))
-    if execution_id:
-        resource.metadata.id = execution_id
-    resource.spec.runtime_env["API_KEY"].value = SECRET
-    resource.spec.runtime_env["API_KEY"].is_secret = True
-    resource.spec.runtime_env["MODE"].value = "fast"
-    return resource
+_resource = partial(
+    agent_execution,
+    agent_id="a",
+    message="m",
+    env=secret_env({"API_KEY": SECRET}, {"MODE": "fast"}),
+)
 
 
 def _raw_rows(app: Ledger, url: str) -> bytes:

