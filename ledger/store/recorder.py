@@ -22,11 +22,9 @@ Contract (the same as the library's recorder; the contract tests in
   contiguous, and a follower reading ``notification_id > n`` never passes a gap
   that is filled later. ``SELECT`` is not blocked (``EXCLUSIVE`` conflicts with
   writers only).
-- **Wake-ups.** The function sends ``NOTIFY <channel>`` (the library's channel,
-  so :meth:`subscribe` and the library's ``PostgresSubscription`` work
-  unchanged); PostgreSQL delivers it at commit, never for a rolled-back insert.
-- **Notification ids.** ``insert_events`` returns the new notification ids in
-  the order of the given events.
+- **Wake-ups.** The function sends ``NOTIFY <channel>`` (the library's channel);
+  PostgreSQL delivers it at commit, never for a rolled-back insert.
+- **Notification ids** are returned in the order of the given events.
 - **Optimistic concurrency.** A second event at an existing
   ``(originator_id, originator_version)`` violates the primary key; the whole
   transaction rolls back and the caller gets the library's
@@ -38,9 +36,8 @@ Contract (the same as the library's recorder; the contract tests in
   than the recorded one raises ``IntegrityError`` and nothing is written.
   Legacy multi-row tracking (``SINGLE_ROW_TRACKING=no``) falls back to the
   library's pipeline.
-- **Reads.** ``select_notifications`` returns exactly the library's rows, read with
-  a statement rendered once per shape and binary tuple rows (the views and the
-  dispatcher read every event through it).
+- **Reads.** ``select_notifications`` returns exactly the library's rows (a statement
+  rendered once per shape, binary tuple rows).
 - **Retries.** Like the library, an ``OperationalError``/``InterfaceError``
   (lost connection, lock timeout) is retried up to 10 times; the statement is
   one transaction, so nothing is ever half-applied.
@@ -56,13 +53,10 @@ Contract (the same as the library's recorder; the contract tests in
   Only without a cipher could another writer's row match, and only if it is the
   very same event down to its microsecond timestamp, which leaves the same log.
 
-The price of the ordering guarantee, as with the library: the table lock is
-held through the commit's WAL flush, so concurrent writers commit one after the
-other (no group commit). ``POSTGRES_ENABLE_DB_FUNCTIONS`` is ignored: these
-recorders always lock.
-
-Selected with ``APPLICATION_RECORDER_TOPIC=ledger.store.recorder:LedgerPostgresApplicationRecorder``
-(and ``PROCESS_RECORDER_TOPIC=ledger.store.recorder:LedgerPostgresProcessRecorder``).
+The price of the ordering guarantee, as with the library: the table lock is held
+through the commit's WAL flush, so writers commit one after the other.
+``POSTGRES_ENABLE_DB_FUNCTIONS`` is ignored (these recorders always lock). Selected
+by ``APPLICATION_RECORDER_TOPIC`` / ``PROCESS_RECORDER_TOPIC`` (:mod:`ledger.store.url`).
 """
 
 from __future__ import annotations
