@@ -38,9 +38,8 @@ Contract (the same as the library's recorder; the contract tests in
   library's pipeline.
 - **Reads.** ``select_notifications`` returns exactly the library's rows (a statement
   rendered once per shape, binary tuple rows).
-- **Retries.** Like the library, an ``OperationalError``/``InterfaceError``
-  (lost connection, lock timeout) is retried up to 10 times; the statement is
-  one transaction, so nothing is ever half-applied.
+- **Retries.** Like the library, a lost connection or lock timeout is retried up to
+  10 times; the statement is one transaction, never half-applied.
 - **A lost acknowledgement is recognised.** When the connection is lost after
   the server committed but before the client heard so, the retry conflicts with
   the call's own rows. Unlike the library, which then reports a conflict, a
