@@ -71,6 +71,7 @@ from eventsourcing.persistence import (
     InterfaceError,
     Notification,
     OperationalError,
+    ProgrammingError,
     StoredEvent,
     Tracking,
 )
@@ -279,16 +280,15 @@ class LedgerPostgresApplicationRecorder(PostgresApplicationRecorder):
         )
 
     def create_table(self) -> None:
-        # The library creates the composite type in a transaction of its own, which
-        # fails with a unique violation (not DuplicateObject, which it ignores) when
-        # another process creates it at the same moment; and a process recorder's
-        # tracking table may be seen missing and then be found created. Both are
-        # settled by trying again: everything here is idempotent.
+        # Two processes creating the library's composite type at once: a unique
+        # violation or "already exists" (not DuplicateObject, which it ignores); a
+        # tracking table seen missing, then created. Trying again settles all.
         for attempt in range(1, _CREATE_TABLE_ATTEMPTS + 1):
             try:
                 super().create_table()
-            except IntegrityError:
-                if attempt == _CREATE_TABLE_ATTEMPTS:
+            except (IntegrityError, ProgrammingError) as e:
+                raced = isinstance(e, IntegrityError) or "already exists" in str(e)
+                if not raced or attempt == _CREATE_TABLE_ATTEMPTS:
                     raise
                 time.sleep(0.05 * attempt)
             else:
