@@ -10,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -46,6 +47,7 @@ from projections.dispatch.calls import final_resource
 from projections.dispatch.dispatcher import Dispatcher
 from projections.dispatch.log import DispatcherLog
 from tests.e2e_caller_flows import AwaitWithRetries, TalkingCaller
+from tests.support.processes import python_process, start_dispatcher
 from tests.support.waiting import wait_for
 
 
@@ -189,7 +191,7 @@ class _Talk:
     ledger: Ledger
     task_queue: str
     url: str
-    watch: CallerWatch
+    watch: CallerWatch | None
 
     async def start(
         self, execution_id: str, heartbeat: float, cancellation: str, attempts: int = 1
@@ -360,3 +362,81 @@ async def _outcome(url: str, execution_id: str, timeout: float = 30.0) -> str:
             await asyncio.sleep(0.1)
     finally:
         log.close()
+
+
+@pytest.mark.temporal
+def test_a_killed_dispatcher_never_heartbeats_an_ended_execution_nor_repeats_a_request(
+    sqlite_url: str, temporal_address: str, tmp_path: Path
+) -> None:
+    """SIGKILL the dispatcher while it heartbeats five callers and has recorded two
+    cancel requests; end every execution while it is down; the restarted one wakes
+    every caller, sends no heartbeat (it rebuilt its state from the log first), and
+    records no second CancelRequested."""
+
+    async def scenario() -> None:
+        client = await Client.connect(temporal_address)
+        task_queue = f"q-{uuid.uuid4().hex}"
+        with open_ledger(sqlite_url) as ledger:
+            talk = _Talk(client, ledger, task_queue, sqlite_url, None)
+            async with Worker(
+                client,
+                task_queue=task_queue,
+                workflows=[TalkingCaller],
+                activities=ExecutionActivities(ledger).all(),
+            ):
+                ids = [f"aex-kill-{n}-{uuid.uuid4().hex[:6]}" for n in range(5)]
+                handles = [
+                    await talk.start(i, heartbeat=30.0, cancellation="WAIT_CANCELLATION_COMPLETED")
+                    for i in ids
+                ]
+                first_log = tmp_path / "dispatcher-1.log"
+                dispatcher = start_dispatcher(sqlite_url, temporal_address, first_log)
+                try:
+                    for execution_id in ids:
+                        await talk.progress(execution_id, 1)
+                    for handle in handles:  # Heartbeats arrive (the watch is running).
+
+                        async def beaten(h: WorkflowHandle[Any, Any] = handle) -> bool:
+                            return bool((await _heartbeat_details(h))[1])
+
+                        await _until(beaten, 60)
+                    for handle in handles[:2]:
+                        await handle.signal(TalkingCaller.cancel)
+                    for execution_id in ids[:2]:
+                        await talk.annotation(execution_id, CANCEL_REQUESTED_AT, timeout=60)
+                finally:
+                    dispatcher.kill()
+                    dispatcher.wait()
+                for execution_id in ids[:2]:
+                    await asyncio.to_thread(ledger.cancel, execution_id, "the caller asked")
+                for execution_id in ids[2:]:
+                    await asyncio.to_thread(ledger.complete, execution_id, {"ok": True})
+                second_log = tmp_path / "dispatcher-2.log"
+                restarted = python_process(
+                    ["-m", "ledger", "dispatcher", "run", "--log-level", "debug"],
+                    {"LEDGER_URL": sqlite_url, "TEMPORAL_ADDRESS": temporal_address},
+                    second_log,
+                )
+                try:
+                    results = await asyncio.wait_for(
+                        asyncio.gather(*(h.result() for h in handles)), 120
+                    )
+                finally:
+                    restarted.terminate()
+                    restarted.wait(60)
+                assert results == ["cancelled"] * 2 + ["completed"] * 3
+                for execution_id in ids:
+                    types = [h.type for h in ledger.history(execution_id)]
+                    assert types.count("CancelRequested") == (1 if execution_id in ids[:2] else 0)
+                logged = second_log.read_text()
+                assert "heartbeat at version" not in logged, logged[-3000:]
+                assert "DEBUG" in logged  # It did log at debug level: the check can fail.
+
+    asyncio.run(asyncio.wait_for(scenario(), 300))
+
+
+async def _until(condition: Any, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.2)

@@ -263,6 +263,7 @@ class CallerWatch:
             caller.beaten_version = record.version
             caller.beaten_at = time.monotonic()
             self.stats.heartbeats += 1
+            logger.debug("%s: heartbeat at version %d", caller.execution_id, record.version)
 
     # Up: cancel requests and gone callers.
 
