@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/catchup.py
 	$(BIN)/python bench/soak.py
 	$(BIN)/python bench/serve.py
+	$(BIN)/python bench/heartbeats.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -212,6 +212,7 @@ class CallerWatch:
             attempt=int(annotations.get(CALLER_ATTEMPT) or 1),
             heartbeat_timeout=float(timeout) if timeout else None,
             version=record.version,
+            beaten_version=1,  # Progress is a status change: Created alone sends nothing.
             cancel_recorded=CANCEL_REQUESTED_AT in annotations,
             gone_recorded=CALLER_GONE_AT in annotations,
         )
