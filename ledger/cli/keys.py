@@ -9,6 +9,7 @@ A key is printed only when this command made it, once.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import ExitStack
 from typing import Annotated
 
@@ -17,7 +18,7 @@ import typer
 from ledger.application import open_ledger_with
 from ledger.cli._app import JsonOption, UrlOption, errors, store_config
 from ledger.cli._render import out, print_json
-from ledger.store.keys import check_value, decode_key
+from ledger.store.keys import StoreKeys, check_value, decode_key
 
 keys_app = typer.Typer(help="Cipher keys: list, add, encrypt.", no_args_is_help=True)
 
@@ -59,17 +60,9 @@ def keys_list(url: UrlOption = None, as_json: JsonOption = False) -> None:
 def keys_add(key: KeyArgument = None, url: UrlOption = None, as_json: JsonOption = False) -> None:
     """Register a new key, run with a key the store knows; then make it LEDGER_CIPHER_KEY
     and move the old one to LEDGER_CIPHER_OLD_KEYS (rotation)."""
-    from projections.dispatch.log import DispatcherLog
-
-    with errors(), ExitStack() as stack:
+    with errors():
         new_key, made = _key(key)
-        config = store_config(url)
-        ledger = open_ledger_with(config, cache=False, must_exist=True)
-        stack.callback(ledger.close)
-        log = DispatcherLog(config.component_env("dispatcher"))
-        stack.callback(log.close)
-        value = ledger.keys.add(new_key)
-        log.keys.add(new_key)  # Its own record on SQLite; the same one on PostgreSQL.
+        value = _in_every_record(url, lambda keys: keys.add(new_key))
     _report("registered", value, new_key if made else None, as_json)
 
 
@@ -80,18 +73,26 @@ def keys_encrypt(
     """Turn encryption on for a store whose events are not encrypted (run without
     LEDGER_CIPHER_KEY): events already stored stay as they are and stay readable; new
     ones are encrypted with the key, which every process must then have."""
+    with errors():
+        new_key, made = _key(key)
+        value = _in_every_record(url, lambda keys: keys.encrypt(new_key))
+    _report("encryption is on; key", value, new_key if made else None, as_json)
+
+
+def _in_every_record(url: str | None, change: Callable[[StoreKeys], str]) -> str:
+    """Applies ``change`` to the key record of the ledger and of the dispatcher's log
+    (its own record on SQLite, the same one on PostgreSQL); the ledger's answer."""
     from projections.dispatch.log import DispatcherLog
 
-    with errors(), ExitStack() as stack:
-        new_key, made = _key(key)
+    with ExitStack() as stack:
         config = store_config(url)
         ledger = open_ledger_with(config, cache=False, must_exist=True)
         stack.callback(ledger.close)
         log = DispatcherLog(config.component_env("dispatcher"))
         stack.callback(log.close)
-        value = ledger.keys.encrypt(new_key)
-        log.keys.encrypt(new_key)  # Its own record on SQLite; the same one on PostgreSQL.
-    _report("encryption is on; key", value, new_key if made else None, as_json)
+        value = change(ledger.keys)
+        change(log.keys)
+        return value
 
 
 def _report(what: str, value: str, made: str | None, as_json: bool) -> None:
