@@ -202,7 +202,8 @@ class _Queries:
         page = await core.run(context, lambda: Lister(core.status_view, core.ledger, query).page())
         if page.next_token is not None:
             context.set_trailing_metadata(((NEXT_PAGE_TOKEN, page.next_token),))
-        answer: Any = self._api.list_class(total_pages=page.total_pages)
+        answer: Any = self._api.list_class()
+        answer.total_pages = page.total_pages
         reader = core.is_reader(context)
         for record in page.entries:
             answer.entries.append(for_caller(record.resource, reader=reader))
