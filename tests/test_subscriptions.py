@@ -63,10 +63,10 @@ def test_fast_and_slow_subscriptions_share_a_feed_and_miss_nothing(
         slow = asyncio.create_task(subscriber(0.05))
         for n in range(1, 20):
             await asyncio.to_thread(_step, ledger_app, execution_id, n)
-            follower._notify({execution_id})
+            follower._notify({execution_id}, n)
             await asyncio.sleep(0.01)
         await asyncio.to_thread(ledger_app.complete, execution_id, {"done": True})
-        follower._notify({execution_id})
+        follower._notify({execution_id}, 20)
         fast_seen = await asyncio.wait_for(asyncio.gather(*fast), 60)
         return fast_seen[0], fast_seen[1], await asyncio.wait_for(slow, 60)
 
@@ -76,3 +76,54 @@ def test_fast_and_slow_subscriptions_share_a_feed_and_miss_nothing(
     assert first == second == slow_seen == expected
     # Fewer readers than subscriptions: the fast ones shared one.
     assert reads.count(1) < 4, reads
+
+
+def test_subscriptions_at_the_tip_read_the_store_once_per_signal(
+    ledger_app: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twenty subscriptions of one execution that have sent everything cost one read of
+    the store per change the follower signals, not one each (nor one each per wake)."""
+    execution_id = ledger_app.create(
+        AgentExecution(spec=AgentExecutionSpec(agent_id="a", message="m"))
+    ).id
+    reads: list[int] = []
+    changes = ledger_app.changes
+
+    def counted(execution: str, *, after: int = 0) -> Any:
+        found = changes(execution, after=after)
+        next_page = found.next
+
+        def next_counted(limit: int) -> Any:
+            reads.append(limit)
+            return next_page(limit)
+
+        found.next = next_counted  # type: ignore[method-assign]
+        return found
+
+    monkeypatch.setattr(ledger_app, "changes", counted)
+
+    async def scenario() -> list[list[Seen]]:
+        follower = LogFollower(ledger_app, asyncio.get_running_loop())
+
+        async def subscriber() -> list[Seen]:
+            seen: list[Seen] = []
+            async for resource in follow_execution(ledger_app, follower, execution_id, 1, _run):
+                status: Any = resource.status
+                seen.append((len(status.messages), status.phase))
+            return seen
+
+        tasks = [asyncio.create_task(subscriber()) for _ in range(20)]
+        for n in range(1, 6):
+            await asyncio.to_thread(_step, ledger_app, execution_id, n)
+            follower._notify({execution_id}, n)
+            await asyncio.sleep(0.05)
+        await asyncio.to_thread(ledger_app.complete, execution_id, {"done": True})
+        follower._notify({execution_id}, 6)
+        return list(await asyncio.wait_for(asyncio.gather(*tasks), 60))
+
+    seen = asyncio.run(scenario())
+    in_progress, completed = agent_enum.EXECUTION_IN_PROGRESS, agent_enum.EXECUTION_COMPLETED
+    expected = [(n, in_progress) for n in range(1, 6)] + [(5, completed)]
+    assert all(one == expected for one in seen)
+    # One read when the feed starts, at most one per signal (six): never one per subscription.
+    assert len(reads) <= 7, reads

@@ -27,7 +27,6 @@ client received: no gap, no repeat). When the server stops, open streams end wit
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -61,6 +60,8 @@ class LogFollower:
         self._loop = loop
         self._poll_interval = poll_interval
         self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._signals: dict[str, int] = {}
+        self._epoch = 0
         self._feeds: dict[str, _Feed] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -94,13 +95,21 @@ class LogFollower:
                 if not waiting:
                     del self._waiters[execution_id]
                     self._feeds.pop(execution_id, None)
+                    self._signals.pop(execution_id, None)
+
+    def signal(self, execution_id: str) -> tuple[int, int]:
+        """What the follower has seen of ``execution_id`` so far: it grows whenever new
+        events of the execution may exist. A feed that read the store after seeing a
+        signal need not read again until the signal grows."""
+        with self._lock:
+            return self._epoch, self._signals.get(execution_id, 0)
 
     def feed(self, execution_id: str) -> _Feed:
         """The shared reader of ``execution_id``'s changes (while it has subscriptions;
         called on the event loop's thread)."""
         feed = self._feeds.get(execution_id)
         if feed is None:
-            feed = self._feeds[execution_id] = _Feed(self._ledger, execution_id)
+            feed = self._feeds[execution_id] = _Feed(self._ledger, execution_id, self.signal)
         return feed
 
     def close(self) -> None:
@@ -128,23 +137,29 @@ class LogFollower:
                     while not self._stop.is_set():
                         page = subscription.next_page()
                         if page:
-                            self._notify({str(n.originator_id) for n in page})
+                            self._notify({str(n.originator_id) for n in page}, page[-1].id)
                             self._position = page[-1].id
                         backoff = 0.1
             except (OperationalError, InterfaceError) as e:
                 logger.warning("following the log: %s; retrying in %.1fs", e, backoff)
-                self._notify(None)  # Subscriptions re-read: nothing is lost meanwhile.
+                self._notify(None, 0)  # Subscriptions re-read: nothing is lost meanwhile.
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
             finally:
                 self._subscription = None
 
-    def _notify(self, execution_ids: set[str] | None) -> None:
+    def _notify(self, execution_ids: set[str] | None, position: int) -> None:
         with self._lock:
             if execution_ids is None:
+                self._epoch += 1
                 events = [e for waiting in self._waiters.values() for e in waiting]
             else:
-                events = [e for i in execution_ids for e in self._waiters.get(i, ())]
+                events = []
+                for i in execution_ids:
+                    waiting = self._waiters.get(i)
+                    if waiting:
+                        self._signals[i] = position
+                        events.extend(waiting)
         for event in events:
             self._loop.call_soon_threadsafe(event.set)
 
@@ -159,9 +174,13 @@ class ClosingError(Exception):
 class _Feed:
     """One execution's changes, read from the store once for all its subscriptions."""
 
-    def __init__(self, ledger: Ledger, execution_id: str) -> None:
+    def __init__(
+        self, ledger: Ledger, execution_id: str, signal: Callable[[str], tuple[int, int]]
+    ) -> None:
         self._ledger = ledger
         self._execution_id = execution_id
+        self._signal = signal
+        self._read_at: tuple[int, int] | None = None
         self._changes: ExecutionChanges | None = None
         self._records: list[ExecutionRecord] = []
         self._lock = asyncio.Lock()
@@ -169,10 +188,14 @@ class _Feed:
         """Whether the execution's last read resource is in a terminal phase."""
 
     async def after(
-        self, version: int, run: Callable[..., Awaitable[Any]]
+        self, version: int, run: Callable[..., Awaitable[Any]], *, recheck: bool = False
     ) -> list[ExecutionRecord] | None:
         """The resources after ``version`` (reading the store when none is known yet, once
-        for every subscription waiting); None when ``version`` is behind the window."""
+        for every subscription waiting); None when ``version`` is behind the window.
+
+        The store is read again only when the follower has seen something of the
+        execution since the last read (or on ``recheck``): twenty subscriptions that have
+        sent everything cost no query when they look again."""
         async with self._lock:
             if self._changes is None:
                 self._changes = self._ledger.changes(self._execution_id, after=version)
@@ -180,8 +203,11 @@ class _Feed:
             if version > known:  # Ahead of the feed (it started further back): jump.
                 self._changes = self._ledger.changes(self._execution_id, after=version)
                 self._records = []
+                self._read_at = None
                 known = version
-            if version == known:
+            signal = self._signal(self._execution_id)
+            if version == known and (recheck or self._read_at != signal):
+                self._read_at = signal
                 records = await run(self._changes.next, BATCH)
                 self._records = (self._records + records)[-WINDOW:]
                 self.terminal = self._changes.is_terminal
@@ -201,6 +227,7 @@ async def follow_execution(
     terminal phase (``run`` calls a blocking function off the event loop)."""
     event = follower.register(execution_id)
     own: ExecutionChanges | None = None  # Reading alone, when behind the feed's window.
+    recheck = False
     try:
         sent = after
         while True:
@@ -208,7 +235,8 @@ async def follow_execution(
                 raise ClosingError
             event.clear()
             feed = follower.feed(execution_id)
-            shared = None if own is not None else await feed.after(sent, run)
+            shared = None if own is not None else await feed.after(sent, run, recheck=recheck)
+            recheck = False
             if shared is None:
                 if own is None:
                     own = ledger.changes(execution_id, after=sent)
@@ -224,7 +252,9 @@ async def follow_execution(
             if terminal:  # Every reader stops at its reader's tip, which it has now sent.
                 return
             if not records:
-                with contextlib.suppress(TimeoutError):
+                try:
                     await asyncio.wait_for(event.wait(), RECHECK_SECONDS)
+                except TimeoutError:
+                    recheck = True
     finally:
         follower.unregister(execution_id, event)
