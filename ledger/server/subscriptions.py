@@ -29,11 +29,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
-from eventsourcing.persistence import InterfaceError, OperationalError
+from eventsourcing.persistence import InterfaceError, Notification, OperationalError
 
 from ledger.application import ExecutionChanges, ExecutionRecord, Ledger
 from ledger.contract.kinds import Resource
@@ -137,7 +137,7 @@ class LogFollower:
                     while not self._stop.is_set():
                         page = subscription.next_page()
                         if page:
-                            self._notify({str(n.originator_id) for n in page}, page[-1].id)
+                            self._notify(page, page[-1].id)
                             self._position = page[-1].id
                         backoff = 0.1
             except (OperationalError, InterfaceError) as e:
@@ -148,20 +148,40 @@ class LogFollower:
             finally:
                 self._subscription = None
 
-    def _notify(self, execution_ids: set[str] | None, position: int) -> None:
+    def _notify(self, page: Sequence[Notification] | None, position: int) -> None:
+        """Signals each execution of ``page`` that has subscriptions (every one when
+        None: after a lost connection), and hands its events to its feed, in one call
+        onto the event loop."""
+        offers: list[tuple[str, list[Notification], tuple[int, int]]] = []
         with self._lock:
-            if execution_ids is None:
+            if page is None:
                 self._epoch += 1
                 events = [e for waiting in self._waiters.values() for e in waiting]
             else:
                 events = []
-                for i in execution_ids:
-                    waiting = self._waiters.get(i)
-                    if waiting:
-                        self._signals[i] = position
-                        events.extend(waiting)
+                of: dict[str, list[Notification]] = {}
+                for notification in page:
+                    execution_id = str(notification.originator_id)
+                    if execution_id in self._waiters:
+                        of.setdefault(execution_id, []).append(notification)
+                for execution_id, stored in of.items():
+                    self._signals[execution_id] = position
+                    offers.append((execution_id, stored, (self._epoch, position)))
+                    events.extend(self._waiters[execution_id])
+        if events:
+            self._loop.call_soon_threadsafe(self._wake, offers, events)
+
+    def _wake(
+        self,
+        offers: list[tuple[str, list[Notification], tuple[int, int]]],
+        events: list[asyncio.Event],
+    ) -> None:
+        for execution_id, stored, signal in offers:
+            feed = self._feeds.get(execution_id)
+            if feed is not None:
+                feed.offer(stored, signal)
         for event in events:
-            self._loop.call_soon_threadsafe(event.set)
+            event.set()
 
 
 class ClosingError(Exception):
@@ -181,11 +201,19 @@ class _Feed:
         self._execution_id = execution_id
         self._signal = signal
         self._read_at: tuple[int, int] | None = None
+        self._offered: list[Notification] = []
+        self._offered_at: tuple[int, int] | None = None
         self._changes: ExecutionChanges | None = None
         self._records: list[ExecutionRecord] = []
         self._lock = asyncio.Lock()
         self.terminal = False
         """Whether the execution's last read resource is in a terminal phase."""
+
+    def offer(self, stored: list[Notification], signal: tuple[int, int]) -> None:
+        """Events of the execution the follower read from the log (as of ``signal``):
+        the next subscription at the feed's tip applies them without a query."""
+        self._offered = (self._offered + stored)[-WINDOW:]
+        self._offered_at = signal
 
     async def after(
         self, version: int, run: Callable[..., Awaitable[Any]], *, recheck: bool = False
@@ -193,9 +221,10 @@ class _Feed:
         """The resources after ``version`` (reading the store when none is known yet, once
         for every subscription waiting); None when ``version`` is behind the window.
 
-        The store is read again only when the follower has seen something of the
-        execution since the last read (or on ``recheck``): twenty subscriptions that have
-        sent everything cost no query when they look again."""
+        New events come from the follower's page when they follow on from the feed's
+        last version; otherwise the store is read, and only when the follower has seen
+        something of the execution since the last read (or on ``recheck``): twenty
+        subscriptions that have sent everything cost nothing when they look again."""
         async with self._lock:
             if self._changes is None:
                 self._changes = self._ledger.changes(self._execution_id, after=version)
@@ -205,11 +234,19 @@ class _Feed:
                 self._records = []
                 self._read_at = None
                 known = version
-            signal = self._signal(self._execution_id)
-            if version == known and (recheck or self._read_at != signal):
-                self._read_at = signal
-                records = await run(self._changes.next, BATCH)
-                self._records = (self._records + records)[-WINDOW:]
+            if version == known:
+                records = None
+                if self._offered and not recheck:
+                    records = self._changes.apply(self._offered)
+                    if records is not None:
+                        self._read_at = self._offered_at
+                    self._offered = []
+                signal = self._signal(self._execution_id)
+                if records is None and (recheck or self._read_at != signal):
+                    self._read_at = signal
+                    records = await run(self._changes.next, BATCH)
+                if records:
+                    self._records = (self._records + records)[-WINDOW:]
                 self.terminal = self._changes.is_terminal
             if version < known and (not self._records or self._records[0].version > version + 1):
                 return None
