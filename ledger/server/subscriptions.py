@@ -3,11 +3,13 @@
 One :class:`LogFollower` per server process follows the ledger's notification log
 (:class:`~projections.subscription.PollingSubscription`: LISTEN/NOTIFY wake-ups
 on PostgreSQL, polling everywhere) from the head it found at start, and for each
-event of an execution someone subscribed to, wakes that subscription. It carries
-no events: the subscriptions of one execution share a :class:`_Feed`, which reads
-the execution's new events from the store once for all of them
-(:meth:`ledger.application.Ledger.changes`) and keeps the last :data:`WINDOW`
-resources; a subscription sends the resources after the last version it sent, one
+page, wakes the subscriptions of the executions in it, in one call onto the event
+loop, handing each execution's events to its :class:`_Feed`. The subscriptions of
+one execution share that feed: it applies the follower's events when they follow on
+from its last version, and otherwise reads the execution's new events from the store,
+once for all of them (:meth:`ledger.application.Ledger.changes`), only when the
+follower has seen something new since its last read; it keeps the last
+:data:`WINDOW` resources; a subscription sends the resources after the last version it sent, one
 at a time, as fast as its client takes them (gRPC flow control). One that falls
 behind the window reads the store at its own pace instead. So nothing is missed or
 repeated however slow a client is, what a subscription holds is bounded, and a
