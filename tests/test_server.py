@@ -654,26 +654,15 @@ def test_update_metadata_and_delete(served: Served) -> None:
     assert code_of(command.update, updated, metadata=md)[0] == grpc.StatusCode.INVALID_ARGUMENT
     stale = (*md, ("x-expected-version", "1"))
     assert code_of(command.update, change, metadata=stale)[0] == grpc.StatusCode.ABORTED
-    # Listing: the view indexes the labels given at create, and each entry's current labels
-    # are checked, so an execution whose label an update removed is no longer listed by
-    # it, and one an update added is not found by the index (docs/GRPC.md, limits).
-    assert _until(
-        lambda: (
-            [
-                e.metadata.id
-                for e in query.list(
-                    agent_io.ListAgentExecutionsRequest(tags=["team=a"]), metadata=md
-                ).entries
-            ]
-            == []
-        )
-    )
-    assert [
-        e.metadata.id
-        for e in query.list(
-            agent_io.ListAgentExecutionsRequest(tags=["env=dev"]), metadata=md
-        ).entries
-    ] == []
+    # Listing: the status view follows update's labels (and its label index), so the
+    # execution is found by a label the update added and no longer by one it changed.
+    def listed(tag: str) -> list[str]:
+        request = agent_io.ListAgentExecutionsRequest(tags=[tag])
+        return [e.metadata.id for e in query.list(request, metadata=md).entries]
+
+    assert _until(lambda: listed("team=a") == [execution_id]), listed("team=a")
+    assert listed("env=prod") == [execution_id]
+    assert listed("env=dev") == []
 
     # delete: an open execution is cancelled first; then get, subscribe, list, writes
     # answer NOT_FOUND or leave it out. The secret value is shredded.
