@@ -654,15 +654,16 @@ def test_update_metadata_and_delete(served: Served) -> None:
     assert code_of(command.update, updated, metadata=md)[0] == grpc.StatusCode.INVALID_ARGUMENT
     stale = (*md, ("x-expected-version", "1"))
     assert code_of(command.update, change, metadata=stale)[0] == grpc.StatusCode.ABORTED
+
     # Listing: the status view follows update's labels (and its label index), so the
     # execution is found by a label the update added and no longer by one it changed.
-    def listed(tag: str) -> list[str]:
+    def tagged(tag: str) -> list[str]:
         request = agent_io.ListAgentExecutionsRequest(tags=[tag])
         return [e.metadata.id for e in query.list(request, metadata=md).entries]
 
-    assert _until(lambda: listed("team=a") == [execution_id]), listed("team=a")
-    assert listed("env=prod") == [execution_id]
-    assert listed("env=dev") == []
+    assert _until(lambda: tagged("team=a") == [execution_id]), tagged("team=a")
+    assert tagged("env=prod") == [execution_id]
+    assert tagged("env=dev") == []
 
     # delete: an open execution is cancelled first; then get, subscribe, list, writes
     # answer NOT_FOUND or leave it out. The secret value is shredded.

@@ -159,8 +159,8 @@ def test_a_stale_view_says_so_and_run_rebuilds_it(
     assert views.stale() == ["status"]
     for read in (
         lambda: views.catch_up(["status"]),
-        lambda: views.status.list(),
-        lambda: views.status.counts_by_phase(),
+        views.status.list,
+        views.status.counts_by_phase,
     ):
         with pytest.raises(StaleViewError, match=r"stale .*schema 1.*schema 2.*rebuild status"):
             read()
@@ -172,7 +172,7 @@ def test_a_stale_view_says_so_and_run_rebuilds_it(
     runner = threading.Thread(target=views.run, args=(stop, ["status"], rebuilt.append))
     runner.start()
     try:
-        wait_for(lambda: views.status.is_current(), message="the stale view rebuilt by run")
+        wait_for(views.status.is_current, message="the stale view rebuilt by run")
         more = drive(ledger, 100, 2)
         wait_for(lambda: all(views.status.get(i) is not None for i in more))
     finally:
@@ -250,9 +250,10 @@ def test_a_rebuild_stopped_by_a_poisoned_event_leaves_the_old_view(
     views.rebuild("status")
     assert snapshots(views) == before
     [letter] = views.dead_letters()
-    assert letter[:5] == DeadLetter(
-        "status<-Ledger", position, "aex-poisoned", 1, CREATED_TOPICS[0], ""
-    )[:5]
+    assert (
+        letter[:5]
+        == DeadLetter("status<-Ledger", position, "aex-poisoned", 1, CREATED_TOPICS[0], "")[:5]
+    )
     assert letter.error.startswith("UnicodeDecodeError") or "JSON" in letter.error
     assert letter.recorded_at is not None
 

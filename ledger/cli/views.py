@@ -186,8 +186,11 @@ def projections_rebuild(
                 elapsed = (datetime.now() - started).total_seconds() or 1e-9
                 progress.update(task, completed=done, total=total, rate=f"{done / elapsed:,.0f}")
 
-            with errors():
+            try:
                 count = views.rebuild(name, report)
+            except BaseException:
+                progress.update(task, visible=False)  # The error's line stands alone.
+                raise
     elapsed = (datetime.now() - started).total_seconds()
     if as_json:
         print_json({"view": name, "events": count, "seconds": round(elapsed, 3)})
