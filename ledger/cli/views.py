@@ -179,18 +179,24 @@ def projections_rebuild(
             disable=as_json,
         )
         started = datetime.now()
-        with progress:
-            task = progress.add_task(name, total=None, rate="-")
+        task = progress.add_task(name, total=None, rate="-")
+        shown: list[bool] = []
 
-            def report(done: int, total: int) -> None:
-                elapsed = (datetime.now() - started).total_seconds() or 1e-9
-                progress.update(task, completed=done, total=total, rate=f"{done / elapsed:,.0f}")
+        def report(done: int, total: int) -> None:
+            if not shown:  # Shown from the first page: an error before it stands alone.
+                progress.start()
+                shown.append(True)
+            elapsed = (datetime.now() - started).total_seconds() or 1e-9
+            progress.update(task, completed=done, total=total, rate=f"{done / elapsed:,.0f}")
 
-            try:
-                count = views.rebuild(name, report)
-            except BaseException:
-                progress.update(task, visible=False)  # The error's line stands alone.
-                raise
+        try:
+            count = views.rebuild(name, report)
+        except BaseException:
+            progress.update(task, visible=False)
+            raise
+        finally:
+            if shown:
+                progress.stop()
     elapsed = (datetime.now() - started).total_seconds()
     if as_json:
         print_json({"view": name, "events": count, "seconds": round(elapsed, 3)})

@@ -27,6 +27,7 @@ import secrets
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from ledger.contract.errors import PermissionDeniedError
 from ledger.store.connections import connect
 from ledger.store.url import StoreConfig
 from projections.views._dialects import ViewStore
@@ -87,8 +88,16 @@ def rebuild(
             index_prefix=f"g{secrets.token_hex(4)}_",
             create=False,
         )
-        rebuilt_recorder.drop_tables()  # What a killed rebuild left.
-        rebuilt_recorder.create_tables()
+        try:
+            rebuilt_recorder.drop_tables()  # What a killed rebuild left.
+            rebuilt_recorder.create_tables()
+        except Exception as e:
+            if _permission_denied(e):
+                raise PermissionDeniedError(
+                    f"rebuilding the {view.name} view creates tables, which this role may not: "
+                    "run it as the schema's owner (as `ledger setup`)"
+                ) from None
+            raise
         rebuilt = type(view)(rebuilt_recorder, view.logs)
         try:
             processed = _replay(rebuilt, page_size, stop_on_error, progress)
@@ -131,3 +140,17 @@ def _replay(
     if progress is not None:
         progress(total, total)
     return processed
+
+
+def _permission_denied(error: BaseException) -> bool:
+    """Whether the store refused ``error``'s statement to this role."""
+    import psycopg
+
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, psycopg.errors.InsufficientPrivilege):
+            return True
+        if "permission denied" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
