@@ -304,3 +304,26 @@ def test_two_rebuilds_of_one_view_never_run_at_once(
     assert snapshots(views) == before
     views.rebuild("status")  # Released: a rebuild runs again.
     assert snapshots(views) == before
+
+
+def test_an_undecryptable_event_is_a_dead_letter(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from eventsourcing.cipher import AESCipher
+
+    monkeypatch.setenv("LEDGER_CIPHER_KEY", AESCipher.create_key(32))
+    with open_ledger(store_url) as encrypted:
+        kept = encrypted.create(resource(1)).id
+        # Bytes no key opens (as a process with another key would have left them).
+        position = poison(encrypted, "aex-sealed", os.urandom(80))
+        after = encrypted.create(resource(3)).id
+    views = Views(parse_url(store_url))
+    try:
+        views.catch_up()
+        assert {row.id for row in views.status.snapshot()} == {kept, after}
+        [letter] = views.dead_letters(["status"])
+        assert (letter.position, letter.event_id) == (position, "aex-sealed")
+        assert letter.error
+        assert [d.event_id for d in views.dead_letters(["audit"])] == ["aex-sealed"]
+    finally:
+        views.close()
