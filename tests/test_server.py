@@ -777,3 +777,39 @@ def test_mutual_tls(sqlite_url: str, tmp_path: Path) -> None:
             channel.close()
     finally:
         served.kill()
+
+
+def test_list_of_a_stale_status_view_is_unavailable_until_rebuilt(tmp_path: Path) -> None:
+    # The ledger and views files of the previous version (status view schema 1).
+    schema1 = Path(__file__).parent / "data" / "views_schema1"
+    for name in ("ledger.db", "ledger.dispatcher.db", "ledger.views.db"):
+        (tmp_path / name).write_bytes((schema1 / name).read_bytes())
+    url = "sqlite:///" + str(tmp_path / "ledger.db")
+    request = agent_io.ListAgentExecutionsRequest()
+    served = Served(url, tmp_path, extra=("--no-views",)).start()
+    try:
+        md = served.metadata()
+        code, details = code_of(served.agent_query.list, request, metadata=md, timeout=30)
+        assert code == grpc.StatusCode.UNAVAILABLE
+        assert "status view is stale" in details and "ledger projections rebuild status" in details
+        which = agent_io.AgentExecutionId(value="aex-legacy-completed")
+        assert served.agent_query.get(which, metadata=md, timeout=30).status.phase == 3
+    finally:
+        served.kill()
+    # Following the views (the default), the server rebuilds the stale view first.
+    (tmp_path / "second").mkdir()
+    served = Served(url, tmp_path / "second").start()
+    try:
+        md = served.metadata()
+
+        def listed() -> set[str]:
+            try:
+                page = served.agent_query.list(request, metadata=md, timeout=30)
+            except grpc.RpcError as e:
+                assert e.code() == grpc.StatusCode.UNAVAILABLE, e
+                return set()
+            return {entry.metadata.id for entry in page.entries}
+
+        assert _until(listed) == {"aex-legacy-completed", "aex-legacy-open"}
+    finally:
+        served.kill()
