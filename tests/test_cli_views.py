@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 import psycopg
 import pytest
+from eventsourcing.persistence import StoredEvent
 
 from ledger.api.commons.v1 import metadata_pb2
 from ledger.application import Ledger, open_ledger
@@ -755,3 +756,90 @@ def test_no_read_model_output_contains_a_token(sqlite_url: str, sqlite_ledger: L
     assert json.loads(results[4].stdout)["has_callback"] is True
     assert all(name in results[7].stdout for name in VIEW_LAGS)
     assert results[8].stdout.startswith("rebuilt status: ")
+
+
+# Schema versions, dead letters, blue/green rebuilds (docs/READ_MODELS.md).
+
+SCHEMA1 = Path(__file__).parent / "data" / "views_schema1"
+
+
+def test_a_stale_status_view_is_one_line_until_rebuilt(tmp_path: Path) -> None:
+    # Views files written by the previous version (status schema 1) beside its ledger.
+    for name in ("ledger.db", "ledger.dispatcher.db", "ledger.views.db"):
+        (tmp_path / name).write_bytes((SCHEMA1 / name).read_bytes())
+    url = "sqlite:///" + str(tmp_path / "ledger.db")
+    line = user_error(url, "list")
+    assert line.startswith("error: the status view is stale (its tables have schema 1"), line
+    assert "`ledger projections rebuild status`" in line
+    # The audit view is current: it is read as it is.
+    assert ok_json(url, "audit", "aex-legacy-completed")["outcome"] == "no_callback"
+    shown = {row["name"]: row for row in ok_json(url, "projections", "status")}
+    assert shown["status<-Ledger"]["stale"] and not shown["audit<-Ledger"]["stale"]
+    assert "the status view is stale" in ok(url, "projections", "status")
+    assert ok(url, "projections", "rebuild", "status").startswith("rebuilt status: 6 events")
+    listed = ok_json(url, "list")["executions"]
+    assert sorted(row["id"] for row in listed) == [
+        "aex-legacy-completed",
+        "aex-legacy-open",
+        "wex-legacy-failed",
+    ]
+    assert all(row["version"] >= 1 and row["deleted"] is False for row in listed)
+    assert not any(row["stale"] for row in ok_json(url, "projections", "status"))
+
+
+def test_dead_letters_are_listed_counted_and_stop_on_error(
+    sqlite_url: str, sqlite_ledger: Ledger
+) -> None:
+    kept = sqlite_ledger.create(agent_execution(agent_id="agent-1", message="hi")).id
+    sqlite_ledger.recorder.insert_events(
+        [StoredEvent("aex-poisoned", 1, CREATED_TOPICS[0], b"\xff not JSON")]
+    )
+    position = sqlite_ledger.recorder.max_notification_id()
+    after = sqlite_ledger.create(agent_execution(agent_id="agent-2", message="hi")).id
+    # The follower carries on past it: both executions are listed.
+    assert {row["id"] for row in ok_json(sqlite_url, "list")["executions"]} == {kept, after}
+    [letter] = ok_json(sqlite_url, "projections", "dead-letters")
+    assert letter["follower"] == "status<-Ledger" and letter["position"] == position
+    assert letter["event_id"] == "aex-poisoned" and letter["topic"] == CREATED_TOPICS[0]
+    assert letter["error"]
+    assert "aex-poisoned" in ok(sqlite_url, "projections", "dead-letters")
+    shown = {row["name"]: row for row in ok_json(sqlite_url, "projections", "status")}
+    assert shown["status<-Ledger"]["dead_letters"] == 1
+    assert shown["audit<-Ledger"]["dead_letters"] == 0
+    # --stop-on-error: the rebuild stops there, in one line; the view keeps its rows.
+    line = user_error(sqlite_url, "projections", "rebuild", "status", "--stop-on-error")
+    assert f"position {position} (aex-poisoned v1" in line and "stop on error" in line
+    assert {row["id"] for row in ok_json(sqlite_url, "list")["executions"]} == {kept, after}
+
+
+def test_list_filters_of_status_schema_2(store_url: str, ledger: Ledger) -> None:
+    ids = [ledger.create(agent_execution(agent_id=f"agent-{i}", message="m")).id for i in range(4)]
+    ledger.record_cancel_request(ids[0], by="caller")
+    ledger.record_caller_gone(ids[1], "timed out")
+    ledger.delete(ids[2])
+
+    def listed(*args: str) -> set[str]:
+        return {row["id"] for row in ok_json(store_url, "list", *args)["executions"]}
+
+    assert listed() == {ids[0], ids[1], ids[3]}
+    assert listed("--cancel-requested") == {ids[0]}
+    assert listed("--caller-gone") == {ids[1]}
+    assert listed("--include-deleted") == set(ids)
+    assert listed("--include-deleted", "--phase", "CANCELLED") == {ids[2]}
+
+
+def test_a_second_rebuild_of_a_view_is_refused_in_one_line(
+    sqlite_url: str, sqlite_ledger: Ledger
+) -> None:
+    from projections.views import Views
+    from projections.views._rebuild import rebuild_lock
+
+    sqlite_ledger.create(agent_execution(agent_id="agent-1", message="hi"))
+    views = Views(parse_url(sqlite_url))
+    try:
+        with rebuild_lock(views.config, views.store, "status"):
+            line = user_error(sqlite_url, "projections", "rebuild", "status")
+            assert "already being rebuilt" in line
+    finally:
+        views.close()
+    assert ok(sqlite_url, "projections", "rebuild", "status").startswith("rebuilt status")

@@ -257,6 +257,15 @@ def list_(
     until: Annotated[str | None, typer.Option(help="Created before (ISO-8601).")] = None,
     limit: Annotated[int, typer.Option(min=1, max=1000, help="Page size.")] = 50,
     after: Annotated[str | None, typer.Option(help="Cursor from the previous page.")] = None,
+    cancel_requested: Annotated[
+        bool, typer.Option("--cancel-requested", help="Only those whose caller asked to cancel.")
+    ] = False,
+    caller_gone: Annotated[
+        bool, typer.Option("--caller-gone", help="Only those whose caller is gone.")
+    ] = False,
+    include_deleted: Annotated[
+        bool, typer.Option("--include-deleted", help="Deleted executions too.")
+    ] = False,
     url: UrlOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -283,6 +292,9 @@ def list_(
             until=until_at,
             limit=limit,
             after=after,
+            cancel_requested=cancel_requested,
+            caller_gone=caller_gone,
+            include_deleted=include_deleted,
         )
     shown = rows(found)
     if as_json:

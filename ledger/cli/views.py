@@ -1,13 +1,19 @@
-"""``ledger projections status|run|rebuild``: the read models (status and audit views).
+"""``ledger projections status|run|rebuild|dead-letters``: the read models (status and
+audit views).
 
 ``run`` follows the ledger live until SIGINT/SIGTERM, logging as set by
-``--log-level`` and ``--log-format`` (:mod:`ledger.cli._logging`).
+``--log-level`` and ``--log-format`` (:mod:`ledger.cli._logging`); it rebuilds a
+stale view first. ``rebuild`` is blue/green: the old view answers until the new one
+is swapped in. An event a follower cannot decode becomes a dead letter (listed by
+``dead-letters``, counted by ``status``) unless ``--stop-on-error`` is given.
+See ``docs/READ_MODELS.md``.
 """
 
 from __future__ import annotations
 
 import signal
 import threading
+from collections import Counter
 from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated
@@ -25,24 +31,74 @@ from ledger.cli._logging import (
 )
 from ledger.cli._render import err, out, print_json, table
 
-projections_app = typer.Typer(help="Read models: status, run, rebuild.", no_args_is_help=True)
+projections_app = typer.Typer(
+    help="Read models: status, run, rebuild, dead-letters.", no_args_is_help=True
+)
 
 VIEW_NAMES = ["status", "audit"]
+
+StopOnErrorOption = Annotated[
+    bool,
+    typer.Option(
+        "--stop-on-error",
+        help="Stop at an event that cannot be decoded instead of recording a dead letter.",
+    ),
+]
 
 
 @projections_app.command("status")
 def projections_status(url: UrlOption = None, as_json: JsonOption = False) -> None:
-    """Position, head and lag of each view and of the dispatcher."""
+    """Position, head and lag of each view and of the dispatcher; dead letters and
+    stale views."""
     with open_views(url) as views:
         lags = views.lag()
+        stale = set(views.stale())
+        dead = Counter(letter.follower for letter in views.dead_letters())
     shown = [
-        {"name": lag.name, "position": lag.position, "head": lag.head, "lag": lag.lag}
+        {
+            "name": lag.name,
+            "position": lag.position,
+            "head": lag.head,
+            "lag": lag.lag,
+            "dead_letters": dead.get(lag.name, 0),
+            "stale": lag.name.partition("<-")[0] in stale,
+        }
         for lag in lags
     ]
     if as_json:
         print_json(shown)
-    else:
-        out.print(table("projections", shown, ["name", "position", "head", "lag"]))
+        return
+    out.print(
+        table("projections", shown, ["name", "position", "head", "lag", "dead_letters", "stale"])
+    )
+    for name in sorted(stale):
+        out.print(f"the {name} view is stale: rebuild it with `ledger projections rebuild {name}`")
+    if dead:
+        out.print("dead letters: `ledger projections dead-letters`")
+
+
+@projections_app.command("dead-letters")
+def projections_dead_letters(url: UrlOption = None, as_json: JsonOption = False) -> None:
+    """Events the views could not decode: follower, position, event, topic, error."""
+    with open_views(url) as views:
+        letters = views.dead_letters()
+    shown = [
+        {
+            "follower": letter.follower,
+            "position": letter.position,
+            "event_id": letter.event_id,
+            "event_version": letter.event_version,
+            "topic": letter.topic,
+            "error": letter.error,
+            "recorded_at": letter.recorded_at.isoformat() if letter.recorded_at else None,
+        }
+        for letter in letters
+    ]
+    if as_json:
+        print_json(shown)
+        return
+    columns = ["follower", "position", "event_id", "event_version", "topic", "error"]
+    out.print(table("dead letters", shown, columns))
 
 
 @projections_app.command("run")
@@ -51,8 +107,10 @@ def projections_run(
     url: UrlOption = None,
     log_level: LogLevelOption = LogLevel.INFO,
     log_format: LogFormatOption = LogFormat.TEXT,
+    stop_on_error: StopOnErrorOption = False,
 ) -> None:
-    """Follow the ledger live until interrupted (SIGINT/SIGTERM stop cleanly)."""
+    """Follow the ledger live until interrupted (SIGINT/SIGTERM stop cleanly); a stale
+    view is rebuilt first."""
     chosen = _view_names(names)
     status_line = configure_logging(log_level, log_format)
     stop = threading.Event()
@@ -60,9 +118,15 @@ def projections_run(
     from projections.views import freeze_startup_objects
 
     with open_views(url, read_only=False) as views:
+        views.stop_on_error = stop_on_error
         freeze_startup_objects()
+
+        def rebuilding(name: str) -> None:
+            status_line(f"the {name} view is stale: rebuilding it before following")
+
         status_line(f"following {', '.join(chosen)}; Ctrl-C to stop")
-        views.run(stop, chosen)
+        with errors():
+            views.run(stop, chosen, on_rebuild=rebuilding)
     status_line("stopped")
 
 
@@ -87,8 +151,10 @@ def projections_rebuild(
     name: Annotated[str, typer.Argument(help="The view: status or audit.")],
     url: UrlOption = None,
     as_json: JsonOption = False,
+    stop_on_error: StopOnErrorOption = False,
 ) -> None:
-    """Drop a view and replay it from position zero (never calls Temporal)."""
+    """Replay a view from position zero beside the live one and swap it in once caught
+    up; the old view answers until then (never calls Temporal)."""
     _view_names([name])
     from rich.progress import (
         BarColumn,
@@ -101,6 +167,7 @@ def projections_rebuild(
     from projections.views import freeze_startup_objects
 
     with open_views(url, read_only=False) as views:
+        views.stop_on_error = stop_on_error
         freeze_startup_objects()
         progress = Progress(
             TextColumn(f"rebuilding {name}"),
@@ -112,14 +179,24 @@ def projections_rebuild(
             disable=as_json,
         )
         started = datetime.now()
-        with progress:
-            task = progress.add_task(name, total=None, rate="-")
+        task = progress.add_task(name, total=None, rate="-")
+        shown: list[bool] = []
 
-            def report(done: int, total: int) -> None:
-                elapsed = (datetime.now() - started).total_seconds() or 1e-9
-                progress.update(task, completed=done, total=total, rate=f"{done / elapsed:,.0f}")
+        def report(done: int, total: int) -> None:
+            if not shown:  # Shown from the first page: an error before it stands alone.
+                progress.start()
+                shown.append(True)
+            elapsed = (datetime.now() - started).total_seconds() or 1e-9
+            progress.update(task, completed=done, total=total, rate=f"{done / elapsed:,.0f}")
 
+        try:
             count = views.rebuild(name, report)
+        except BaseException:
+            progress.update(task, visible=False)
+            raise
+        finally:
+            if shown:
+                progress.stop()
     elapsed = (datetime.now() - started).total_seconds()
     if as_json:
         print_json({"view": name, "events": count, "seconds": round(elapsed, 3)})
