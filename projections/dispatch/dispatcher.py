@@ -42,29 +42,28 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from eventsourcing.persistence import Tracking
 from temporalio.client import Client
 
 from ledger.application import open_ledger_with
 from ledger.contract.names import COMPLETED_TOPICS, LEDGER_LOG
-from ledger.contract.phases import Phase
-from ledger.domain.execution import Execution
 from ledger.store.backoff import Backoff
 from ledger.store.connections import setup_lock
 from ledger.store.url import StoreConfig
 from ledger.temporal.settings import TemporalSettings
 from projections.dispatch.callers import CallerWatch
-from projections.dispatch.calls import CallbackSender, RetryPolicy, call_for
-from projections.dispatch.delivery import Delivery
+from projections.dispatch.calls import CallbackSender, RetryPolicy, call_for, completed_phase
+from projections.dispatch.delivery import POISONED, Delivery, Outcome
 from projections.dispatch.flushing import OutcomeFlusher
 from projections.dispatch.in_flight import DispatchStats, InFlightCalls, Job
 from projections.dispatch.leadership import Leadership, SingleActive
 from projections.dispatch.log import DispatcherLog
 from projections.dispatch.outage import STORE_ERRORS, LockLostError, outlast_store
 from projections.dispatch.outcome_book import OutcomeBook
-from projections.dispatch.preparation import PagePreparer
+from projections.dispatch.preparation import PagePreparer, park_poisoned
+from projections.dispatch.reading import read_executions
 from projections.subscription import PollingSubscription
 
 __all__ = ["STORE_ERRORS", "DispatchStats", "Dispatcher", "connect_client", "run_dispatcher"]
@@ -299,15 +298,39 @@ class Dispatcher:
         """``step`` runs each blocking step: :func:`asyncio.to_thread` (a store error
         ends the retry) or :meth:`_outlasting_store` (within a run)."""
         parked: list[Delivery] = await step(self._parked_deliveries)
+        if not parked:
+            return 0
+        completions = await step(read_executions, self.ledger, [d.id for d in parked])
         jobs: list[Job] = []
-        for delivery in parked:
-            execution: Execution = await step(self._execution, delivery.id)
-            delivery.attempt(call_for(Phase(delivery.phase)))
+        touched: list[Delivery] = []
+        still_poisoned = 0
+        for delivery, completion in zip(parked, completions, strict=True):
+            execution = completion.execution
+            if execution is None:
+                if delivery.outcome is Outcome.PARKED and delivery.parked_reason == POISONED:
+                    still_poisoned += 1  # Stays parked as it is: nothing new to record.
+                    continue
+                touched.append(park_poisoned(completion, delivery))
+                self.stats.count(Outcome.PARKED)
+                continue
+            touched.append(delivery)
+            if not execution.callback_token:  # A poisoned one that reads again, tokenless.
+                delivery.resolve(Outcome.NO_CALLBACK, detail="spec.callback_token is empty")
+                self.stats.count(Outcome.NO_CALLBACK)
+                continue
+            delivery.attempt(call_for(completed_phase(execution)))
             jobs.append(Job(0, delivery, execution, execution.callback_token))
+        if still_poisoned:
+            logger.warning(
+                "%d parked deliveries stay parked: their executions still cannot be read "
+                "(ledger dispatcher parked lists them with the reason)",
+                still_poisoned,
+            )
+        if touched:
+            await step(self.log.record, touched)
         if not jobs:
             return 0
         logger.info("retrying %d parked deliveries", len(jobs))
-        await step(self.log.record, [j.delivery for j in jobs])
         calls = self._in_flight()
         called = 0
         for job in jobs:  # A job not called stays attempted, retried later.
@@ -359,9 +382,6 @@ class Dispatcher:
                 self.log.record([], Tracking(LEDGER_LOG, head))
             return head
         return 0
-
-    def _execution(self, execution_id: str) -> Execution:
-        return cast(Execution, self.ledger.repository.get(execution_id))
 
 
 async def connect_client(settings: TemporalSettings) -> Client:

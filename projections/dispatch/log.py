@@ -18,6 +18,7 @@ from eventsourcing.utils import resolve_topic
 
 from ledger.contract.names import DISPATCHER_LOG, LEDGER_LOG
 from ledger.store.keys import check_application_keys
+from ledger.store.many import select_events_of
 from ledger.store.transcodings import register_ledger_transcodings
 from projections.dispatch.delivery import OUTCOME_EVENTS, Delivery, Outcome
 
@@ -58,6 +59,18 @@ class DispatcherLog(Application[str]):
         except AggregateNotFoundError:
             return None
 
+    def deliveries(self, execution_ids: Iterable[str]) -> dict[str, Delivery]:
+        """The deliveries of ``execution_ids`` that exist, by id: one query for all."""
+        to_event = self.mapper.to_domain_event
+        found: dict[str, Delivery] = {}
+        for delivery_id, stored in select_events_of(self.recorder, list(execution_ids)).items():
+            delivery: Delivery | None = None
+            for event in stored:
+                delivery = cast(Delivery, cast(Delivery.Event, to_event(event)).mutate(delivery))
+            if delivery is not None:
+                found[delivery_id] = delivery
+        return found
+
     def record(
         self,
         items: Iterable[Delivery | CanMutateAggregate[str]],
@@ -93,8 +106,9 @@ class DispatcherLog(Application[str]):
 
     def _last_event_is(self, event: type[Delivery.Event], latest: dict[str, str]) -> list[Delivery]:
         """The deliveries whose last event (``latest``: id -> topic) is an ``event``."""
-        found = (self.delivery(i) for i, topic in latest.items() if resolve_topic(topic) is event)
-        return [d for d in found if d is not None]
+        ids = [i for i, topic in latest.items() if resolve_topic(topic) is event]
+        found = self.deliveries(ids)
+        return [found[i] for i in ids if i in found]
 
     def _latest_topics(self) -> dict[str, str]:
         """Each delivery's last event topic (a scan of the log)."""
