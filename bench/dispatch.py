@@ -75,6 +75,31 @@ class Side:
     recorded: float | None
     cpu_ms: float
     """The bench process's CPU time per completion, in ms."""
+    full: float
+    """The share of the calls' window with every slot busy."""
+    idle: float
+    """The share of the calls' window with no call in flight."""
+
+
+class Occupancy:
+    """Samples how many calls are in flight, every 5 ms, until :meth:`stop`."""
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.samples: list[int] = []
+        self._task = asyncio.create_task(self._sample())
+
+    async def _sample(self) -> None:
+        while True:
+            self.samples.append(self.in_flight)
+            await asyncio.sleep(0.005)
+
+    def stop(self) -> tuple[float, float]:
+        """The shares of samples at the limit and at zero."""
+        self._task.cancel()
+        count = max(1, len(self.samples))
+        full = sum(1 for s in self.samples if s >= IN_FLIGHT) / count
+        return full, sum(1 for s in self.samples if s == 0) / count
 
 
 # The worker process: the callers' workflows and activities, apart from the measured one.
@@ -143,14 +168,16 @@ async def _completed_workflows(client: Client, queue: str) -> int:
     return (await client.count_workflows(query)).count
 
 
-async def _until(check: Callable[[], Awaitable[bool]], timeout: float = 600.0) -> float:
-    """Polls ``check`` every 10 ms; returns the time it first held."""
+async def _until(
+    check: Callable[[], Awaitable[bool]], timeout: float = 600.0, every: float = 0.01
+) -> float:
+    """Polls ``check`` every ``every`` seconds; returns the time it first held."""
     deadline = time.monotonic() + timeout
     while not await check():
         if time.monotonic() > deadline:
             msg = "the benchmark timed out waiting"
             raise TimeoutError(msg)
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(every)
     return time.perf_counter()
 
 
@@ -202,12 +229,28 @@ async def _dispatcher_side(url: str, address: str, client: Client, queue: str, n
     own = await Client.connect(address)
     dispatcher = Dispatcher(parse_url(url), own, watch_callers=False, max_in_flight=IN_FLIGHT)
     head = dispatcher.ledger.recorder.max_notification_id() or 0
+    occupancy = Occupancy()
+    send = dispatcher.sender.send
+
+    async def counted(execution: Execution, token: bytes, **kwargs: Any) -> CallbackResult:
+        occupancy.in_flight += 1
+        try:
+            return await send(execution, token, **kwargs)
+        finally:
+            occupancy.in_flight -= 1
+
+    dispatcher.sender.send = counted  # type: ignore[method-assign]
     cpu = time.process_time()
     started = time.perf_counter()
     running = asyncio.create_task(dispatcher.run())
 
     async def calls_done() -> bool:
-        return sum(dispatcher.stats.outcomes.values()) >= n
+        done = sum(dispatcher.stats.outcomes.values()) >= n
+        if done and not occupied:
+            occupied.extend(occupancy.stop())
+        return done
+
+    occupied: list[float] = []
 
     async def recorded() -> bool:
         return dispatcher.book.recorded_position >= head
@@ -215,26 +258,31 @@ async def _dispatcher_side(url: str, address: str, client: Client, queue: str, n
     async def woken() -> bool:
         return await _completed_workflows(client, queue) >= n
 
-    times = await asyncio.gather(_until(calls_done), _until(recorded), _until(woken))
+    times = await asyncio.gather(_until(calls_done), _until(recorded), _until(woken, every=0.05))
     cpu = time.process_time() - cpu
     dispatcher.stop()
     await running
     await asyncio.to_thread(dispatcher.close)
     assert dispatcher.stats.outcomes.get("delivered") == n, dispatcher.stats.outcomes
     t_calls, t_recorded, t_woken = (t - started for t in times)
-    return Side(n / t_calls, n / t_woken, n / t_recorded, 1000 * cpu / n)
+    return Side(n / t_calls, n / t_woken, n / t_recorded, 1000 * cpu / n, *occupied)
 
 
 async def _raw_side(
     client: Client, queue: str, tokens: list[bytes], payloads: list[Any], n: int
 ) -> Side:
     own = client
+    occupancy = Occupancy()
     cpu = time.process_time()
     started = time.perf_counter()
 
     async def complete(token: bytes, payload: Any) -> None:
         handle = own.get_async_activity_handle(task_token=token)
-        await handle.complete(payload, rpc_timeout=RPC_TIMEOUT)
+        occupancy.in_flight += 1
+        try:
+            await handle.complete(payload, rpc_timeout=RPC_TIMEOUT)
+        finally:
+            occupancy.in_flight -= 1
 
     async def calls() -> float:
         await _gather_limited(
@@ -244,15 +292,18 @@ async def _raw_side(
                 for t, p in zip(tokens, payloads, strict=True)
             ],
         )
+        occupied.extend(occupancy.stop())
         return time.perf_counter()
+
+    occupied: list[float] = []
 
     async def woken() -> bool:
         return await _completed_workflows(client, queue) >= n
 
-    times = await asyncio.gather(calls(), _until(woken))
+    times = await asyncio.gather(calls(), _until(woken, every=0.05))
     cpu = time.process_time() - cpu
     t_calls, t_woken = (t - started for t in times)
-    return Side(n / t_calls, n / t_woken, None, 1000 * cpu / n)
+    return Side(n / t_calls, n / t_woken, None, 1000 * cpu / n, *occupied)
 
 
 async def _round(url: str, address: str, n: int, number: int, raw_first: bool) -> tuple[Side, Side]:
@@ -358,9 +409,10 @@ async def _bench(store: str, address: str, n: int, rounds: int, latency: int) ->
             print(
                 f"  round {number} (load {load:.2f}): "
                 f"dispatcher {d.calls:5.0f} calls/s, {d.recorded or 0:5.0f} recorded/s, "
-                f"{d.woken:5.0f} woken/s, {d.cpu_ms:.2f} ms CPU/completion | "
+                f"{d.woken:5.0f} woken/s, {d.cpu_ms:.2f} ms CPU/completion, "
+                f"full {d.full:.0%} idle {d.idle:.0%} | "
                 f"raw {r.calls:5.0f} calls/s, {r.woken:5.0f} woken/s, "
-                f"{r.cpu_ms:.2f} ms CPU/completion | "
+                f"{r.cpu_ms:.2f} ms CPU/completion, full {r.full:.0%} idle {r.idle:.0%} | "
                 f"ratio calls {ratios[-1][0]:.2f}, woken {ratios[-1][1]:.2f}"
             )
         calls = sorted(c for c, _ in ratios)
