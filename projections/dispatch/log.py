@@ -8,7 +8,9 @@ client.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import contextlib
+import threading
+from collections.abc import Iterable, Iterator, Mapping
 from typing import ClassVar, cast
 
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
@@ -32,6 +34,7 @@ class DispatcherLog(Application[str]):
     def __init__(self, env: Mapping[str, str] | None = None) -> None:
         super().__init__(env)
         self.keys = check_application_keys(self)  # Refuses keys its store does not know.
+        self._prefetch = threading.local()
 
     def construct_recorder(self) -> ProcessRecorder:
         try:
@@ -54,10 +57,27 @@ class DispatcherLog(Application[str]):
         return self.process_recorder.max_tracking_id(LEDGER_LOG)
 
     def delivery(self, execution_id: str) -> Delivery | None:
+        """The delivery of ``execution_id`` (None: none yet); from what
+        :meth:`prefetched` read, when this thread is inside it and read that id."""
+        prefetched: dict[str, Delivery | None] | None = getattr(self._prefetch, "found", None)
+        if prefetched is not None and execution_id in prefetched:
+            return prefetched[execution_id]
         try:
             return cast(Delivery, self.repository.get(execution_id))
         except AggregateNotFoundError:
             return None
+
+    @contextlib.contextmanager
+    def prefetched(self, execution_ids: Iterable[str]) -> Iterator[None]:
+        """Reads the deliveries of ``execution_ids`` with one query; inside the block,
+        :meth:`delivery` answers for them from that read (in this thread only)."""
+        ids = list(execution_ids)
+        found = self.deliveries(ids)
+        self._prefetch.found = {i: found.get(i) for i in ids}
+        try:
+            yield
+        finally:
+            self._prefetch.found = None
 
     def deliveries(self, execution_ids: Iterable[str]) -> dict[str, Delivery]:
         """The deliveries of ``execution_ids`` that exist, by id: one query for all."""

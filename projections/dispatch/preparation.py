@@ -80,7 +80,9 @@ class PagePreparer:
             # record a position past it before then), and, with a call, until its
             # outcome is resolved.
             self.book.open(notification.id)
-        deliveries = self.log.deliveries(str(n.originator_id) for n in page)
+        ids = [str(n.originator_id) for n in page]
+        with self.log.prefetched(ids):  # One query for the page's deliveries.
+            deliveries = {i: self.log.delivery(i) for i in ids}
         waiting = []
         for notification in page:
             delivery = deliveries.get(str(notification.originator_id))
