@@ -90,8 +90,9 @@ class Delivery(BaseAggregate[str]):
         call: str
 
         def apply(self, aggregate: Delivery) -> None:
-            if aggregate.in_flight or aggregate.outcome is Outcome.PARKED:
-                aggregate.unconfirmed_attempts += 1  # The previous attempt's fate is unknown.
+            if (aggregate.in_flight or aggregate.outcome is Outcome.PARKED) and aggregate.attempts:
+                # The previous attempt's fate is unknown (a poisoned one had none).
+                aggregate.unconfirmed_attempts += 1
             aggregate.attempts = self.attempt
             aggregate.last_call = self.call
             aggregate.in_flight = True

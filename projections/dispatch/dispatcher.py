@@ -277,6 +277,7 @@ class Dispatcher:
         drain while completions wait."""
         ready: asyncio.Queue[list[Job] | None] = asyncio.Queue()
         taken = asyncio.Semaphore(0)
+        self._preparing_stopped = False
         preparing = asyncio.create_task(
             self._prepare_pages(subscription, until_caught_up, ready, taken)
         )
@@ -307,7 +308,6 @@ class Dispatcher:
     ) -> None:
         """Reads and prepares pages in order, one page ahead of the calls: the next
         is read once the last one was taken. Ends the queue with ``None``."""
-        self._preparing_stopped = False
         try:
             while not self._no_new_calls() and not self._preparing_stopped:
                 page = await self._outlasting_store(subscription.next_page, self.poll_interval)
