@@ -13,7 +13,7 @@ order ``ledger --help`` lists them):
   history, list, audit;
 - :mod:`ledger.cli.admin`: setup, roles, keygen, demo (:mod:`ledger.cli.demo`);
 - :mod:`ledger.cli.views`: ``projections status|run|rebuild``;
-- :mod:`ledger.cli.dispatcher`: ``dispatcher run|retry-parked``;
+- :mod:`ledger.cli.dispatcher`: ``dispatcher run|retry-parked|parked``;
 - :mod:`ledger.cli.keys`: ``keys list|add|encrypt``;
 - :mod:`ledger.cli._input`, :mod:`ledger.cli._render`, :mod:`ledger.cli._logging`:
   reading documents, printing results, logging of the long-running commands.

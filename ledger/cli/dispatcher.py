@@ -1,4 +1,4 @@
-"""``ledger dispatcher run|retry-parked``: the completion dispatcher, which wakes each
+"""``ledger dispatcher run|retry-parked|parked``: the completion dispatcher, which wakes each
 completed execution's caller through Temporal (``TEMPORAL_*`` settings).
 
 ``run`` logs as set by ``--log-level`` and ``--log-format``
@@ -20,7 +20,7 @@ from ledger.cli._logging import (
     LogLevelOption,
     configure_logging,
 )
-from ledger.cli._render import out, print_json
+from ledger.cli._render import out, print_json, table
 
 dispatcher_app = typer.Typer(help="The completion dispatcher.", no_args_is_help=True)
 
@@ -81,3 +81,42 @@ def dispatcher_retry_parked(url: UrlOption = None, as_json: JsonOption = False) 
         print_json({"retried": count, "outcomes": outcomes})
     else:
         out.print(f"retried {count} parked deliveries: {outcomes}")
+
+
+@dispatcher_app.command("parked")
+def dispatcher_parked(url: UrlOption = None, as_json: JsonOption = False) -> None:
+    """List the parked deliveries, each with why it was parked (poisoned: the
+    execution cannot be read; retries_exhausted: Temporal kept failing)."""
+    from pathlib import Path
+
+    from ledger.store.connections import check_store_exists, setup_lock
+    from projections.dispatch.delivery import Outcome
+    from projections.dispatch.log import DispatcherLog
+
+    rows: list[dict[str, object]] = []
+    with errors():
+        config = store_config(url)
+        check_store_exists(config)
+        env = config.component_env("dispatcher")
+        if not config.is_sqlite or Path(env["SQLITE_DBNAME"]).exists():
+            with setup_lock(config):
+                log = DispatcherLog(env)
+            try:
+                parked = log.deliveries_in(Outcome.PARKED)
+            finally:
+                log.close()
+            rows = [
+                {
+                    "execution_id": d.id,
+                    "reason": d.parked_reason,
+                    "attempts": d.attempts,
+                    "detail": d.detail[:200],
+                }
+                for d in parked
+            ]
+    if as_json:
+        print_json(rows)
+    else:
+        out.print(
+            table("parked deliveries", rows, ["execution_id", "reason", "attempts", "detail"])
+        )

@@ -15,11 +15,10 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ledger.contract.phases import Phase
 from ledger.domain.execution import Execution
 from ledger.domain.redaction import redact_token
-from projections.dispatch.calls import CallbackResult, CallbackSender, call_for
-from projections.dispatch.delivery import Delivery, Outcome
+from projections.dispatch.calls import CallbackResult, CallbackSender, call_for, completed_phase
+from projections.dispatch.delivery import RETRIES_EXHAUSTED, UNEXPECTED_ERROR, Delivery, Outcome
 from projections.dispatch.outcome_book import OutcomeBook
 
 logger = logging.getLogger(__name__)
@@ -103,13 +102,17 @@ class InFlightCalls:
         except Exception as e:  # A bug or an unforeseen error: park, never stall.
             logger.exception("callback for %s failed unexpectedly; parking it", job.execution.id)
             result = CallbackResult(
-                Outcome.PARKED, call_for(Phase(job.delivery.phase)), type(e).__name__, str(e)
+                Outcome.PARKED, call_for(completed_phase(job.execution)), type(e).__name__, str(e)
             )
+            reason = UNEXPECTED_ERROR
+        else:
+            reason = RETRIES_EXHAUSTED
         job.delivery.resolve(
             result.outcome,
             call=result.call.value,
             grpc_status=result.grpc_status,
             detail=result.detail[:1000],
+            reason=reason,
         )
         self.stats.count(result.outcome)
         log = logger.warning if result.outcome is Outcome.PARKED else logger.debug
