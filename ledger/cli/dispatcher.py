@@ -7,7 +7,6 @@ completed execution's caller through Temporal (``TEMPORAL_*`` settings).
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated
 
 import typer
@@ -43,6 +42,8 @@ def dispatcher_run(
     log_format: LogFormatOption = LogFormat.TEXT,
 ) -> None:
     """Follow the ledger and wake each completed execution's caller (TEMPORAL_* settings)."""
+    import asyncio
+
     from ledger.temporal.settings import TemporalSettings
     from projections.dispatch.dispatcher import run_dispatcher
 
@@ -63,6 +64,8 @@ def dispatcher_run(
 @dispatcher_app.command("retry-parked")
 def dispatcher_retry_parked(url: UrlOption = None, as_json: JsonOption = False) -> None:
     """Retry every parked delivery now."""
+    import asyncio
+
     from ledger.temporal.settings import TemporalSettings
     from projections.dispatch.dispatcher import Dispatcher, connect_client
 
