@@ -3,8 +3,8 @@
 A listing is a :class:`Column` list. :func:`fit` keeps the columns that fit the
 console's width (80 in a pipe unless ``COLUMNS`` says otherwise), dropping the
 least important first (``priority``: 0 is never dropped), so that no cell is
-wrapped mid-word and an id is always whole; ``--wide`` keeps them all. Only a
-``flexible`` column (free text, e.g. a history's details) wraps, at spaces.
+wrapped and an id is always whole; ``--wide`` keeps them all. A ``flexible``
+column (free text, e.g. a history's details) gets the width left, elided beyond.
 Phases lose their ``EXECUTION_`` prefix, times show in the local zone to the
 second (``--utc``: in UTC, marked ``Z``), latencies read as "36 ms" or "2.8 s".
 ``--json`` prints none of this: it keeps every field at full precision.
@@ -26,8 +26,8 @@ WideOption = Annotated[
 ]
 UtcOption = Annotated[bool, typer.Option("--utc", help="Times in UTC (default: local time).")]
 
-GAP = 2
-"""Spaces between two columns."""
+GAP = 3
+"""Spaces between two columns (a space of padding each side and the box's divider)."""
 
 
 @dataclass(frozen=True)
@@ -40,10 +40,11 @@ class Column:
     """0: never dropped; the highest numbers go first when the table is too wide."""
     show: Callable[[Any], str] = str
     flexible: bool = False
-    """Free text that may wrap at spaces (at least :data:`FLEXIBLE_MIN` wide)."""
+    """Free text given what is left of the width (at least :data:`FLEXIBLE_MIN`),
+    elided with "…" beyond it (whole with ``--wide``)."""
 
 
-FLEXIBLE_MIN = 24
+FLEXIBLE_MIN = 16
 
 
 def fit(
@@ -74,14 +75,16 @@ def fit(
         title_style="bold",
         box=box.SIMPLE_HEAD,
         pad_edge=False,
-        padding=(0, GAP // 2),
+        padding=(0, 1),
         show_edge=False,
         header_style="bold",
     )
+    spare = max(width - _needed(kept, natural, columns), 0)
     for i in kept:
         column = columns[i]
-        if column.flexible:
-            table.add_column(column.header, overflow="fold", min_width=FLEXIBLE_MIN)
+        if column.flexible and not wide:  # What is left of the width; the rest elided.
+            room = min(natural[i], FLEXIBLE_MIN + spare)
+            table.add_column(column.header, no_wrap=True, overflow="ellipsis", max_width=room)
         else:
             table.add_column(column.header, no_wrap=True, min_width=natural[i])
     for row_cells in cells:
