@@ -23,7 +23,7 @@ from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescript
 from google.protobuf.json_format import ParseDict, ParseError
 from google.protobuf.message import Message
 
-from ledger.contract.errors import UserError
+from ledger.contract.errors import LedgerError, UserError
 from ledger.contract.kinds import Resource, kind_named
 from ledger.contract.phases import Phase
 
@@ -35,6 +35,10 @@ MAX_INPUT_BYTES = 16 * 1024 * 1024
 
 class InputError(UserError):
     """A file or argument of the command line could not be read."""
+
+
+class DeadlineError(LedgerError):
+    """A command that waits gave up at its deadline (``--timeout``)."""
 
 
 class UsageError(InputError):
