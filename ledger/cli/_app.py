@@ -47,6 +47,28 @@ VersionOption = Annotated[
 ]
 
 
+def _print_version(asked: bool) -> None:
+    if asked:
+        from importlib.metadata import version
+
+        print(f"ledger (execution-ledger) {version('execution-ledger')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_print_version, help="Print the version."
+        ),
+    ] = False,
+) -> None:
+    """An event-sourced ledger of agent and workflow executions.
+
+    Try `ledger demo`, then the README's "Try it by hand" (example files in examples/)."""
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
     """One line on stderr (never markup-interpreted), exit code 1 (2: a usage error)."""
     err.print(Text("error: ", style="red") + Text(" ".join(message.split())), highlight=False)

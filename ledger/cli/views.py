@@ -51,10 +51,12 @@ def projections_run(
     url: UrlOption = None,
     log_level: LogLevelOption = LogLevel.INFO,
     log_format: LogFormatOption = LogFormat.TEXT,
+    as_json: JsonOption = False,
 ) -> None:
-    """Follow the ledger live until interrupted (SIGINT/SIGTERM stop cleanly)."""
+    """Follow the ledger live until interrupted (SIGINT/SIGTERM stop cleanly).
+    --json: the logs as JSON lines (as --log-format json)."""
     chosen = _view_names(names)
-    status_line = configure_logging(log_level, log_format)
+    status_line = configure_logging(log_level, LogFormat.JSON if as_json else log_format)
     stop = threading.Event()
     _on_signals(stop.set)
     from projections.views import freeze_startup_objects
