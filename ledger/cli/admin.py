@@ -86,9 +86,7 @@ def keygen(as_json: JsonOption = False) -> None:
 def demo(
     keep: Annotated[
         bool,
-        typer.Option(
-            "--keep", help="Keep the demo's ledger and print commands to explore it."
-        ),
+        typer.Option("--keep", help="Keep the demo's ledger and print commands to explore it."),
     ] = False,
     as_json: JsonOption = False,
 ) -> None:
