@@ -1296,7 +1296,7 @@ class CliStore:
 
     def created_id(self, result: CliResult) -> str:
         match = re.fullmatch(
-            r"created ((?:aex|wex)-\S+): EXECUTION_PENDING \(version \d+\)\n", result.stdout
+            r"created ((?:aex|wex)-\S+): PENDING \(version \d+\)\n", result.stdout
         )
         assert match, result.stdout
         return match.group(1)
@@ -1599,7 +1599,8 @@ def test_cli_unknown_enum_values(cli_store: CliStore) -> None:
     assert cli_store.app.get(kept_id).metadata.owner_scope == 99
     # An unknown name is an error.
     named = cli_store.run("create", cli_store.file("e2.json", document("BOGUS")))
-    assert named.returncode == 1 and "Invalid enum value BOGUS" in named.stderr
+    assert named.returncode == 1 and "unknown value 'BOGUS'" in named.stderr
+    assert "expected one of platform, organization, identity_account" in named.stderr
 
     execution_id = cli_store.app.create(agent_execution(agent_id="a", message="m")).id
     for args, expected, code in [

@@ -59,7 +59,7 @@ def pending_page(views: Any, limit: int, after: str | None) -> tuple[list[Any], 
     found: list[Any] = []
     while True:
         batch = views.audit.pending(max(limit, 100), last)
-        found += [row for row in batch if row.has_callback]
+        found += [row for row in batch if row.has_callback or row.outcome != "pending"]
         if len(found) > limit:
             return found[:limit], found[limit - 1].execution_id
         if len(batch) < max(limit, 100):

@@ -195,14 +195,15 @@ def _short_prefix(enum: EnumDescriptor) -> str:
     return prefix[: prefix.rfind("_") + 1]
 
 
-def enum_name(enum: EnumDescriptor, value: str | int, what: str) -> str:
+def enum_name(enum: EnumDescriptor, value: str | int, what: str) -> str | int:
     """The full name of an enum value given by full name, short name (any case, ``-``
-    for ``_``) or number; else an :class:`InputError` naming the valid values."""
+    for ``_``) or number (an unknown number is kept as it is); else an
+    :class:`InputError` naming the valid values."""
     prefix = _short_prefix(enum)
     if isinstance(value, int) or value.strip().isdigit():
         found = enum.values_by_number.get(int(value))
-        if found is not None and found.number != 0:
-            return str(found.name)
+        # An unknown number is kept: proto3 enums are open (the platform may know it).
+        return str(found.name) if found is not None else int(value)
     else:
         name = value.strip().upper().replace("-", "_")
         by_name = {v.name.upper(): v for v in enum.values if v.number != 0}
