@@ -90,6 +90,9 @@ USED_EXAMPLES = {
 
 def test_every_example_file_is_used_and_does_what_it_says(sqlite_url: str) -> None:
     assert {p.name for p in EXAMPLES.iterdir()} == USED_EXAMPLES
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    walkthrough = readme[readme.index("## Try it by hand") : readme.index("## Python API")]
+    assert set(re.findall(r"examples/([\w.-]+)", walkthrough)) == USED_EXAMPLES
     run_the_examples(sqlite_url)
 
     agent = ok_json(sqlite_url, "show", AGENT_ID)

@@ -105,7 +105,9 @@ def _print_entry(entry: HistoryEntry, execution_id: str, as_json: bool, utc: boo
 
 def _print_notification(ledger: Ledger, notification: Any, as_json: bool, utc: bool) -> None:
     event: Any = ledger.mapper.to_domain_event(notification)
-    phase = getattr(event, "phase", 0)
+    phase = getattr(event, "phase", 0) or (
+        Phase.PENDING if type(event).__name__ == "Created" else 0
+    )
     line = {
         "position": notification.id,
         "execution_id": str(notification.originator_id),
