@@ -1295,9 +1295,7 @@ class CliStore:
         return str(path)
 
     def created_id(self, result: CliResult) -> str:
-        match = re.fullmatch(
-            r"created ((?:aex|wex)-\S+): PENDING \(version \d+\)\n", result.stdout
-        )
+        match = re.fullmatch(r"created ((?:aex|wex)-\S+): PENDING \(version \d+\)\n", result.stdout)
         assert match, result.stdout
         return match.group(1)
 
