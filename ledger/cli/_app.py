@@ -37,13 +37,23 @@ app = typer.Typer(
 
 UrlOption = Annotated[
     str | None,
-    typer.Option("--url", help="Store URL (default: $LEDGER_URL, else the SQLite default)."),
+    typer.Option(
+        "--url",
+        metavar="URL",
+        help="Store URL (default: $LEDGER_URL, else the SQLite default).",
+    ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-ActorOption = Annotated[str, typer.Option("--actor", help="Who is acting (recorded in the audit).")]
+ActorOption = Annotated[
+    str, typer.Option("--actor", metavar="NAME", help="Who is acting (recorded in the audit).")
+]
 VersionOption = Annotated[
     int | None,
-    typer.Option("--expected-version", help="Fail unless the execution is at this version."),
+    typer.Option(
+        "--expected-version",
+        metavar="N",
+        help="Fail unless the execution is at this version.",
+    ),
 ]
 
 

@@ -64,9 +64,9 @@ def dispatcher_run(
 ) -> None:
     """Follow the ledger and wake each completed execution's caller (TEMPORAL_* settings).
 
-    Runs until SIGINT/SIGTERM, waiting (and saying so) while Temporal is down. With
-    --until-caught-up it stops once every completion so far has its outcome, or fails
-    after --timeout; stopped there, it is like a crash the next run recovers from."""
+    Runs until stopped (SIGINT/SIGTERM); while Temporal is down it waits, saying so.
+    --until-caught-up: stop once every completion so far has its outcome (or fail at --timeout).
+    """
     import asyncio
 
     from ledger.temporal.settings import TemporalSettings

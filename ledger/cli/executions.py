@@ -67,10 +67,15 @@ def status(
     execution_id: Annotated[str, typer.Argument(help="Execution id (aex-... or wex-...).")],
     phase_name: Annotated[
         str | None,
-        typer.Option("--phase", help="New phase: PENDING, IN_PROGRESS, COMPLETED, ..."),
+        typer.Option(
+            "--phase",
+            metavar="PHASE",
+            help="New phase: PENDING, IN_PROGRESS, COMPLETED, ... (any case, or the number).",
+        ),
     ] = None,
     patch: Annotated[
-        str | None, typer.Option("--patch", help="Status patch file (JSON or YAML), or -.")
+        str | None,
+        typer.Option("--patch", metavar="FILE", help="Status patch file (JSON or YAML), or -."),
     ] = None,
     url: UrlOption = None,
     as_json: JsonOption = False,
