@@ -13,7 +13,7 @@ import contextlib
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, ClassVar, cast
 
@@ -72,6 +72,8 @@ class ExecutionRecord:
 
     resource: Resource
     version: int
+    written: bool = field(default=True, compare=False)
+    """False when all of it was already recorded and nothing was appended."""
 
     @property
     def id(self) -> str:
@@ -182,7 +184,8 @@ class Ledger(Application[str]):
             self._save(execution)
         except RecordConflictError:
             self._evict(execution_id)
-            return self._same_or_conflict(self._load(execution_id), kind, values.spec)
+            existing = self._same_or_conflict(self._load(execution_id), kind, values.spec)
+            return replace(existing, written=False)
         return self._as_record(execution)
 
     def update_status(
@@ -193,7 +196,8 @@ class Ledger(Application[str]):
         expected_version: int | None = None,
         actor: str = "",
     ) -> ExecutionRecord:
-        """Applies a status patch (see :mod:`ledger.status`); a terminal phase completes."""
+        """Applies a status patch (see :mod:`ledger.status`); a terminal phase completes.
+        A patch that changes nothing appends nothing (``written`` is False)."""
         return self._write(
             execution_id, expected_version, lambda e: e.record_status(patch, actor=actor)
         )
@@ -390,6 +394,8 @@ class Ledger(Application[str]):
                 fresh = True
                 self._evict(execution_id)
                 continue
+            if not execution.pending_events:  # Nothing new (e.g. a re-sent status).
+                return replace(self._as_record(execution), written=False)
             try:
                 self._save(execution)
             except RecordConflictError:

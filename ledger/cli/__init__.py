@@ -10,7 +10,9 @@ order ``ledger --help`` lists them):
 
 - :mod:`ledger.cli._app`: the Typer app, shared options, error handling, ``main``;
 - :mod:`ledger.cli.executions`: create, status, complete, fail, cancel, show,
-  history, list, audit;
+  history, list, audit (rendered by :mod:`ledger.cli._resource`,
+  :mod:`ledger.cli._audit` and :mod:`ledger.cli._tables`);
+- :mod:`ledger.cli.follow`: watch (one execution, until it ends) and tail (the log);
 - :mod:`ledger.cli.admin`: setup, roles, keygen, demo (:mod:`ledger.cli.demo`);
 - :mod:`ledger.cli.views`: ``projections status|run|rebuild``;
 - :mod:`ledger.cli.dispatcher`: ``dispatcher run|retry-parked|parked``;
@@ -24,6 +26,7 @@ from ledger.cli._app import app, main
 # Importing registers the commands; `ledger --help` lists them in this order.
 # isort: off
 from ledger.cli import executions  # noqa: F401
+from ledger.cli import follow  # noqa: F401
 from ledger.cli import admin  # noqa: F401
 
 # isort: on

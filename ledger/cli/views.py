@@ -29,7 +29,8 @@ from ledger.cli._logging import (
     LogLevelOption,
     configure_logging,
 )
-from ledger.cli._render import err, out, print_json, table
+from ledger.cli._render import err, out, print_json, print_table
+from ledger.cli._tables import Column, fit
 
 projections_app = typer.Typer(
     help="Read models: status, run, rebuild, dead-letters.", no_args_is_help=True
@@ -68,9 +69,15 @@ def projections_status(url: UrlOption = None, as_json: JsonOption = False) -> No
     if as_json:
         print_json(shown)
         return
-    out.print(
-        table("projections", shown, ["name", "position", "head", "lag", "dead_letters", "stale"])
-    )
+    columns = [
+        Column("name", "name", 0),
+        Column("position", "position", 0),
+        Column("head", "head", 2),
+        Column("lag", "lag", 0),
+        Column("dead_letters", "dead letters", 1),
+        Column("stale", "stale", 1, show=lambda v: "yes" if v else ""),
+    ]
+    print_table(*fit("projections", shown, columns, width=out.width))
     for name in sorted(stale):
         out.print(f"the {name} view is stale: rebuild it with `ledger projections rebuild {name}`")
     if dead:
@@ -97,8 +104,15 @@ def projections_dead_letters(url: UrlOption = None, as_json: JsonOption = False)
     if as_json:
         print_json(shown)
         return
-    columns = ["follower", "position", "event_id", "event_version", "topic", "error"]
-    out.print(table("dead letters", shown, columns))
+    columns = [
+        Column("follower", "follower", 0),
+        Column("position", "position", 0),
+        Column("event_id", "event id", 0),
+        Column("event_version", "version", 2),
+        Column("topic", "topic", 3),
+        Column("error", "error", 1, flexible=True),
+    ]
+    print_table(*fit("dead letters", shown, columns, width=out.width))
 
 
 @projections_app.command("run")
@@ -108,11 +122,12 @@ def projections_run(
     log_level: LogLevelOption = LogLevel.INFO,
     log_format: LogFormatOption = LogFormat.TEXT,
     stop_on_error: StopOnErrorOption = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Follow the ledger live until interrupted (SIGINT/SIGTERM stop cleanly); a stale
-    view is rebuilt first."""
+    view is rebuilt first. --json: the logs as JSON lines (as --log-format json)."""
     chosen = _view_names(names)
-    status_line = configure_logging(log_level, log_format)
+    status_line = configure_logging(log_level, LogFormat.JSON if as_json else log_format)
     stop = threading.Event()
     _on_signals(stop.set)
     from projections.views import freeze_startup_objects
