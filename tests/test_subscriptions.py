@@ -105,7 +105,7 @@ def test_subscriptions_at_the_tip_read_the_store_once_per_signal(
             reads.append(limit)
             return next_page(limit)
 
-        found.next = next_counted  # type: ignore[method-assign]
+        found.next = next_counted  # type: ignore[method-assign,assignment]
         return found
 
     monkeypatch.setattr(ledger_app, "changes", counted)
