@@ -20,6 +20,7 @@ from ledger.cli._logging import (
     LogLevelOption,
     configure_logging,
 )
+from ledger.cli._observability import MetricsAddressOption, check_metrics_address, observed
 from ledger.cli._render import out, print_json
 
 dispatcher_app = typer.Typer(help="The completion dispatcher.", no_args_is_help=True)
@@ -41,13 +42,16 @@ def dispatcher_run(
     max_in_flight: Annotated[int, typer.Option(min=1, help="Calls in flight at most.")] = 64,
     log_level: LogLevelOption = LogLevel.INFO,
     log_format: LogFormatOption = LogFormat.TEXT,
+    metrics_address: MetricsAddressOption = None,
 ) -> None:
     """Follow the ledger and wake each completed execution's caller (TEMPORAL_* settings)."""
     from ledger.temporal.settings import TemporalSettings
     from projections.dispatch.dispatcher import run_dispatcher
 
-    status_line = configure_logging(log_level, log_format)
     with errors():
+        check_metrics_address(metrics_address)
+    status_line = configure_logging(log_level, log_format)
+    with errors(), observed("ledger-dispatcher", store_config(url), metrics_address, temporal=True):
         stats = asyncio.run(
             run_dispatcher(
                 store_config(url),

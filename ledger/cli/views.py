@@ -23,6 +23,7 @@ from ledger.cli._logging import (
     LogLevelOption,
     configure_logging,
 )
+from ledger.cli._observability import MetricsAddressOption, check_metrics_address, observed
 from ledger.cli._render import err, out, print_json, table
 
 projections_app = typer.Typer(help="Read models: status, run, rebuild.", no_args_is_help=True)
@@ -51,15 +52,21 @@ def projections_run(
     url: UrlOption = None,
     log_level: LogLevelOption = LogLevel.INFO,
     log_format: LogFormatOption = LogFormat.TEXT,
+    metrics_address: MetricsAddressOption = None,
 ) -> None:
     """Follow the ledger live until interrupted (SIGINT/SIGTERM stop cleanly)."""
     chosen = _view_names(names)
+    with errors():
+        check_metrics_address(metrics_address)
     status_line = configure_logging(log_level, log_format)
     stop = threading.Event()
     _on_signals(stop.set)
     from projections.views import freeze_startup_objects
 
-    with open_views(url, read_only=False) as views:
+    with (
+        open_views(url, read_only=False) as views,
+        observed("ledger-projections", views.config, metrics_address),
+    ):
         freeze_startup_objects()
         status_line(f"following {', '.join(chosen)}; Ctrl-C to stop")
         views.run(stop, chosen)
