@@ -3,8 +3,8 @@
 - :func:`observed_delivery` wraps one delivery's call: ``ledger_deliveries_in_flight``
   while it runs, then ``ledger_delivery_latency_seconds`` (from the ``Completed``
   event to the call's outcome), and a span ``ledger.deliver`` whose parent is the
-  caller's trace context recorded in the execution (:mod:`ledger.observability.tracing`), so the delivery
-  sits in the caller's trace.
+  caller's trace context recorded in the execution
+  (:mod:`ledger.observability.tracing`), so the delivery sits in the caller's trace.
 - :func:`delivery_resolved` counts ``ledger_deliveries_total{outcome}`` (calls and
   ``no_callback`` alike: :class:`~projections.dispatch.in_flight.DispatchStats` counts).
 - :func:`heartbeat_batch` is the span of one round of the caller watch's heartbeats;
