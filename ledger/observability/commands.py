@@ -39,13 +39,15 @@ COMMAND_NAMES = (
 _MARK = "_ledger_instrumented"
 
 
-def instrument_commands(ledger: Any) -> Any:
+def instrument_commands(ledger: Any, *, tracer_provider: trace.TracerProvider | None = None) -> Any:
     """Counts, times and traces ``ledger``'s commands (once; again is a no-op).
-    Returns ``ledger``."""
+    Returns ``ledger``. Spans go to ``tracer_provider`` when given, else to the
+    process's (global) one while tracing is on."""
     if getattr(ledger, _MARK, False):
         return ledger
+    own = tracer_provider.get_tracer("execution-ledger") if tracer_provider else None
     for name in COMMAND_NAMES:
-        setattr(ledger, name, _instrumented(name, getattr(ledger, name)))
+        setattr(ledger, name, _instrumented(name, getattr(ledger, name), own))
     save = ledger.save
 
     @functools.wraps(save)
@@ -60,11 +62,13 @@ def instrument_commands(ledger: Any) -> Any:
     return ledger
 
 
-def _instrumented(command: str, method: Callable[..., Any]) -> Callable[..., Any]:
+def _instrumented(
+    command: str, method: Callable[..., Any], own: trace.Tracer | None
+) -> Callable[..., Any]:
     @functools.wraps(method)
     def call(*args: Any, **kwargs: Any) -> Any:
         started = time.perf_counter()
-        start_ns = time.time_ns() if enabled() else 0
+        start_ns = time.time_ns() if own is not None or enabled() else 0
         result = "ok"
         record: Any = None
         try:
@@ -76,12 +80,19 @@ def _instrumented(command: str, method: Callable[..., Any]) -> Callable[..., Any
         finally:
             observe_command(command, result, time.perf_counter() - started)
             if start_ns:
-                _span(command, args, record, result, start_ns)
+                _span(own or tracer(), command, args, record, result, start_ns)
 
     return call
 
 
-def _span(command: str, args: tuple[Any, ...], record: Any, result: str, start_ns: int) -> None:
+def _span(
+    spans: trace.Tracer,
+    command: str,
+    args: tuple[Any, ...],
+    record: Any,
+    result: str,
+    start_ns: int,
+) -> None:
     """The command's span, made after the fact: its parent is only known from the
     execution's recorded annotations, which the command's answer holds."""
     resource = record.resource if record is not None else None
@@ -93,7 +104,7 @@ def _span(command: str, args: tuple[Any, ...], record: Any, result: str, start_n
         if resource is not None
         else (args[0] if args and isinstance(args[0], str) else "")
     )
-    span = tracer().start_span(f"ledger.{command}", context=parent, start_time=start_ns)
+    span = spans.start_span(f"ledger.{command}", context=parent, start_time=start_ns)
     span.set_attribute("ledger.command", command)
     span.set_attribute("ledger.result", result)
     if execution_id:
