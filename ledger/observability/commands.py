@@ -104,14 +104,15 @@ def _span(
         if resource is not None
         else (args[0] if args and isinstance(args[0], str) else "")
     )
-    span = spans.start_span(f"ledger.{command}", context=parent, start_time=start_ns)
-    span.set_attribute("ledger.command", command)
-    span.set_attribute("ledger.result", result)
+    attributes: dict[str, Any] = {"ledger.command": command, "ledger.result": result}
     if execution_id:
-        span.set_attribute("ledger.execution_id", execution_id)
+        attributes["ledger.execution_id"] = execution_id
     if record is not None:
-        span.set_attribute("ledger.version", int(record.version))
-        span.set_attribute("ledger.phase", int(record.resource.status.phase))
+        attributes["ledger.version"] = int(record.version)
+        attributes["ledger.phase"] = int(record.resource.status.phase)
+    span = spans.start_span(
+        f"ledger.{command}", context=parent, attributes=attributes, start_time=start_ns
+    )
     if result != "ok":
         span.set_status(trace.Status(trace.StatusCode.ERROR, result))
     span.end()

@@ -17,6 +17,7 @@ caller's activity: one trace from the caller's workflow to the callback that wak
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Mapping, MutableMapping
@@ -126,8 +127,14 @@ def context_from(annotations: Mapping[str, str]) -> otel_context.Context | None:
     parent = annotations.get(TRACEPARENT)
     if not parent:
         return None
+    return _parsed(parent, annotations.get(TRACESTATE) or "")
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed(parent: str, state: str) -> otel_context.Context | None:
+    """A recorded context, parsed once (an execution's commands share it; contexts
+    are immutable)."""
     carrier = {"traceparent": parent}
-    state = annotations.get(TRACESTATE)
     if state:
         carrier["tracestate"] = state
     extracted = _PROPAGATOR.extract(carrier)
