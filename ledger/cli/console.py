@@ -30,9 +30,7 @@ def console(
     tokens: Annotated[
         Path | None,
         typer.Option(
-            "--tokens",
-            help="The tokens file of `ledger serve`; required unless bound to a loopback "
-            "address.",
+            "--tokens", help="The tokens file of `ledger serve` (needed unless bound to loopback)."
         ),
     ] = None,
     temporal_ui: Annotated[

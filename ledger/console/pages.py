@@ -39,7 +39,9 @@ main{padding:1rem;max-width:80rem}a{color:#0b3d91}
 th,td{border:1px solid #8a8a8a;padding:.25rem .5rem;text-align:left;vertical-align:top}
 th{background:#e8ecf4}pre{background:#f3f3f3;padding:.5rem;overflow-x:auto;max-width:100%}
 form.filters label{margin-right:.75rem}.parked{color:#a00000;font-weight:600}
-.live{font-size:.85rem;color:#333}
+.live{font-size:.85rem;color:#fff}
+h1{overflow-wrap:anywhere}main{box-sizing:border-box}
+pre{white-space:pre-wrap;overflow-wrap:anywhere}
 """
 
 SCRIPT = """
@@ -104,6 +106,15 @@ def _table(caption: str, headers: Sequence[str], rows: Sequence[Sequence[str]]) 
     return (
         f'<div class="scroll"><table><caption>{escape(caption)}</caption>'
         f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
+    )
+
+
+def _facts(caption: str, rows: Sequence[tuple[str, str]]) -> str:
+    """A two-column table of named facts (already-escaped values), a header per row."""
+    body = "".join(f'<tr><th scope="row">{escape(k)}</th><td>{v}</td></tr>' for k, v in rows)
+    return (
+        f'<div class="scroll"><table><caption>{escape(caption)}</caption>'
+        f"<tbody>{body}</tbody></table></div>"
     )
 
 
@@ -190,7 +201,9 @@ def _summary(entry: HistoryEntry) -> str:
             value = getattr(event, name, None)
             if value:
                 shown[name] = value
-    return escape(json.dumps(shown, default=str, sort_keys=True)) if shown else ""
+    return (
+        escape(json.dumps(shown, default=str, sort_keys=True, ensure_ascii=False)) if shown else ""
+    )
 
 
 def execution(
@@ -203,7 +216,7 @@ def execution(
 ) -> Page:
     execution_id = resource.metadata.id
     shown = display_dict(resource)
-    spec = escape(json.dumps(shown.get("spec", {}), indent=2, sort_keys=True))
+    spec = escape(json.dumps(shown.get("spec", {}), indent=2, sort_keys=True, ensure_ascii=False))
     status = shown.get("status", {})
     status.pop("audit", None)
     status_text = escape(json.dumps(status, indent=2, sort_keys=True, default=str))
@@ -229,17 +242,17 @@ def execution(
     )
     annotations = resource.metadata.annotations
     story = [
-        ["outcome", escape(audit.outcome) if audit else "pending (not completed yet)"],
-        ["attempts", str(audit.attempts) if audit else "0"],
-        ["delivered at", _when(audit.delivered_at) if audit else ""],
-        [
+        ("outcome", escape(audit.outcome) if audit else "pending (not completed yet)"),
+        ("attempts", str(audit.attempts) if audit else "0"),
+        ("outcome recorded at", _when(audit.delivered_at) if audit else ""),
+        (
             "latency",
             f"{audit.latency_ms:.0f} ms" if audit and audit.latency_ms is not None else "",
-        ],
-        ["cancel requested", escape(annotations.get(CANCEL_REQUESTED_AT, ""))],
-        ["cancel requested by", escape(annotations.get(CANCEL_REQUESTED_BY, ""))],
-        ["caller gone", escape(annotations.get(CALLER_GONE_AT, ""))],
-        ["caller gone because", escape(annotations.get(CALLER_GONE_REASON, ""))],
+        ),
+        ("cancel requested", escape(annotations.get(CANCEL_REQUESTED_AT, ""))),
+        ("cancel requested by", escape(annotations.get(CANCEL_REQUESTED_BY, ""))),
+        ("caller gone", escape(annotations.get(CALLER_GONE_AT, ""))),
+        ("caller gone because", escape(annotations.get(CALLER_GONE_REASON, ""))),
     ]
     workflow_id = annotations.get(CALLER_WORKFLOW_ID, "")
     if workflow_id:
@@ -251,13 +264,13 @@ def execution(
                 f"{quote(workflow_id)}/{quote(run_id)}/history"
             )
             caller = f'<a href="{escape(url)}">{caller}</a>'
-        story.append(["caller's workflow", caller])
+        story.append(("caller's workflow", caller))
     main = (
         f"<h1>{escape(execution_id)}</h1>"
         f"<p>{escape(resource.kind or '')} · phase <strong>"
         f"{escape(str(shown.get('status', {}).get('phase', 'EXECUTION_PENDING')))}"
         f"</strong> · version {version}</p>"
-        + _table("Callback story", ["", ""], story)
+        + _facts("Callback story", story)
         + timeline
         + f"<h2>Spec</h2><pre>{spec}</pre><h2>Status</h2><pre>{status_text}</pre>"
     )
