@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -95,7 +96,8 @@ class StoreMetrics(Collector):
         }
         for name, app in logs.items():
             head.add_metric([name], app.recorder.max_notification_id() or 0)
-        for lag in views.lag():
+        lags = views.lag()
+        for lag in lags:
             position.add_metric([lag.name], lag.position)
             lag_events.add_metric([lag.name], max(0, lag.lag))
             follower, _, log_name = lag.name.partition("<-")
@@ -121,7 +123,7 @@ class StoreMetrics(Collector):
             "Age of the oldest parked callback's completion (0 when none is parked).",
             value=oldest if parked else 0.0,
         )
-        return [
+        families = [
             position,
             head,
             lag_events,
@@ -130,6 +132,10 @@ class StoreMetrics(Collector):
             pending_family,
             oldest_family,
         ]
+        dead = _dead_letters(views, [lag.name for lag in lags])
+        if dead is not None:
+            families.append(dead)
+        return families
 
 
 def _age_of_next(
@@ -141,6 +147,23 @@ def _age_of_next(
         return 0.0
     event: Any = app.mapper.to_domain_event(page[0])
     return max(0.0, now - float(event.timestamp.timestamp()))
+
+
+def _dead_letters(views: Views, followers: list[str]) -> GaugeMetricFamily | None:
+    """``ledger_dead_letters{follower}``, where the views keep dead letters (events a
+    view could not process, set aside: ``Views.dead_letters``); None where they do not."""
+    letters_of = getattr(views, "dead_letters", None)
+    if letters_of is None:
+        return None
+    counts = Counter(str(getattr(letter, "follower", "")) for letter in letters_of())
+    family = GaugeMetricFamily(
+        "ledger_dead_letters",
+        "Events a view could not process and set aside, by follower.",
+        labels=["follower"],
+    )
+    for name in sorted({*followers, *counts}):
+        family.add_metric([name], counts.get(name, 0))
+    return family
 
 
 def _parked(views: Views, now: float) -> tuple[int, float]:
