@@ -28,7 +28,7 @@ from tests.support.processes import kill_all, python_process, stop_process
 from tests.support.servers import TemporalDevServer, temporal_cli_path
 from tests.support.waiting import wait_for
 
-pytestmark = [pytest.mark.slow]
+pytestmark = [pytest.mark.slow, pytest.mark.temporal]
 
 CHROMIUM = "/usr/bin/chromium"
 TIMEOUT_MS = 60_000

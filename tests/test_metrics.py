@@ -108,6 +108,7 @@ def _resource(token: bytes) -> AgentExecution:
     )
 
 
+@pytest.mark.temporal
 def test_followers_dispatcher_and_parked_after_temporal_outage(
     pg_url: str, tmp_path: Path, processes: list[subprocess.Popen[bytes]]
 ) -> None:
