@@ -17,6 +17,7 @@ order ``ledger --help`` lists them):
 - :mod:`ledger.cli.views`: ``projections status|run|rebuild``;
 - :mod:`ledger.cli.dispatcher`: ``dispatcher run|retry-parked|parked``;
 - :mod:`ledger.cli.keys`: ``keys list|add|encrypt``;
+- :mod:`ledger.cli.console`: ``console`` (:mod:`ledger.console`);
 - :mod:`ledger.cli._input`, :mod:`ledger.cli._render`, :mod:`ledger.cli._logging`:
   reading documents, printing results, logging of the long-running commands.
 """
@@ -38,6 +39,7 @@ app.add_typer(projections_app, name="projections")
 app.add_typer(dispatcher_app, name="dispatcher")
 app.add_typer(keys_app, name="keys")
 
-from ledger.cli import serve  # noqa: E402, F401  (registers `serve` and `token`)
+# Registers `serve`, `token` and `console`.
+from ledger.cli import console, serve  # noqa: E402, F401
 
 __all__ = ["app", "main"]

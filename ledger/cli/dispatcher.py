@@ -20,6 +20,7 @@ from ledger.cli._logging import (
     LogLevelOption,
     configure_logging,
 )
+from ledger.cli._observability import MetricsAddressOption, check_metrics_address, observed
 from ledger.cli._render import out, print_json, print_table
 from ledger.cli._tables import Column, counts, fit
 from ledger.store.url import StoreConfig
@@ -61,6 +62,7 @@ def dispatcher_run(
     log_level: LogLevelOption = LogLevel.INFO,
     log_format: LogFormatOption = LogFormat.TEXT,
     as_json: JsonOption = False,
+    metrics_address: MetricsAddressOption = None,
 ) -> None:
     """Follow the ledger and wake each completed execution's caller (TEMPORAL_* settings).
 
@@ -75,9 +77,11 @@ def dispatcher_run(
     if timeout is not None and not until_caught_up:
         with errors():
             raise UsageError("--timeout is for --until-caught-up (a run follows until stopped)")
+    with errors():
+        check_metrics_address(metrics_address)
     status_line = configure_logging(log_level, LogFormat.JSON if as_json else log_format)
     deadline = (timeout or DEFAULT_TIMEOUT) if until_caught_up else None
-    with errors():
+    with errors(), observed("ledger-dispatcher", store_config(url), metrics_address, temporal=True):
         try:
             stats = asyncio.run(
                 asyncio.wait_for(

@@ -29,6 +29,7 @@ from ledger.cli._logging import (
     LogLevelOption,
     configure_logging,
 )
+from ledger.cli._observability import MetricsAddressOption, check_metrics_address, observed
 from ledger.cli._render import err, out, print_json, print_table
 from ledger.cli._tables import Column, fit
 
@@ -123,16 +124,22 @@ def projections_run(
     log_format: LogFormatOption = LogFormat.TEXT,
     stop_on_error: StopOnErrorOption = False,
     as_json: JsonOption = False,
+    metrics_address: MetricsAddressOption = None,
 ) -> None:
     """Follow the ledger live until interrupted (SIGINT/SIGTERM stop cleanly); a stale
     view is rebuilt first. --json: the logs as JSON lines (as --log-format json)."""
     chosen = _view_names(names)
+    with errors():
+        check_metrics_address(metrics_address)
     status_line = configure_logging(log_level, LogFormat.JSON if as_json else log_format)
     stop = threading.Event()
     _on_signals(stop.set)
     from projections.views import freeze_startup_objects
 
-    with open_views(url, read_only=False) as views:
+    with (
+        open_views(url, read_only=False) as views,
+        observed("ledger-projections", views.config, metrics_address),
+    ):
         views.stop_on_error = stop_on_error
         freeze_startup_objects()
 

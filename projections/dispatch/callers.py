@@ -63,6 +63,7 @@ from ledger.contract.phases import Phase
 from ledger.domain.execution import Execution
 from ledger.domain.redaction import redact_token
 from projections.dispatch.outage import STORE_ERRORS
+from projections.dispatch.telemetry import heartbeat_batch, heartbeat_result
 
 logger = logging.getLogger(__name__)
 
@@ -238,7 +239,8 @@ class CallerWatch:
                 continue  # Throttled; the change is sent on a later tick.
             due.append(caller)
         del changed  # Every watched execution is checked; changes only say who moved.
-        await asyncio.gather(*(self._beat(c) for c in due))
+        with heartbeat_batch(len(due)):
+            await asyncio.gather(*(self._beat(c) for c in due))
 
     async def _beat(self, caller: _Caller) -> None:
         async with self._calls:
@@ -255,8 +257,10 @@ class CallerWatch:
             try:
                 await handle.heartbeat(details)
             except AsyncActivityCancelledError:
+                heartbeat_result("cancel_requested")
                 await self._cancel_requested(caller)
             except RPCError as e:
+                heartbeat_result("gone" if e.status == RPCStatusCode.NOT_FOUND else "failed")
                 if e.status == RPCStatusCode.NOT_FOUND:
                     await self._gone(caller, "the caller's activity is gone (heartbeat: not found)")
                 else:
@@ -270,6 +274,7 @@ class CallerWatch:
             caller.beaten_version = record.version
             caller.beaten_at = time.monotonic()
             self.stats.heartbeats += 1
+            heartbeat_result("sent")
             logger.debug("%s: heartbeat at version %d", caller.execution_id, record.version)
 
     # Up: cancel requests and gone callers.

@@ -20,6 +20,7 @@ from ledger.domain.redaction import redact_token
 from projections.dispatch.calls import CallbackResult, CallbackSender, call_for, completed_phase
 from projections.dispatch.delivery import RETRIES_EXHAUSTED, UNEXPECTED_ERROR, Delivery, Outcome
 from projections.dispatch.outcome_book import OutcomeBook
+from projections.dispatch.telemetry import delivery_resolved, observed_delivery
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ class DispatchStats:
     def count(self, outcome: Outcome) -> None:
         """Counts one delivery resolved with ``outcome``."""
         self.outcomes[outcome.value] = self.outcomes.get(outcome.value, 0) + 1
+        delivery_resolved(outcome)  # ledger_deliveries_total
 
 
 @dataclass
@@ -86,7 +88,7 @@ class InFlightCalls:
 
     async def _deliver_in_slot(self, job: Job) -> None:
         try:
-            await self.deliver(job)
+            await observed_delivery(job.execution, job.delivery, self.deliver(job))
         finally:
             self._slots.release()
 
