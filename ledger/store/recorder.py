@@ -101,6 +101,7 @@ from ledger.store._insert_functions import (
     track_then_insert,
 )
 from ledger.store.horizon import ReadHorizon
+from ledger.store.wakeups import Wakeups
 
 __all__ = [
     "LedgerPostgresApplicationRecorder",
@@ -117,8 +118,6 @@ INSERT_RETRY_WAIT = 0.2
 READ_WAIT = 1.0
 """Seconds a read waits, at most, for what was committed when it began to become
 readable (see :mod:`ledger.store.horizon`); it then returns what is readable."""
-NOTIFY_IN_INSERT = True
-"""Whether the insert functions ``NOTIFY`` the channel (see the README's figures)."""
 
 
 class LedgerPostgresApplicationRecorder(PostgresApplicationRecorder):
@@ -137,6 +136,10 @@ class LedgerPostgresApplicationRecorder(PostgresApplicationRecorder):
     Both take the transaction's id, notify the channel and insert, as described
     above. Reads stop at the readable head (:attr:`horizon`).
     """
+
+    notify_in_insert = False
+    """``NOTIFY`` inside every insert (as round 1 did) instead of :class:`Wakeups`;
+    kept for ``bench/lifecycles.py`` to measure what it costs."""
 
     def __init__(
         self,
@@ -174,7 +177,7 @@ class LedgerPostgresApplicationRecorder(PostgresApplicationRecorder):
                 insert_one(
                     self.datastore.schema,
                     self.events_table_name,
-                    self.channel_name if NOTIFY_IN_INSERT else None,
+                    self.channel_name if self.notify_in_insert else None,
                 ),
                 declare=SQL("v_notification_id bigint;"),
             )
@@ -206,6 +209,8 @@ class LedgerPostgresApplicationRecorder(PostgresApplicationRecorder):
         )
         self.horizon = ReadHorizon(self.datastore, self.datastore.schema, self.events_table_name)
         """The readable head of this log, shared by every reader of the recorder."""
+        self.wakeups = Wakeups(self.datastore, self.channel_name)
+        """Wake-ups of this log's followers, sent after inserts commit."""
 
     # SQL.
 
@@ -223,7 +228,7 @@ class LedgerPostgresApplicationRecorder(PostgresApplicationRecorder):
         return insert_many(
             self.datastore.schema,
             self.events_table_name,
-            self.channel_name if NOTIFY_IN_INSERT else None,
+            self.channel_name if self.notify_in_insert else None,
         )
 
     def create_table(self) -> None:
@@ -307,19 +312,24 @@ class LedgerPostgresApplicationRecorder(PostgresApplicationRecorder):
         attempt = 1
         while True:
             try:
-                return self._call(statement, params)
+                notification_ids: list[int] | None = self._call(statement, params)
             except IntegrityError:
-                if fate_unknown:
-                    notification_ids: list[int] | None = self._recorded_ids(stored_events, tracking)
-                    if notification_ids is not None:
-                        return notification_ids
-                raise
+                if not fate_unknown:
+                    raise
+                notification_ids = self._recorded_ids(stored_events, tracking)
+                if notification_ids is None:
+                    raise
             except (InterfaceError, OperationalError):
                 if attempt >= INSERT_ATTEMPTS:
                     raise
                 fate_unknown = True
                 attempt += 1
                 time.sleep(INSERT_RETRY_WAIT * (1 + 0.1 * (random.random() - 0.5)))  # noqa: S311
+                continue
+            assert notification_ids is not None
+            if notification_ids and not self.notify_in_insert:
+                self.wakeups.poke()
+            return notification_ids
 
     @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
     def _recorded_ids(
