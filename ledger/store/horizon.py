@@ -45,7 +45,15 @@ from psycopg.sql import SQL, Identifier
 if TYPE_CHECKING:
     from eventsourcing.postgres import PostgresDatastore
 
-__all__ = ["HorizonHolder", "Observation", "ReadHorizon", "horizon_holder"]
+__all__ = [
+    "HorizonHolder",
+    "HorizonReport",
+    "Observation",
+    "ReadHorizon",
+    "committed_head",
+    "horizon_holder",
+    "horizon_report",
+]
 
 MAX_PENDING = 64
 """Observations kept until they become readable (more are merged into the last)."""
@@ -143,6 +151,18 @@ class ReadHorizon:
             self.observe()
         return self._readable
 
+    def report(self, wait: float = 0.5) -> HorizonReport:
+        """The readable and committed heads (after waiting up to ``wait`` seconds
+        for what is committed now), and, when they differ, the oldest transaction
+        running in the cluster: what holds this log's followers back."""
+        committed = self.observe().committed
+        readable = self.head(wait) or 0
+        holder = None
+        if readable < committed:
+            with self.datastore.get_connection() as conn:
+                holder = horizon_holder(conn)
+        return HorizonReport(readable=readable, committed=committed, holder=holder)
+
     def cap(self, first: int, limit: int, wait: float) -> int | None:
         """The highest id a read of up to ``limit`` rows from id ``first`` may return:
         the readable head known, without a statement when it is far enough ahead,
@@ -186,3 +206,41 @@ def horizon_holder(conn: Any) -> HorizonHolder | None:
     if row is None:
         return None
     return HorizonHolder(*row[:7])
+
+
+@dataclass(frozen=True)
+class HorizonReport:
+    """What a log's followers may read now, and what holds them back (for operators)."""
+
+    readable: int
+    """The readable head (0: nothing readable yet)."""
+    committed: int
+    """The largest committed notification id."""
+    holder: HorizonHolder | None
+    """The oldest transaction running, when committed events wait behind it."""
+
+    @property
+    def held_back(self) -> int:
+        """Notification ids committed but not readable yet."""
+        return max(0, self.committed - self.readable)
+
+
+def _horizon_of(recorder: Any) -> ReadHorizon | None:
+    horizon = getattr(recorder, "horizon", None)
+    return horizon if isinstance(horizon, ReadHorizon) else None
+
+
+def committed_head(recorder: Any) -> int:
+    """The largest committed notification id of an application recorder: beyond the
+    readable head on the ledger's PostgreSQL recorders; elsewhere (SQLite, memory:
+    one writer at a time) the head followers read to."""
+    horizon = _horizon_of(recorder)
+    if horizon is not None:
+        return horizon.observe().committed
+    return int(recorder.max_notification_id() or 0)
+
+
+def horizon_report(recorder: Any) -> HorizonReport | None:
+    """:meth:`ReadHorizon.report` of a recorder with a readable head, else None."""
+    horizon = _horizon_of(recorder)
+    return horizon.report() if horizon is not None else None
