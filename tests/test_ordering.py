@@ -16,9 +16,14 @@ comes back), one delivered twice would break the order.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -26,10 +31,12 @@ import pytest
 from eventsourcing.persistence import IntegrityError, StoredEvent, Tracking
 from psycopg import sql
 
+from ledger.application import open_ledger
 from ledger.store.horizon import HorizonHolder, horizon_holder
 from ledger.store.recorder import LedgerPostgresProcessRecorder
 from projections.subscription import PollingSubscription
-from tests.support.servers import POSTGRES_URL
+from tests.support.builders import agent_execution
+from tests.support.servers import POSTGRES_URL, fresh_schema
 from tests.support.waiting import wait_for
 from tests.test_recorder import drop_schema, new_datastore, new_schema, require_postgres
 
@@ -39,6 +46,7 @@ RACE_SECONDS = 60.0
 HOLD_AFTER = 20.0
 HOLD_SECONDS = 10.0
 WRITERS = 4
+LEDGER = str(Path(sys.executable).parent / "ledger")
 
 
 class Probe:
@@ -209,3 +217,52 @@ def test_writers_racing_a_follower_and_a_long_transaction() -> None:
     finally:
         datastore.close()
         drop_schema(schema)
+
+
+def status_rows(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [LEDGER, "projections", "status", *args],
+        env={**os.environ, "LEDGER_URL": url, "COLUMNS": "300"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def test_projections_status_names_what_holds_followers_back() -> None:
+    require_postgres()
+    with fresh_schema(POSTGRES_URL) as url:
+        ledger = open_ledger(url)
+        try:
+            ledger.create(agent_execution("aex-before"))
+            # A transaction that holds a transaction id and nothing of the ledger's
+            # (any long transaction in the cluster holds followers back).
+            with psycopg.connect(POSTGRES_URL) as held:  # Not autocommit: stays open.
+                held.execute("SELECT pg_current_xact_id()")
+                pid = held.info.backend_pid
+                ledger.create(agent_execution("aex-after-1"))
+                ledger.create(agent_execution("aex-after-2"))
+                result = status_rows(url, "--json")
+                assert result.returncode == 0, result.stderr
+                rows = {row["name"]: row for row in json.loads(result.stdout)}
+                row = rows["status<-Ledger"]
+                assert row["held_back"] >= 2 and row["lag"] >= row["held_back"], row
+                holder = row["held_by"]
+                assert holder is not None and holder["since"] is not None, row
+                # Ours, unless an older transaction elsewhere in the cluster holds it too.
+                if holder["pid"] == pid:
+                    assert holder["state"] == "idle in transaction", holder
+                text = status_rows(url)
+                assert text.returncode == 0, text.stderr
+                assert "not readable yet" in text.stdout and "pid " in text.stdout, text.stdout
+                held.rollback()
+
+            def settled() -> bool:
+                result = status_rows(url, "--json")
+                rows = {row["name"]: row for row in json.loads(result.stdout)}
+                return bool(rows["status<-Ledger"]["held_back"] == 0)
+
+            wait_for(settled, timeout=60, message="nothing held back once it ended")
+        finally:
+            ledger.close()

@@ -195,14 +195,18 @@ def horizon_holder(conn: Any) -> HorizonHolder | None:
     Reads ``pg_stat_activity`` and ``pg_prepared_xacts``: without superuser or
     ``pg_read_all_stats``, another role's session shows only its pid, database
     and user."""
-    row = conn.execute(
-        "SELECT pid, datname, usename::text, application_name, state, xact_start, "
-        "backend_xid::text::bigint, age(backend_xid) FROM pg_stat_activity "
-        "WHERE backend_xid IS NOT NULL "
-        "UNION ALL SELECT NULL, database, owner::text, gid, 'prepared', prepared, "
-        "transaction::text::bigint, age(transaction) FROM pg_prepared_xacts "
-        "ORDER BY 8 DESC LIMIT 1"
-    ).fetchone()
+    row = (
+        conn.cursor(row_factory=tuple_row)
+        .execute(
+            "SELECT pid, datname, usename::text, application_name, state, xact_start, "
+            "backend_xid::text::bigint, age(backend_xid) FROM pg_stat_activity "
+            "WHERE backend_xid IS NOT NULL "
+            "UNION ALL SELECT NULL, database, owner::text, gid, 'prepared', prepared, "
+            "transaction::text::bigint, age(transaction) FROM pg_prepared_xacts "
+            "ORDER BY 8 DESC LIMIT 1"
+        )
+        .fetchone()
+    )
     if row is None:
         return None
     return HorizonHolder(*row[:7])
