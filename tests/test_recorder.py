@@ -26,7 +26,6 @@ from typing import Any, ClassVar, Literal
 import psycopg
 import pytest
 from eventsourcing.persistence import (
-    ApplicationRecorder,
     IntegrityError,
     OperationalError,
     ProcessRecorder,
@@ -343,8 +342,9 @@ class TestRecorderProperties(WithPostgresSchema):
             self.assertEqual(recorder.max_notification_id(), 1)
             open_tx.commit()
         wait_for(
-            lambda: [n.id for n in recorder.select_notifications(None, 10)]
-            == [1, early_id, later[0]],
+            lambda: (
+                [n.id for n in recorder.select_notifications(None, 10)] == [1, early_id, later[0]]
+            ),
             timeout=60,
             message="the early and the later insert, in order",
         )

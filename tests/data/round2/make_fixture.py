@@ -33,14 +33,15 @@ def main(output: str) -> None:
     for n in range(6):
         record = ledger.create(
             AgentExecution(
-                metadata={"id": f"aex-round2-{n}", "labels": {"fixture": "round2"}},
+                metadata={"id": f"aex-round2-{n}", "labels": {"fixture": "round2"}},  # type: ignore[arg-type]
                 spec=AgentExecutionSpec(
                     agent_id=f"agent-{n}", message="round 2", callback_token=b"token-%d" % n
                 ),
             )
         )
         ids.append(record.id)
-        ledger.update_status(record.id, AgentExecutionStatus(phase=Phase.IN_PROGRESS.value))
+        patch = AgentExecutionStatus(phase=Phase.IN_PROGRESS.value)  # type: ignore[arg-type]
+        ledger.update_status(record.id, patch)
     ledger.complete(ids[0], {"answer": 42})
     ledger.fail(ids[1], "it broke", error_type="ToolError")
     ledger.cancel(ids[2], "asked to")
