@@ -8,8 +8,9 @@ statement: ``SELECT * FROM <schema>.<function>(...)``, where the function is a
 plpgsql function created by :meth:`create_table` (``CREATE OR REPLACE``, in the
 recorder's schema) that does the same work on the server.
 
-Contract (the same as the library's recorder; the contract tests in
-``tests/test_recorder.py`` check it on a real server):
+Contract (the library's recorder's, except that one transaction's ids may
+interleave with another's; the contract tests in ``tests/test_recorder.py`` and the
+ordering probe in ``tests/test_ordering.py`` check it on a real server):
 
 - **Atomic.** All the events of one ``insert_events`` call (and, for the process
   recorder, its tracking record) are written in one transaction, or none are.
@@ -19,8 +20,10 @@ Contract (the same as the library's recorder; the contract tests in
   ``max_notification_id`` returns it and ``select_notifications`` returns no row
   above it, so a follower reading ``notification_id > n`` never passes an id whose
   transaction can still commit, while its position stays one notification id.
-- **Wake-ups.** The function sends ``NOTIFY <channel>`` (the library's channel);
-  PostgreSQL delivers it at commit, never for a rolled-back insert.
+- **Wake-ups.** After an insert commits, the recorder pokes its
+  :class:`~ledger.store.wakeups.Wakeups`, which sends ``pg_notify`` on the library's
+  channel from a thread, at most every few milliseconds (a ``NOTIFY`` inside the
+  insert would serialise every writer's commit again). Never for a rolled-back insert.
 - **Notification ids** are returned in the order of the given events.
 - **Optimistic concurrency.** A second event at an existing
   ``(originator_id, originator_version)`` violates the primary key; the whole
