@@ -3,7 +3,7 @@
 - :func:`~ledger.store.many.select_events_of` reads many executions' events with one
   query, each in version order, on both stores;
 - on SQLite, a write in the dispatcher's own process wakes it at once
-  (:mod:`ledger.store.wakeups`): with an hour between polls, a completion written
+  (:mod:`ledger.store.sqlite_wakeups`): with an hour between polls, a completion written
   beside it is still resolved.
 """
 
@@ -16,7 +16,7 @@ from temporalio.client import Client
 
 from ledger.application import open_ledger
 from ledger.contract.phases import Phase
-from ledger.store import wakeups
+from ledger.store import sqlite_wakeups
 from ledger.store.many import select_events_of
 from ledger.store.url import parse_url
 from projections.dispatch.delivery import Outcome
@@ -43,7 +43,7 @@ def test_the_events_of_many_executions_are_read_together_in_version_order(store_
 def test_an_sqlite_write_wakes_followers_in_the_same_process(sqlite_url: str) -> None:
     woken = threading.Event()
     with open_ledger(sqlite_url) as ledger:
-        unsubscribe = wakeups.subscribe(parse_url(sqlite_url).env["SQLITE_DBNAME"], woken.set)
+        unsubscribe = sqlite_wakeups.subscribe(parse_url(sqlite_url).env["SQLITE_DBNAME"], woken.set)
         ledger.create(agent_execution())
         assert woken.is_set()
         unsubscribe()

@@ -113,8 +113,8 @@ def parse_url(url: str | None = None, *, cipher_key: str | None = None) -> Store
         env = {
             "PERSISTENCE_MODULE": "eventsourcing.sqlite",
             "SQLITE_DBNAME": path,
-            # Wakes followers in this process after each write (ledger/store/wakeups.py).
-            "APPLICATION_RECORDER_TOPIC": "ledger.store.wakeups:WakingSQLiteApplicationRecorder",
+            # Wakes followers in this process after each write (ledger/store/sqlite_wakeups.py).
+            "APPLICATION_RECORDER_TOPIC": "ledger.store.sqlite_wakeups:WakingSQLiteApplicationRecorder",
         }
     elif scheme in ("postgresql", "postgres"):
         scheme = "postgresql"

@@ -49,7 +49,7 @@ from temporalio.client import Client
 
 from ledger.application import open_ledger_with
 from ledger.contract.names import COMPLETED_TOPICS, LEDGER_LOG
-from ledger.store import wakeups
+from ledger.store import sqlite_wakeups
 from ledger.store.backoff import Backoff
 from ledger.store.connections import setup_lock
 from ledger.store.url import StoreConfig
@@ -255,7 +255,7 @@ class Dispatcher:
         calls = self._in_flight()
         flushing = asyncio.create_task(self.flusher.flush_periodically())
         unsubscribe = (
-            wakeups.subscribe(self.config.env["SQLITE_DBNAME"], subscription.wake)
+            sqlite_wakeups.subscribe(self.config.env["SQLITE_DBNAME"], subscription.wake)
             if self.config.is_sqlite
             else None
         )
