@@ -43,7 +43,8 @@ def test_the_events_of_many_executions_are_read_together_in_version_order(store_
 def test_an_sqlite_write_wakes_followers_in_the_same_process(sqlite_url: str) -> None:
     woken = threading.Event()
     with open_ledger(sqlite_url) as ledger:
-        unsubscribe = sqlite_wakeups.subscribe(parse_url(sqlite_url).env["SQLITE_DBNAME"], woken.set)
+        db_name = parse_url(sqlite_url).env["SQLITE_DBNAME"]
+        unsubscribe = sqlite_wakeups.subscribe(db_name, woken.set)
         ledger.create(agent_execution())
         assert woken.is_set()
         unsubscribe()

@@ -114,7 +114,9 @@ def parse_url(url: str | None = None, *, cipher_key: str | None = None) -> Store
             "PERSISTENCE_MODULE": "eventsourcing.sqlite",
             "SQLITE_DBNAME": path,
             # Wakes followers in this process after each write (ledger/store/sqlite_wakeups.py).
-            "APPLICATION_RECORDER_TOPIC": "ledger.store.sqlite_wakeups:WakingSQLiteApplicationRecorder",
+            "APPLICATION_RECORDER_TOPIC": (
+                "ledger.store.sqlite_wakeups:WakingSQLiteApplicationRecorder"
+            ),
         }
     elif scheme in ("postgresql", "postgres"):
         scheme = "postgresql"
