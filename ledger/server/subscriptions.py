@@ -102,9 +102,9 @@ class LogFollower:
     def signal(self, execution_id: str) -> tuple[int, int]:
         """What the follower has seen of ``execution_id`` so far: it grows whenever new
         events of the execution may exist. A feed that read the store after seeing a
-        signal need not read again until the signal grows."""
-        with self._lock:
-            return self._epoch, self._signals.get(execution_id, 0)
+        signal need not read again until the signal grows. (On the event loop's thread:
+        a signal changes there, with the events handed to the feed.)"""
+        return self._epoch, self._signals.get(execution_id, 0)
 
     def feed(self, execution_id: str) -> _Feed:
         """The shared reader of ``execution_id``'s changes (while it has subscriptions;
@@ -154,34 +154,36 @@ class LogFollower:
         """Signals each execution of ``page`` that has subscriptions (every one when
         None: after a lost connection), and hands its events to its feed, in one call
         onto the event loop."""
-        offers: list[tuple[str, list[Notification], tuple[int, int]]] = []
+        offers: dict[str, list[Notification]] = {}
         with self._lock:
             if page is None:
-                self._epoch += 1
                 events = [e for waiting in self._waiters.values() for e in waiting]
             else:
-                events = []
-                of: dict[str, list[Notification]] = {}
                 for notification in page:
                     execution_id = str(notification.originator_id)
                     if execution_id in self._waiters:
-                        of.setdefault(execution_id, []).append(notification)
-                for execution_id, stored in of.items():
-                    self._signals[execution_id] = position
-                    offers.append((execution_id, stored, (self._epoch, position)))
-                    events.extend(self._waiters[execution_id])
+                        offers.setdefault(execution_id, []).append(notification)
+                events = [e for i in offers for e in self._waiters[i]]
         if events:
-            self._loop.call_soon_threadsafe(self._wake, offers, events)
+            self._loop.call_soon_threadsafe(self._wake, offers, position, events, page is None)
 
     def _wake(
         self,
-        offers: list[tuple[str, list[Notification], tuple[int, int]]],
+        offers: dict[str, list[Notification]],
+        position: int,
         events: list[asyncio.Event],
+        everything: bool,
     ) -> None:
-        for execution_id, stored, signal in offers:
-            feed = self._feeds.get(execution_id)
-            if feed is not None:
-                feed.offer(stored, signal)
+        """On the event loop: the signals and the feeds' events change together, so a
+        feed never sees a signal without the events that came with it."""
+        if everything:
+            self._epoch += 1
+        for execution_id, stored in offers.items():
+            if execution_id in self._waiters:
+                self._signals[execution_id] = position
+                feed = self._feeds.get(execution_id)
+                if feed is not None:
+                    feed.offer(stored, (self._epoch, position))
         for event in events:
             event.set()
 
