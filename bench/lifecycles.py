@@ -17,13 +17,18 @@ so a lifecycle is five insert transactions. Measured in the same run:
 - ``(recorder alone)``: for diagnosis, the same five rows through that
   recorder's ``insert_events`` without any Ledger code: the gap between it and
   raw psycopg is the persistence layer's, the rest is the application's.
+- ``(recorder alone, NOTIFY in insert)``: the same with a ``NOTIFY`` inside every
+  insert, as round 1 did (``notify_in_insert``), to show what PostgreSQL's
+  notification commit lock costs writers (:mod:`ledger.store.wakeups`).
 
-Each is run with one thread and with ``--threads`` threads (each thread with
-executions of its own), for ``--seconds`` each, cut into ``--slices`` slices
-that alternate between the variants so that all of them see the same load.
-Everything happens in fresh schemas, dropped at the end.
+Each is run with each of ``--threads`` thread counts (default 1, 4 and 16; each
+thread with executions of its own, and a connection of its own in every pool),
+for ``--seconds`` each, cut into ``--slices`` slices that alternate between the
+variants so that all of them see the same load. Everything happens in fresh
+schemas, dropped at the end. The machine's load average is printed with the
+figures.
 
-    .venv/bin/python bench/lifecycles.py [--seconds N] [--threads 4] [--url URL]
+    .venv/bin/python bench/lifecycles.py [--seconds N] [--threads 1,4,16] [--url URL]
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from psycopg import sql
 from ledger.api.agentexecution.v1 import enum_pb2
 from ledger.application import Ledger, open_ledger_with
 from ledger.contract.kinds import API_VERSION, AgentExecution, AgentExecutionStatus
+from ledger.store.recorder import LedgerPostgresApplicationRecorder
 from ledger.store.url import StoreConfig, parse_url
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -284,23 +290,32 @@ def schemas(url: str, names: Sequence[str]) -> Iterator[None]:
                 )
 
 
-def ledger_config(url: str, schema: str, extra: Mapping[str, str], *, fast: bool) -> StoreConfig:
+def ledger_config(
+    url: str, schema: str, extra: Mapping[str, str], *, fast: bool, pool: int = 8
+) -> StoreConfig:
     config = parse_url(f"{url}?schema={schema}")
     env = {k: v for k, v in config.env.items() if k not in FAST_ENV}
     if fast:
         env.update(extra)
-    env["POSTGRES_POOL_SIZE"] = "8"
+    env["POSTGRES_POOL_SIZE"] = str(pool)
+    env["POSTGRES_MAX_OVERFLOW"] = "2"
     return StoreConfig(url=config.url, scheme=config.scheme, env=env)
 
 
+LIBRARY_THREADS = 4
 RAW = "raw psycopg (5 autocommit INSERTs)"
 LIBRARY = "ledger, library recorder"
 FAST = "ledger, one round trip + cache"
 RECORDER = "(recorder alone, 5 insert_events)"
+NOTIFYING = "(recorder alone, NOTIFY in insert)"
+
+
+class NotifyingRecorder(LedgerPostgresApplicationRecorder):
+    notify_in_insert = True
 
 
 def run(
-    url: str, seconds: float, threads: int, slices: int
+    url: str, seconds: float, thread_counts: Sequence[int], slices: int
 ) -> list[tuple[str, int, Result, float]]:
     """Returns rows of (variant, threads, result, raw lifecycles/s of the same threads)."""
     base = "bench_" + uuid.uuid4().hex[:8]
@@ -310,20 +325,35 @@ def run(
     with schemas(url, [raw_schema, lib_schema, fast_schema]):
         with psycopg.connect(url, autocommit=True) as conn:
             create_raw_table(conn, raw_schema)
-        library = open_ledger_with(ledger_config(url, lib_schema, FAST_ENV, fast=False))
-        fast = open_ledger_with(ledger_config(url, fast_schema, FAST_ENV, fast=True))
+        threads = max(thread_counts)
+        # The library's recorder (a table lock per insert) only up to LIBRARY_THREADS:
+        # it does not scale, and connections are scarce on a shared server.
+        library = open_ledger_with(
+            ledger_config(url, lib_schema, FAST_ENV, fast=False, pool=LIBRARY_THREADS)
+        )
+        fast = open_ledger_with(ledger_config(url, fast_schema, FAST_ENV, fast=True, pool=threads))
         raw_conns = [psycopg.connect(url, autocommit=True) for _ in range(threads)]
+        assert isinstance(fast.recorder, LedgerPostgresApplicationRecorder)
+        notifying = NotifyingRecorder(fast.recorder.datastore, events_table_name="notifying_events")
+        notifying.create_table()
         try:
-            for n in sorted({1, threads}):
+            for n in sorted(set(thread_counts)):
                 results = compare(
                     {
                         RAW: [
                             raw_lifecycle(c, raw_schema, id_length, shapes) for c in raw_conns[:n]
                         ],
-                        LIBRARY: [ledger_lifecycle(library) for _ in range(n)],
+                        **(
+                            {LIBRARY: [ledger_lifecycle(library) for _ in range(n)]}
+                            if n <= LIBRARY_THREADS
+                            else {}
+                        ),
                         FAST: [ledger_lifecycle(fast) for _ in range(n)],
                         RECORDER: [
                             recorder_lifecycle(fast.recorder, id_length, shapes) for _ in range(n)
+                        ],
+                        NOTIFYING: [
+                            recorder_lifecycle(notifying, id_length, shapes) for _ in range(n)
                         ],
                     },
                     seconds,
@@ -359,7 +389,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="seconds measured per variant and thread count (default 5)",
     )
     parser.add_argument(
-        "--threads", type=int, default=4, help="threads of the concurrent runs (default 4)"
+        "--threads",
+        default="1,4,16",
+        help="comma-separated thread counts measured (default 1,4,16)",
     )
     parser.add_argument(
         "--slices",
@@ -376,8 +408,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    rows = run(args.url, args.seconds, max(1, args.threads), max(1, args.slices))
+    try:
+        thread_counts = sorted({max(1, int(n)) for n in args.threads.split(",") if n.strip()})
+    except ValueError:
+        parser.error(f"--threads: expected numbers separated by commas, not {args.threads!r}")
+    load_before = os.getloadavg()
+    rows = run(args.url, args.seconds, thread_counts, max(1, args.slices))
+    load_after = os.getloadavg()
     print_table(rows)
+    print(
+        "\nload average (1, 5, 15 min) before: "
+        + ", ".join(f"{x:.2f}" for x in load_before)
+        + "; after: "
+        + ", ".join(f"{x:.2f}" for x in load_after)
+        + f"; {os.cpu_count()} CPUs"
+    )
     print(
         f"\n{COMMANDS_PER_LIFECYCLE} commands (one event each) per lifecycle; ms/command is "
         "the mean time per command seen by each thread; 'vs raw' divides lifecycles/s by "

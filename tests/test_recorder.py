@@ -26,7 +26,6 @@ from typing import Any, ClassVar, Literal
 import psycopg
 import pytest
 from eventsourcing.persistence import (
-    ApplicationRecorder,
     IntegrityError,
     OperationalError,
     ProcessRecorder,
@@ -36,7 +35,6 @@ from eventsourcing.persistence import (
 from eventsourcing.postgres import PostgresDatastore
 from eventsourcing.tests.persistence import (
     ApplicationRecorderTestCase,
-    NonInterleavingNotificationIDsBaseCase,
     ProcessRecorderTestCase,
 )
 from psycopg import sql
@@ -165,18 +163,6 @@ class TestApplicationRecorderContract(
 
 class TestApplicationRecorderContractWithTextIds(TestApplicationRecorderContract):
     originator_id_type = "text"
-
-
-class TestNonInterleavingNotificationIds(
-    WithPostgresSchema, NonInterleavingNotificationIDsBaseCase
-):
-    originator_id_type = "text"
-
-    def create_recorder(self) -> ApplicationRecorder:
-        self.resize_pool(2)
-        recorder = LedgerPostgresApplicationRecorder(self.datastore, events_table_name="events")
-        recorder.create_table()
-        return recorder
 
 
 class TestProcessRecorderContract(WithPostgresSchema, ProcessRecorderTestCase):
@@ -329,9 +315,14 @@ class TestRecorderProperties(WithPostgresSchema):
             racer.join(timeout=30)
         return results
 
-    def test_a_later_insert_waits_for_the_earlier_commit(self) -> None:
-        """The table lock is taken before ids are drawn and held until commit."""
+    def test_a_later_insert_does_not_wait_and_is_not_read_before_an_earlier_one(
+        self,
+    ) -> None:
+        """No table lock: an insert commits while an earlier one is still open, but
+        a reader sees neither until the earlier one has ended (it never passes it)."""
         recorder = self.create_recorder()
+        recorder.insert_events([StoredEvent("aex-first", 1, "topic", b"first")])
+        self.assertEqual(recorder.max_notification_id(), 1)  # Observed readable.
         with psycopg.connect(POSTGRES_URL) as open_tx:  # Not autocommit: stays open.
             row = open_tx.execute(
                 sql.SQL("SELECT * FROM {}.{}(%s, %s, %s, %s, %s)").format(
@@ -342,19 +333,44 @@ class TestRecorderProperties(WithPostgresSchema):
             ).fetchone()
             assert row is not None
             early_id = row[0]
-            later: list[Any] = []
-            thread = threading.Thread(
-                target=lambda: later.append(
-                    recorder.insert_events([StoredEvent("aex-later", 1, "topic", b"later")])
-                )
-            )
-            thread.start()
-            self.waiting_for_lock(1)
-            self.assertEqual(later, [])  # Still waiting: the early one has not committed.
+            later = recorder.insert_events([StoredEvent("aex-later", 1, "topic", b"later")])
+            assert later is not None
+            self.assertGreater(later[0], early_id)  # Committed while the early one is open.
+            self.assertEqual(recorder.committed_head(), later[0])
+            read = [n.id for n in recorder.select_notifications(None, 10)]
+            self.assertEqual(read, [1])  # Not the later one: the early one may still commit.
+            self.assertEqual(recorder.max_notification_id(), 1)
             open_tx.commit()
-            thread.join(timeout=30)
-        self.assertEqual(len(later), 1)
-        self.assertGreater(later[0][0], early_id)
+        wait_for(
+            lambda: (
+                [n.id for n in recorder.select_notifications(None, 10)] == [1, early_id, later[0]]
+            ),
+            timeout=60,
+            message="the early and the later insert, in order",
+        )
+        self.assertEqual(recorder.max_notification_id(), later[0])
+
+    def test_a_rolled_back_insert_leaves_a_gap_that_is_passed_once_final(self) -> None:
+        """An open insert that rolls back holds readers until it ends, then its id is
+        a gap they pass."""
+        recorder = self.create_recorder()
+        with psycopg.connect(POSTGRES_URL) as open_tx:
+            open_tx.execute(
+                sql.SQL("SELECT * FROM {}.{}(%s, %s, %s, %s, %s)").format(
+                    sql.Identifier(self.schema),
+                    sql.Identifier(recorder.insert_one_function_name),
+                ),
+                ("0s", "aex-doomed", 1, "topic", b"doomed"),
+            )
+            later = recorder.insert_events([StoredEvent("aex-after", 1, "topic", b"after")])
+            assert later is not None
+            self.assertEqual(recorder.select_notifications(None, 10), [])
+            open_tx.rollback()
+        wait_for(
+            lambda: [n.id for n in recorder.select_notifications(None, 10)] == later,
+            timeout=60,
+            message="the insert after the rolled-back one",
+        )
 
     def test_notification_ids_follow_commit_order(self) -> None:
         """A follower polling while writers race never sees a gap filled later."""

@@ -16,7 +16,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 from datetime import datetime
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -29,7 +29,12 @@ from ledger.cli._logging import (
     LogLevelOption,
     configure_logging,
 )
-from ledger.cli._render import err, out, print_json, table
+from ledger.cli._observability import MetricsAddressOption, check_metrics_address, observed
+from ledger.cli._render import err, out, print_json, print_table
+from ledger.cli._tables import Column, fit
+
+if TYPE_CHECKING:
+    from ledger.store.horizon import HorizonHolder
 
 projections_app = typer.Typer(
     help="Read models: status, run, rebuild, dead-letters.", no_args_is_help=True
@@ -48,33 +53,49 @@ StopOnErrorOption = Annotated[
 
 @projections_app.command("status")
 def projections_status(url: UrlOption = None, as_json: JsonOption = False) -> None:
-    """Position, head and lag of each view and of the dispatcher; dead letters and
-    stale views."""
+    """Position, head and lag of each view and of the dispatcher; dead letters, stale
+    views and, on PostgreSQL, what holds followers back."""
+    from ledger.store.horizon import horizon_report
+
     with open_views(url) as views:
         lags = views.lag()
         stale = set(views.stale())
         dead = Counter(letter.follower for letter in views.dead_letters())
-    shown = [
-        {
-            "name": lag.name,
-            "position": lag.position,
-            "head": lag.head,
-            "lag": lag.lag,
-            "dead_letters": dead.get(lag.name, 0),
-            "stale": lag.name.partition("<-")[0] in stale,
-        }
-        for lag in lags
-    ]
+        horizons = {name: horizon_report(log.recorder) for name, log in views.logs.items()}
+    shown: list[dict[str, Any]] = []
+    for lag in lags:
+        report = horizons.get(lag.name.partition("<-")[2])
+        shown.append(
+            {
+                "name": lag.name,
+                "position": lag.position,
+                "head": lag.head,
+                "lag": lag.lag,
+                "dead_letters": dead.get(lag.name, 0),
+                "stale": lag.name.partition("<-")[0] in stale,
+                "held_back": report.held_back if report else 0,
+                "held_by": _holder(report.holder) if report and report.holder else None,
+            }
+        )
     if as_json:
         print_json(shown)
         return
-    out.print(
-        table("projections", shown, ["name", "position", "head", "lag", "dead_letters", "stale"])
-    )
+    columns = [
+        Column("name", "name", 0),
+        Column("position", "position", 0),
+        Column("head", "head", 2),
+        Column("lag", "lag", 0),
+        Column("dead_letters", "dead letters", 1),
+        Column("stale", "stale", 1, show=lambda v: "yes" if v else ""),
+    ]
+    print_table(*fit("projections", shown, columns, width=out.width))
     for name in sorted(stale):
         out.print(f"the {name} view is stale: rebuild it with `ledger projections rebuild {name}`")
     if dead:
         out.print("dead letters: `ledger projections dead-letters`")
+    for name, report in horizons.items():
+        if report is not None and report.held_back:
+            out.print(_held_back_line(name, report.held_back, report.holder), highlight=False)
 
 
 @projections_app.command("dead-letters")
@@ -97,8 +118,49 @@ def projections_dead_letters(url: UrlOption = None, as_json: JsonOption = False)
     if as_json:
         print_json(shown)
         return
-    columns = ["follower", "position", "event_id", "event_version", "topic", "error"]
-    out.print(table("dead letters", shown, columns))
+    columns = [
+        Column("follower", "follower", 0),
+        Column("position", "position", 0),
+        Column("event_id", "event id", 0),
+        Column("event_version", "version", 2),
+        Column("topic", "topic", 3),
+        Column("error", "error", 1, flexible=True),
+    ]
+    print_table(*fit("dead letters", shown, columns, width=out.width))
+
+
+def _holder(holder: HorizonHolder) -> dict[str, Any]:
+    return {
+        "pid": holder.pid,
+        "database": holder.database,
+        "user": holder.user,
+        "application_name": holder.application_name,
+        "state": holder.state,
+        "since": holder.since.isoformat() if holder.since else None,
+    }
+
+
+def _held_back_line(log: str, held_back: int, holder: HorizonHolder | None) -> str:
+    """``<log>: N events committed but held back by ...`` (see ledger.store.horizon)."""
+    line = f"{log}: {held_back} notification ids committed but not readable yet"
+    if holder is None:
+        return line + " (the transactions running then have ended since)"
+    who = f"pid {holder.pid}" if holder.pid is not None else "a prepared transaction"
+    details = ", ".join(
+        f"{key} {value}"
+        for key, value in (
+            ("database", holder.database),
+            ("user", holder.user),
+            ("application", holder.application_name or None),
+            ("state", holder.state),
+        )
+        if value
+    )
+    since = ""
+    if holder.since is not None:
+        age = (datetime.now(holder.since.tzinfo) - holder.since).total_seconds()
+        since = f" since {holder.since.isoformat(timespec='seconds')} ({age:.0f} s)"
+    return f"{line}: waiting for the oldest transaction running, {who} ({details}){since}"
 
 
 @projections_app.command("run")
@@ -108,16 +170,23 @@ def projections_run(
     log_level: LogLevelOption = LogLevel.INFO,
     log_format: LogFormatOption = LogFormat.TEXT,
     stop_on_error: StopOnErrorOption = False,
+    as_json: JsonOption = False,
+    metrics_address: MetricsAddressOption = None,
 ) -> None:
     """Follow the ledger live until interrupted (SIGINT/SIGTERM stop cleanly); a stale
-    view is rebuilt first."""
+    view is rebuilt first. --json: the logs as JSON lines (as --log-format json)."""
     chosen = _view_names(names)
-    status_line = configure_logging(log_level, log_format)
+    with errors():
+        check_metrics_address(metrics_address)
+    status_line = configure_logging(log_level, LogFormat.JSON if as_json else log_format)
     stop = threading.Event()
     _on_signals(stop.set)
     from projections.views import freeze_startup_objects
 
-    with open_views(url, read_only=False) as views:
+    with (
+        open_views(url, read_only=False) as views,
+        observed("ledger-projections", views.config, metrics_address),
+    ):
         views.stop_on_error = stop_on_error
         freeze_startup_objects()
 

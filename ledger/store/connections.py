@@ -53,10 +53,17 @@ def _locked(config: StoreConfig, key: str) -> Iterator[None]:
 
 def connect(config: StoreConfig, **options: Any) -> Any:
     """A psycopg connection (autocommit) to the PostgreSQL store of ``config``
-    (``options``: more libpq parameters, e.g. ``application_name``)."""
+    (``options``: more libpq parameters, e.g. ``application_name``).
+
+    Like the library's pooled connections, it ends a transaction left idle for
+    ``POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT`` seconds (the library's variable,
+    default 5; 0 = never): an open transaction holds every follower back
+    (:mod:`ledger.store.horizon`)."""
     import psycopg
 
     env = config.env
+    idle = int(library_number("POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT", 5) * 1000)
+    options.setdefault("options", f"-c idle_in_transaction_session_timeout={idle}")
     try:
         return psycopg.connect(
             dbname=env["POSTGRES_DBNAME"],

@@ -8,22 +8,22 @@ statement: ``SELECT * FROM <schema>.<function>(...)``, where the function is a
 plpgsql function created by :meth:`create_table` (``CREATE OR REPLACE``, in the
 recorder's schema) that does the same work on the server.
 
-Contract (the same as the library's recorder; the contract tests in
-``tests/test_recorder.py`` check it on a real server):
+Contract (the library's recorder's, except that one transaction's ids may
+interleave with another's; the contract tests in ``tests/test_recorder.py`` and the
+ordering probe in ``tests/test_ordering.py`` check it on a real server):
 
 - **Atomic.** All the events of one ``insert_events`` call (and, for the process
   recorder, its tracking record) are written in one transaction, or none are.
-- **Ordering for followers.** The function sets ``lock_timeout`` for its
-  transaction (``POSTGRES_LOCK_TIMEOUT`` seconds, ``0`` = wait forever), then
-  takes ``LOCK TABLE <events> IN EXCLUSIVE MODE`` *before* the ``INSERT`` draws
-  notification ids, and the lock is held until the implicit transaction of the
-  autocommit statement commits. Inserting transactions are therefore serialized:
-  notification ids are issued in commit order, a transaction's ids are
-  contiguous, and a follower reading ``notification_id > n`` never passes a gap
-  that is filled later. ``SELECT`` is not blocked (``EXCLUSIVE`` conflicts with
-  writers only).
-- **Wake-ups.** The function sends ``NOTIFY <channel>`` (the library's channel);
-  PostgreSQL delivers it at commit, never for a rolled-back insert.
+- **Ordering for followers.** No table lock: writers never wait for each other.
+  The function takes its transaction's id before drawing notification ids, and
+  followers read only up to the **readable head** (:mod:`ledger.store.horizon`):
+  ``max_notification_id`` returns it and ``select_notifications`` returns no row
+  above it, so a follower reading ``notification_id > n`` never passes an id whose
+  transaction can still commit, while its position stays one notification id.
+- **Wake-ups.** After an insert commits, the recorder pokes its
+  :class:`~ledger.store.wakeups.Wakeups`, which sends ``pg_notify`` on the library's
+  channel from a thread, at most every few milliseconds (a ``NOTIFY`` inside the
+  insert would serialise every writer's commit again). Never for a rolled-back insert.
 - **Notification ids** are returned in the order of the given events.
 - **Optimistic concurrency.** A second event at an existing
   ``(originator_id, originator_version)`` violates the primary key; the whole
@@ -36,8 +36,15 @@ Contract (the same as the library's recorder; the contract tests in
   than the recorded one raises ``IntegrityError`` and nothing is written.
   Legacy multi-row tracking (``SINGLE_ROW_TRACKING=no``) falls back to the
   library's pipeline.
-- **Reads.** ``select_notifications`` returns exactly the library's rows (a statement
-  rendered once per shape, binary tuple rows).
+- **Reads.** ``select_notifications`` returns the library's rows (a statement
+  rendered once per shape, binary tuple rows), up to the readable head. When the
+  rows asked for may lie beyond the head known, it observes first and waits up to
+  :data:`READ_WAIT` for what was committed then to become readable (normally a few
+  milliseconds: until the transactions running then end), so a process reads its
+  own writes; ``max_notification_id`` waits likewise, and without limit while
+  nothing at all is readable yet (a follower starting at the head needs a head no
+  id below can join later). :meth:`~LedgerPostgresApplicationRecorder.committed_head`
+  is the largest committed id, readable or not (for the lag shown to operators).
 - **Retries.** Like the library, a lost connection or lock timeout is retried up to
   10 times; the statement is one transaction, never half-applied.
 - **A lost acknowledgement is recognised.** When the connection is lost after
@@ -52,15 +59,18 @@ Contract (the same as the library's recorder; the contract tests in
   Only without a cipher could another writer's row match, and only if it is the
   very same event down to its microsecond timestamp, which leaves the same log.
 
-The price of the ordering guarantee, as with the library: the table lock is held
-through the commit's WAL flush, so writers commit one after the other.
-``POSTGRES_ENABLE_DB_FUNCTIONS`` is ignored (these recorders always lock). Selected
-by ``APPLICATION_RECORDER_TOPIC`` / ``PROCESS_RECORDER_TOPIC`` (:mod:`ledger.store.url`).
+The price of the ordering guarantee: one long transaction anywhere in the cluster
+holds every follower back until it ends (see :mod:`ledger.store.horizon`). Writers
+that bypass these functions (the library's own recorder, legacy multi-row tracking)
+take the library's ``LOCK TABLE`` and draw ids before taking a transaction id; the
+lock keeps every other insert out until they commit, so the rule still holds.
+``POSTGRES_ENABLE_DB_FUNCTIONS`` is ignored (these recorders always use their own
+functions). Selected by ``APPLICATION_RECORDER_TOPIC`` / ``PROCESS_RECORDER_TOPIC``
+(:mod:`ledger.store.url`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import random
 import time
 from collections.abc import Sequence
@@ -83,7 +93,18 @@ from eventsourcing.postgres import (
 from eventsourcing.utils import retry
 from psycopg import Cursor
 from psycopg.rows import DictRow, tuple_row
-from psycopg.sql import SQL, Composed, Identifier, Literal
+from psycopg.sql import SQL, Identifier, Literal
+
+from ledger.store._insert_functions import (
+    call_function,
+    create_function,
+    db_function_name,
+    insert_many,
+    insert_one,
+    track_then_insert,
+)
+from ledger.store.horizon import ReadHorizon
+from ledger.store.wakeups import Wakeups
 
 __all__ = [
     "LedgerPostgresApplicationRecorder",
@@ -91,27 +112,15 @@ __all__ = [
     "db_function_name",
 ]
 
-_MAX_IDENTIFIER_LEN = 63
 _CREATE_TABLE_ATTEMPTS = 5
 
 INSERT_ATTEMPTS = 10
 """Tries of an insert on a lost connection or a lock timeout (the library's figure)."""
 INSERT_RETRY_WAIT = 0.2
 """Seconds between those tries, give or take 5% (the library's figure)."""
-
-
-def db_function_name(events_table_name: str, suffix: str) -> str:
-    """The name of the server-side function for ``events_table_name``.
-
-    ``<table>_<suffix>`` when that fits in PostgreSQL's 63 bytes, else the
-    table name shortened and a hash of it, so that two tables never share one.
-    """
-    name = f"{events_table_name}_{suffix}"
-    if len(name.encode()) <= _MAX_IDENTIFIER_LEN:
-        return name
-    digest = hashlib.sha256(events_table_name.encode()).hexdigest()[:12]
-    keep = _MAX_IDENTIFIER_LEN - len(suffix) - len(digest) - 2
-    return f"{events_table_name.encode()[:keep].decode(errors='ignore')}_{digest}_{suffix}"
+READ_WAIT = 1.0
+"""Seconds a read waits, at most, for what was committed when it began to become
+readable (see :mod:`ledger.store.horizon`); it then returns what is readable."""
 
 
 class LedgerPostgresApplicationRecorder(PostgresApplicationRecorder):
@@ -127,8 +136,13 @@ class LedgerPostgresApplicationRecorder(PostgresApplicationRecorder):
     - ``<events table>_insert(lock_timeout, originator_ids[], versions[],
       topics[], states[]) RETURNS SETOF bigint``: any number of events.
 
-    Both lock the table, notify the channel and insert, as described above.
+    Both take the transaction's id, notify the channel and insert, as described
+    above. Reads stop at the readable head (:attr:`horizon`).
     """
+
+    notify_in_insert = False
+    """``NOTIFY`` inside every insert (as round 1 did) instead of :class:`Wakeups`;
+    kept for ``bench/lifecycles.py`` to measure what it costs."""
 
     def __init__(
         self,
@@ -145,29 +159,33 @@ class LedgerPostgresApplicationRecorder(PostgresApplicationRecorder):
         # The library's own db function (es_insert_events_*) is not used here:
         # create ours in its place.
         self.sql_create_statements[self.create_insert_function_statement_index] = (
-            self._sql_create_function(
+            self._create_function(
                 self.insert_function_name,
                 SQL(
                     "p_originator_ids {id_type}[], p_originator_versions bigint[], "
                     "p_topics text[], p_states bytea[]"
                 ).format(id_type=id_type),
                 SQL("SETOF bigint"),
-                self._sql_lock_notify_insert_many(),
+                self._insert_many(),
             )
         )
         self.sql_create_statements.append(
-            self._sql_create_function(
+            self._create_function(
                 self.insert_one_function_name,
                 SQL(
                     "p_originator_id {id_type}, p_originator_version bigint, "
                     "p_topic text, p_state bytea"
                 ).format(id_type=id_type),
                 SQL("bigint"),
-                self._sql_lock_notify_insert_one(),
+                insert_one(
+                    self.datastore.schema,
+                    self.events_table_name,
+                    self.channel_name if self.notify_in_insert else None,
+                ),
                 declare=SQL("v_notification_id bigint;"),
             )
         )
-        self.sql_call_insert_function = self._sql_call_function(
+        self.sql_call_insert_function = self._call_function(
             self.insert_function_name,
             SQL("%s::{id_type}[], %s::bigint[], %s::text[], %s::bytea[]").format(id_type=id_type),
             many=True,
@@ -187,96 +205,33 @@ class LedgerPostgresApplicationRecorder(PostgresApplicationRecorder):
             )
             .as_bytes(None)
         )
-        self.sql_call_insert_one_function = self._sql_call_function(
+        self.sql_call_insert_one_function = self._call_function(
             self.insert_one_function_name,
             SQL("%s::{id_type}, %s::bigint, %s::text, %s::bytea").format(id_type=id_type),
             many=False,
         )
+        self.horizon = ReadHorizon(self.datastore, self.datastore.schema, self.events_table_name)
+        """The readable head of this log, shared by every reader of the recorder."""
+        self.wakeups = Wakeups(self.datastore, self.channel_name)
+        """Wake-ups of this log's followers, sent after inserts commit."""
 
     # SQL.
 
-    def _sql_create_function(
-        self,
-        name: str,
-        parameters: Composed,
-        returns: SQL,
-        body: Composed,
-        *,
-        declare: SQL | None = None,
-    ) -> Composed:
-        """``CREATE OR REPLACE FUNCTION ... SECURITY DEFINER``: sets ``lock_timeout``
-        (the first parameter), then runs ``body`` (which names tables with their schema)."""
-        return SQL(
-            "CREATE OR REPLACE FUNCTION {schema}.{function}(p_lock_timeout text, {parameters}) "
-            "RETURNS {returns} LANGUAGE plpgsql "
-            # Runs with its owner's rights: a writer role needs only EXECUTE (and
-            # SELECT), never INSERT, UPDATE, DELETE or TRUNCATE on the events table.
-            "SECURITY DEFINER SET search_path = pg_catalog, pg_temp "
-            "AS $BODY$ "
-            "{declare}"
-            "BEGIN "
-            "PERFORM set_config('lock_timeout', p_lock_timeout, true); "
-            "{body}"
-            "END; "
-            "$BODY$"
-        ).format(
-            schema=Identifier(self.datastore.schema),
-            function=Identifier(name),
-            parameters=parameters,
-            returns=returns,
-            declare=SQL("DECLARE {} ").format(declare) if declare is not None else SQL(""),
-            body=body,
+    def _create_function(
+        self, name: str, parameters: Any, returns: SQL, body: Any, *, declare: SQL | None = None
+    ) -> Any:
+        return create_function(
+            self.datastore.schema, name, parameters, returns, body, declare=declare
         )
 
-    def _sql_call_function(self, name: str, placeholders: Composed, *, many: bool) -> bytes:
-        """The call of a db function, rendered once (psycopg caches a bytes query's
-        conversion; a ``Composed`` would be rendered again on every execute)."""
-        template = (
-            "SELECT * FROM {schema}.{function}(%s::text, {placeholders})"
-            if many
-            else "SELECT {schema}.{function}(%s::text, {placeholders})"
-        )
-        return (
-            SQL(template)
-            .format(
-                schema=Identifier(self.datastore.schema),
-                function=Identifier(name),
-                placeholders=placeholders,
-            )
-            .as_bytes(None)
-        )
+    def _call_function(self, name: str, placeholders: Any, *, many: bool) -> bytes:
+        return call_function(self.datastore.schema, name, placeholders, many=many)
 
-    def _sql_lock_notify(self) -> Composed:
-        """plpgsql: take the table lock (held until commit), then notify."""
-        return SQL("LOCK TABLE {schema}.{table} IN EXCLUSIVE MODE; NOTIFY {channel}; ").format(
-            schema=Identifier(self.datastore.schema),
-            table=Identifier(self.events_table_name),
-            channel=Identifier(self.channel_name),
-        )
-
-    def _sql_lock_notify_insert_many(self) -> Composed:
-        """plpgsql: lock, notify, insert the arrays' rows, return their ids in order."""
-        return self._sql_lock_notify() + SQL(
-            "RETURN QUERY "
-            "INSERT INTO {schema}.{table} (originator_id, originator_version, topic, state) "
-            "SELECT * FROM unnest("
-            "p_originator_ids, p_originator_versions, p_topics, p_states) "
-            "RETURNING notification_id; "
-        ).format(
-            schema=Identifier(self.datastore.schema),
-            table=Identifier(self.events_table_name),
-        )
-
-    def _sql_lock_notify_insert_one(self) -> Composed:
-        """plpgsql: lock, notify, insert one row, return its id."""
-        return self._sql_lock_notify() + SQL(
-            "INSERT INTO {schema}.{table} (originator_id, originator_version, topic, state) "
-            "VALUES (p_originator_id, p_originator_version, p_topic, p_state) "
-            "RETURNING notification_id INTO v_notification_id; "
-            "RETURN v_notification_id; "
-        ).format(
-            schema=Identifier(self.datastore.schema),
-            table=Identifier(self.events_table_name),
+    def _insert_many(self) -> Any:
+        return insert_many(
+            self.datastore.schema,
+            self.events_table_name,
+            self.channel_name if self.notify_in_insert else None,
         )
 
     def create_table(self) -> None:
@@ -360,19 +315,24 @@ class LedgerPostgresApplicationRecorder(PostgresApplicationRecorder):
         attempt = 1
         while True:
             try:
-                return self._call(statement, params)
+                notification_ids: list[int] | None = self._call(statement, params)
             except IntegrityError:
-                if fate_unknown:
-                    notification_ids: list[int] | None = self._recorded_ids(stored_events, tracking)
-                    if notification_ids is not None:
-                        return notification_ids
-                raise
+                if not fate_unknown:
+                    raise
+                notification_ids = self._recorded_ids(stored_events, tracking)
+                if notification_ids is None:
+                    raise
             except (InterfaceError, OperationalError):
                 if attempt >= INSERT_ATTEMPTS:
                     raise
                 fate_unknown = True
                 attempt += 1
                 time.sleep(INSERT_RETRY_WAIT * (1 + 0.1 * (random.random() - 0.5)))  # noqa: S311
+                continue
+            assert notification_ids is not None
+            if notification_ids and not self.notify_in_insert:
+                self.wakeups.poke()
+            return notification_ids
 
     @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
     def _recorded_ids(
@@ -414,10 +374,19 @@ class LedgerPostgresApplicationRecorder(PostgresApplicationRecorder):
         *,
         inclusive_of_start: bool = True,
     ) -> Sequence[Notification]:
-        """The library's ``select_notifications`` (same rows, same order), with its
-        statement rendered once per shape and tuple rows: the views and the
-        dispatcher read every event through it, and a catch-up spent more time
-        building these statements and dict rows than reading."""
+        """The library's ``select_notifications`` (same rows, same order) up to the
+        readable head (see the module doc), with its statement rendered once per
+        shape and tuple rows: the views and the dispatcher read every event through
+        it, and a catch-up spent more time building these statements and dict rows
+        than reading."""
+        first = 1 if start is None else (start if inclusive_of_start else start + 1)
+        if stop is None or stop > (self.horizon.readable or 0):
+            cap = self.horizon.cap(first, limit, READ_WAIT)
+            if cap is None:
+                return []
+            stop = cap if stop is None else min(stop, cap)
+        if stop < first:
+            return []
         if topics:  # As the library checks: a sequence of strings, not one string.
             assert isinstance(topics, (tuple, list)), topics
             assert all(isinstance(t, str) for t in topics), topics
@@ -456,6 +425,20 @@ class LedgerPostgresApplicationRecorder(PostgresApplicationRecorder):
                     cursor.fetchall()
                 )
             ]
+
+    def max_notification_id(self) -> int | None:
+        """The readable head (None while the log is empty), after waiting up to
+        :data:`READ_WAIT` for what is committed now to become readable, and without
+        limit while nothing is readable yet (a head that no lower id can join later).
+        """
+        head = self.horizon.head(READ_WAIT)
+        if head is None:
+            head = self.horizon.head(None)
+        return head or None
+
+    def committed_head(self) -> int:
+        """The largest committed notification id, readable or not (0: none)."""
+        return self.horizon.observe().committed
 
     def _sql_select_notifications(
         self, has_start: bool, inclusive_of_start: bool, has_stop: bool, has_topics: bool
@@ -521,7 +504,7 @@ class LedgerPostgresProcessRecorder(LedgerPostgresApplicationRecorder, PostgresP
             f"{self.events_table_name}_{self.tracking_table_name}", "tracked"
         )
         self.sql_create_statements.append(
-            self._sql_create_function(
+            self._create_function(
                 self.insert_tracked_function_name,
                 SQL(
                     "p_application_name text, p_notification_id bigint, "
@@ -529,28 +512,12 @@ class LedgerPostgresProcessRecorder(LedgerPostgresApplicationRecorder, PostgresP
                     "p_topics text[], p_states bytea[]"
                 ).format(id_type=id_type),
                 SQL("SETOF bigint"),
-                SQL(
-                    "INSERT INTO {schema}.{tracking} AS t (application_name, notification_id) "
-                    "VALUES (p_application_name, p_notification_id) "
-                    "ON CONFLICT (application_name) DO UPDATE "
-                    "SET notification_id = p_notification_id "
-                    "WHERE t.notification_id < p_notification_id; "
-                    "IF NOT FOUND THEN "
-                    "RAISE EXCEPTION 'Failed to record tracking for % %', "
-                    "p_application_name, p_notification_id "
-                    "USING ERRCODE = 'unique_violation'; "
-                    "END IF; "
-                    "IF cardinality(p_originator_ids) > 0 THEN "
-                    "{insert} "
-                    "END IF; "
-                ).format(
-                    schema=Identifier(self.datastore.schema),
-                    tracking=Identifier(self.tracking_table_name),
-                    insert=self._sql_lock_notify_insert_many(),
+                track_then_insert(
+                    self.datastore.schema, self.tracking_table_name, self._insert_many()
                 ),
             )
         )
-        self.sql_call_insert_tracked_function = self._sql_call_function(
+        self.sql_call_insert_tracked_function = self._call_function(
             self.insert_tracked_function_name,
             SQL(
                 "%s::text, %s::bigint, %s::{id_type}[], %s::bigint[], %s::text[], %s::bytea[]"

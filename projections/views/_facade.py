@@ -33,6 +33,7 @@ from typing import Any
 
 from ledger.application import open_ledger_with
 from ledger.contract.names import COMPLETED_TOPICS
+from ledger.store.horizon import committed_head
 from ledger.store.url import StoreConfig
 from projections.dispatch.log import DispatcherLog
 from projections.views._dialects import ViewStore
@@ -209,7 +210,8 @@ class Views:
         """Each view's position against the head of each log it follows, and the
         dispatcher's (``dispatcher<-Ledger``).
 
-        Heads: the last notification id of the log followed; for the dispatcher,
+        Heads: the last notification id committed in the log followed (on PostgreSQL
+        possibly beyond the readable head, see :mod:`ledger.store.horizon`); for the dispatcher,
         which only follows ``Completed`` events and records a position only once
         every completion up to it has its outcome, the id of the last ``Completed``
         event in the ledger.
@@ -219,7 +221,9 @@ class Views:
         # look larger than it is, never negative.
         positions = {name: view.recorder.positions() for name, view in self._views.items()}
         dispatcher_position = self.dispatcher_log.process_recorder.max_tracking_id(self.ledger.name)
-        heads = {log_name: log.head() for log_name, log in self.logs.items()}
+        # Committed heads, readable or not: events held back behind a long transaction
+        # count as lag (``ledger projections status`` says what holds them back).
+        heads = {log_name: committed_head(log.recorder) for log_name, log in self.logs.items()}
         for name, view in self._views.items():
             for log_name in view.follows:
                 lags.append(
