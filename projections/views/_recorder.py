@@ -348,8 +348,12 @@ class ViewRecorder(ABC):
         )
 
     def dead_letters(self) -> list[DeadLetter]:
-        """Every dead letter of the view, by follower and position."""
+        """Every dead letter of the view, by follower and position (none when its table
+        is not there yet: a store set up by an older version, read by a role that may
+        not create it)."""
         with self.read() as tx:
+            if not self._table_exists(tx, self.tables["dead"]):
+                return []
             tx.execute(
                 self.sql(
                     "SELECT follower, position, event_id, event_version, topic, error, "

@@ -13,6 +13,7 @@ letter for it); an event of a class the view does not know is skipped.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
@@ -184,8 +185,12 @@ class Row:
     completed_at: Any
     updated_at: Any
     version: int
-    labels: dict[str, str]
+    labels: dict[str, str] | None
+    """The current labels, once parsed or changed (None: ``labels_text`` holds them)."""
     created_at: Any
+    labels_text: str | None = None
+    """The labels column as read, while no event of the page changed them (a page's
+    rows are mostly written back with their labels as they were: never parsed)."""
     cancel_requested_at: Any = None
     caller_gone_at: Any = None
     deleted: bool = False
@@ -193,6 +198,11 @@ class Row:
     """The Created event, for a row created by this page."""
     old_labels: dict[str, str] | None = None
     """The labels stored before this page, once an event of the page changed them."""
+
+    def current_labels(self) -> dict[str, str]:
+        if self.labels is None:
+            self.labels = json.loads(self.labels_text or "{}")
+        return self.labels
 
 
 def apply_fact(row: Row | None, fact: Fact, db_time: Callable[[datetime], Any]) -> Row | None:
@@ -221,8 +231,9 @@ def apply_fact(row: Row | None, fact: Fact, db_time: Callable[[datetime], Any]) 
             row.completed_at = at
     elif isinstance(fact, LabelsChanged):
         if row.old_labels is None and row.created is None:
-            row.old_labels = row.labels
+            row.old_labels = row.current_labels()
         row.labels = dict(fact.labels)
+        row.labels_text = None
     elif fact.mark == "cancel_requested":
         row.cancel_requested_at = row.cancel_requested_at or at
     elif fact.mark == "caller_gone":

@@ -158,7 +158,7 @@ class StatusView(View[dict[str, list[Fact]]]):
                 if after is not None:
                     counts[after] = counts.get(after, 0) + 1
             columns = (
-                labels_json(row.labels),
+                row.labels_text if row.labels_text is not None else labels_json(row.labels or {}),
                 row.updated_at,
                 row.completed_at,
                 row.cancel_requested_at,
@@ -171,7 +171,7 @@ class StatusView(View[dict[str, list[Fact]]]):
                 updates.append((execution_id, PHASE_NAMES[row.phase], *columns))
                 if row.old_labels is not None and row.old_labels != row.labels:
                     stale_labels += _label_rows(execution_id, row.old_labels, row.created_at)
-                    labels += _label_rows(execution_id, row.labels, row.created_at)
+                    labels += _label_rows(execution_id, row.current_labels(), row.created_at)
                 continue
             inserts.append(
                 (
@@ -194,7 +194,7 @@ class StatusView(View[dict[str, list[Fact]]]):
                 )
             )
             if row.labels and not self._labels_with_rows:
-                labels += _label_rows(execution_id, row.labels, row.created_at)
+                labels += _label_rows(execution_id, row.current_labels(), row.created_at)
         self._insert_rows(tx, inserts)
         self._update_rows(tx, updates)
         self._delete_labels(tx, stale_labels)
@@ -213,7 +213,8 @@ class StatusView(View[dict[str, list[Fact]]]):
                 completed_at=values[3],
                 updated_at=None,
                 version=int(values[4]),
-                labels=json.loads(values[5]),
+                labels=None,
+                labels_text=values[5],
                 created_at=values[6],
                 cancel_requested_at=values[7],
                 caller_gone_at=values[8],
