@@ -116,8 +116,7 @@ def _worker_main(url: str, address: str, queues: list[str]) -> None:
                     task_queue=q,
                     workflows=[AwaitAgentExecution],
                     activities=ExecutionActivities(ledger).all(),
-                    max_concurrent_activities=500,
-                    max_concurrent_workflow_tasks=500,
+                    max_concurrent_activities=200,
                 )
                 for q in queues
             ]
