@@ -291,11 +291,13 @@ def raw(url: str, schema: str, page_size: int) -> tuple[Result, Result, Result]:
     events = sql.Identifier(schema, "ledger_events")
     columns = (
         "id, kind, phase, agent_id, workflow_id, workflow_instance_id, org, labels, "
-        "created_at, updated_at, completed_at, has_callback, version"
+        "created_at, updated_at, completed_at, has_callback, version, "
+        "cancel_requested_at, caller_gone_at, deleted"
     )
     types = (
         "text, text, text, text, text, text, text, text, "
-        "timestamptz, timestamptz, timestamptz, boolean, bigint"
+        "timestamptz, timestamptz, timestamptz, boolean, bigint, "
+        "timestamptz, timestamptz, boolean"
     )
     arrays = ", ".join(f"%b::{t.strip()}[]" for t in types.split(","))
     ident = {
@@ -332,10 +334,14 @@ def raw(url: str, schema: str, page_size: int) -> tuple[Result, Result, Result]:
             "ON CONFLICT DO NOTHING"
         ).format(**ident)
         update_existing = sql.SQL(
-            "UPDATE {target} AS a SET phase = u.phase, updated_at = u.updated_at, "
-            "completed_at = u.completed_at, version = u.version "
-            "FROM unnest(%b::text[], %b::text[], %b::timestamptz[], %b::timestamptz[], "
-            "%b::bigint[]) AS u(id, phase, updated_at, completed_at, version) "
+            "UPDATE {target} AS a SET phase = u.phase, labels = u.labels, "
+            "updated_at = u.updated_at, completed_at = u.completed_at, "
+            "cancel_requested_at = u.cancel_requested_at, caller_gone_at = u.caller_gone_at, "
+            "deleted = u.deleted, version = u.version "
+            "FROM unnest(%b::text[], %b::text[], %b::text[], %b::timestamptz[], "
+            "%b::timestamptz[], %b::timestamptz[], %b::timestamptz[], %b::boolean[], "
+            "%b::bigint[]) AS u(id, phase, labels, updated_at, completed_at, "
+            "cancel_requested_at, caller_gone_at, deleted, version) "
             "WHERE a.id = u.id AND a.version < u.version"
         ).format(**ident)
 
@@ -369,10 +375,33 @@ def raw(url: str, schema: str, page_size: int) -> tuple[Result, Result, Result]:
                 updated_at = row[8] + timedelta(milliseconds=version)
                 if execution_id in created_here:
                     new_rows.append(
-                        (*row[:2], phase, *row[3:9], updated_at, completed_at, row[11], version)
+                        (
+                            *row[:2],
+                            phase,
+                            *row[3:9],
+                            updated_at,
+                            completed_at,
+                            row[11],
+                            version,
+                            None,
+                            None,
+                            False,
+                        )
                     )
                 else:
-                    updates.append((execution_id, phase, updated_at, completed_at, version))
+                    updates.append(
+                        (
+                            execution_id,
+                            phase,
+                            row[7],
+                            updated_at,
+                            completed_at,
+                            None,
+                            None,
+                            False,
+                            version,
+                        )
+                    )
             return new_rows, updates
 
         def columns_of(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
@@ -399,9 +428,9 @@ def raw(url: str, schema: str, page_size: int) -> tuple[Result, Result, Result]:
             with conn.transaction():
                 conn.execute("SET LOCAL synchronous_commit = off")  # As the view does.
                 if new_rows:
-                    conn.execute(insert_new, columns_of(new_rows, 13))
+                    conn.execute(insert_new, columns_of(new_rows, 16))
                 if updates:
-                    conn.execute(update_existing, columns_of(updates, 5))
+                    conn.execute(update_existing, columns_of(updates, 9))
             write_seconds += time.perf_counter() - t
         both_seconds = time.perf_counter() - began
         both_cpu = time.process_time() - cpu

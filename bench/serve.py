@@ -29,6 +29,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -96,8 +97,37 @@ def _start(args: list[str], pattern: str) -> tuple[subprocess.Popen[str], int]:
 async def _echo_server() -> None:
     server = grpc.aio.server()
     handler: Any = grpc.unary_unary_rpc_method_handler(_echo)
+    queues: dict[bytes, set[asyncio.Queue[bytes]]] = {}
+
+    async def subscribe(request: bytes, context: Any) -> AsyncIterator[bytes]:
+        # The bare fan-out: the request is an id; each published message for it is sent
+        # as it is, after a first one (as `subscribe` sends the current resource first).
+        queue: asyncio.Queue[bytes] = asyncio.Queue()
+        queues.setdefault(request, set()).add(queue)
+        try:
+            yield b""
+            while True:
+                yield await queue.get()
+        finally:
+            queues[request].discard(queue)
+
+    async def publish(request: bytes, context: Any) -> bytes:
+        key, _, message = request.partition(b"\0")
+        for queue in queues.get(key, ()):
+            queue.put_nowait(message)
+        return b""
+
     server.add_generic_rpc_handlers(
-        [grpc.method_handlers_generic_handler("bench.Echo", {"Echo": handler})]
+        [
+            grpc.method_handlers_generic_handler(
+                "bench.Echo",
+                {
+                    "Echo": handler,
+                    "Subscribe": grpc.unary_stream_rpc_method_handler(subscribe),
+                    "Publish": grpc.unary_unary_rpc_method_handler(publish),
+                },
+            )
+        ]
     )
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
@@ -176,46 +206,112 @@ def _in_process_round(url: str, ids: list[str], seconds: float) -> list[float]:
     return latencies
 
 
-def _fan_out(port: int, url: str, streams: int, changes: int) -> list[float]:
-    """Latency from a status change's write returning to each stream receiving it."""
+def _watch(port: int, ids: list[str], changes: int, *, bare: bool) -> None:
+    """A watcher process (``serve.py --watch``): one stream per id, printing when each
+    change arrived (``time.monotonic``, one clock for every process of this machine)."""
+
+    async def run() -> list[tuple[str, int, float]]:
+        received: list[tuple[str, int, float]] = []
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            if bare:
+                subscribe: Any = channel.unary_stream(
+                    "/bench.Echo/Subscribe",
+                    request_serializer=lambda request: request.value.encode(),
+                    response_deserializer=AgentExecution.FromString,
+                )
+            else:
+                subscribe = agent_query.AgentExecutionQueryControllerStub(channel).subscribe
+            ready = asyncio.Semaphore(0)
+
+            async def watch(execution_id: str) -> None:
+                stream = subscribe(agent_io.AgentExecutionId(value=execution_id))
+                first = True
+                async for resource in stream:
+                    if first:
+                        first = False
+                        ready.release()
+                        continue
+                    step = len(resource.status.messages)
+                    received.append((execution_id, step, time.monotonic()))
+                    if step >= changes:
+                        return
+
+            tasks = [asyncio.create_task(watch(i)) for i in ids]
+            for _ in ids:
+                await asyncio.wait_for(ready.acquire(), 120)
+            print("ready", flush=True)
+            await asyncio.wait_for(asyncio.gather(*tasks), 300)
+        return received
+
+    for execution_id, step, at in asyncio.run(run()):
+        print(f"{execution_id} {step} {at!r}")
+
+
+def _fan_out(
+    port: int, url: str, streams: int, changes: int, watchers: int, *, bare_port: int = 0
+) -> list[float]:
+    """Latency from a status change's write returning to each stream receiving it (0 when
+    a stream had it before the writer's call returned). The streams are spread over
+    ``watchers`` processes, as watchers are in a platform: one client process's event
+    loop would otherwise be what is measured.
+
+    With ``bare_port``, the same streams subscribe to the bare grpcio service instead,
+    and each change is published to it with one unary call carrying the resource the
+    ledger would have sent: what gRPC fan-out alone costs on this machine."""
     with open_ledger(url) as ledger:
         ids = [
             ledger.create(AgentExecution(spec=AgentExecutionSpec(agent_id="b", message="m"))).id
             for _ in range(50)
         ]
+        streams_of = [ids[n % len(ids)] for n in range(streams)]
+        watch = "--watch-bare" if bare_port else "--watch"
+        processes = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    str(Path(__file__)),
+                    watch,
+                    str(bare_port or port),
+                    str(changes),
+                    *streams_of[w::watchers],
+                ],
+                stdout=subprocess.PIPE,
+                text=True,
+                cwd=ROOT,
+            )
+            for w in range(watchers)
+        ]
+        for process in processes:
+            assert process.stdout is not None
+            if process.stdout.readline().strip() != "ready":
+                raise SystemExit("a watcher process did not start")
         written: dict[tuple[str, int], float] = {}
+        channel = grpc.insecure_channel(f"127.0.0.1:{bare_port}")
+        publish: Any = channel.unary_unary("/bench.Echo/Publish")
+        resources: dict[str, Any] = {i: ledger.read(i).resource for i in ids}
+        for step in range(1, changes + 1):
+            for execution_id in ids:
+                if bare_port:
+                    resource = resources[execution_id]
+                    resource.status.messages.append(_patch(step).messages[0])
+                    publish(execution_id.encode() + b"\0" + resource.SerializeToString())
+                else:
+                    ledger.update_status(execution_id, _patch(step))
+                written[(execution_id, step)] = time.monotonic()
+            time.sleep(0.02)
+        channel.close()
         received: list[float] = []
-
-        async def run() -> None:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                stub = agent_query.AgentExecutionQueryControllerStub(channel)
-                ready = asyncio.Semaphore(0)
-
-                async def watch(execution_id: str) -> None:
-                    stream = stub.subscribe(agent_io.AgentExecutionId(value=execution_id))
-                    first = True
-                    async for resource in stream:
-                        if first:
-                            first = False
-                            ready.release()
-                            continue
-                        key = (execution_id, len(resource.status.messages))
-                        if key in written:
-                            received.append(time.perf_counter() - written[key])
-                        if len(resource.status.messages) >= changes:
-                            return
-
-                tasks = [asyncio.create_task(watch(ids[n % len(ids)])) for n in range(streams)]
-                for _ in range(streams):
-                    await asyncio.wait_for(ready.acquire(), 120)
-                for step in range(1, changes + 1):
-                    for execution_id in ids:
-                        await asyncio.to_thread(ledger.update_status, execution_id, _patch(step))
-                        written[(execution_id, step)] = time.perf_counter()
-                    await asyncio.sleep(0.02)
-                await asyncio.wait_for(asyncio.gather(*tasks), 300)
-
-        asyncio.run(run())
+        for process in processes:
+            try:
+                out, _ = process.communicate(timeout=300)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                raise SystemExit(
+                    "a watcher process did not receive every change in 300 s"
+                ) from None
+            for line in out.splitlines():
+                stream_id, step_text, at = line.split()
+                received.append(max(0.0, float(at) - written[(stream_id, int(step_text))]))
     return received
 
 
@@ -223,10 +319,20 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--streams", type=int, default=1000)
+    parser.add_argument("--watchers", type=int, default=2, help="processes of streams")
+    parser.add_argument("--changes", type=int, default=5, help="changes per execution")
+    parser.add_argument("--fan-out-only", action="store_true")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating fan-out rounds")
     parser.add_argument("--echo", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--watch", nargs="+", help=argparse.SUPPRESS)
+    parser.add_argument("--watch-bare", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.echo:
         asyncio.run(_echo_server())
+        return
+    if args.watch or args.watch_bare:
+        watch = args.watch or args.watch_bare
+        _watch(int(watch[0]), watch[2:], int(watch[1]), bare=bool(args.watch_bare))
         return
     schema = "bench_serve_" + uuid.uuid4().hex[:8]
     url = f"{POSTGRES}?schema={schema}"
@@ -255,7 +361,7 @@ def main() -> None:
                 ledger.create(AgentExecution(spec=AgentExecutionSpec(agent_id="b", message="m"))).id
                 for _ in range(max(CONCURRENCY))
             ]
-        for clients in CONCURRENCY:
+        for clients in () if args.fan_out_only else CONCURRENCY:
             mine = ids[:clients]
             served = _serve_round(port, mine, args.seconds)
             local = _in_process_round(url, mine, args.seconds)
@@ -268,13 +374,23 @@ def main() -> None:
                 f"{rates[0] / rates[1]:>13.2f} {rates[0] / rates[2]:>10.2f}  "
                 f"{s50:6.2f} / {s99:6.2f}     {l50:6.2f} / {l99:6.2f}"
             )
-        received = _fan_out(port, url, args.streams, changes=5)
-        p50, p99 = _percentiles(received)
         print(
-            f"subscribe fan-out: {args.streams} streams over 50 executions, "
-            f"{len(received)} deliveries, p50 {p50:.1f} ms, p99 {p99:.1f} ms "
-            f"(mean {statistics.fmean(received) * 1000 if received else 0:.1f} ms)"
+            f"subscribe fan-out: {args.streams} streams over 50 executions in "
+            f"{args.watchers} watcher processes, {args.changes} changes each, a round of 50 "
+            f"then 20 ms; latency from the write returning to each stream's receipt"
         )
+        for _ in range(args.rounds):
+            for name, bare_port in (("ledger serve", 0), ("bare grpcio", echo_port)):
+                received = _fan_out(
+                    port, url, args.streams, args.changes, args.watchers, bare_port=bare_port
+                )
+                p50, p99 = _percentiles(received)
+                print(
+                    f"  {name:<13} {len(received)} deliveries, p50 {p50:6.1f} ms, "
+                    f"p99 {p99:6.1f} ms (mean "
+                    f"{statistics.fmean(received) * 1000 if received else 0:.1f} ms), "
+                    f"load average {os.getloadavg()[0]:.2f}"
+                )
     finally:
         for process in (serve, echo):
             process.terminate()

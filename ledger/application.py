@@ -12,8 +12,8 @@ from __future__ import annotations
 import contextlib
 import random
 import time
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, ClassVar, cast
 
@@ -27,6 +27,7 @@ from eventsourcing.persistence import (
     ProgrammingError,
     RecordConflictError,
     Recording,
+    StoredEvent,
 )
 from google.protobuf.message import Message
 
@@ -71,6 +72,8 @@ class ExecutionRecord:
 
     resource: Resource
     version: int
+    written: bool = field(default=True, compare=False)
+    """False when all of it was already recorded and nothing was appended."""
 
     @property
     def id(self) -> str:
@@ -181,7 +184,8 @@ class Ledger(Application[str]):
             self._save(execution)
         except RecordConflictError:
             self._evict(execution_id)
-            return self._same_or_conflict(self._load(execution_id), kind, values.spec)
+            existing = self._same_or_conflict(self._load(execution_id), kind, values.spec)
+            return replace(existing, written=False)
         return self._as_record(execution)
 
     def update_status(
@@ -192,7 +196,8 @@ class Ledger(Application[str]):
         expected_version: int | None = None,
         actor: str = "",
     ) -> ExecutionRecord:
-        """Applies a status patch (see :mod:`ledger.status`); a terminal phase completes."""
+        """Applies a status patch (see :mod:`ledger.status`); a terminal phase completes.
+        A patch that changes nothing appends nothing (``written`` is False)."""
         return self._write(
             execution_id, expected_version, lambda e: e.record_status(patch, actor=actor)
         )
@@ -389,6 +394,8 @@ class Ledger(Application[str]):
                 fresh = True
                 self._evict(execution_id)
                 continue
+            if not execution.pending_events:  # Nothing new (e.g. a re-sent status).
+                return replace(self._as_record(execution), written=False)
             try:
                 self._save(execution)
             except RecordConflictError:
@@ -510,6 +517,35 @@ class ExecutionChanges:
             self._execution = cast(Execution, event.mutate(self._execution))
             self.version = event.originator_version
             records.append(ledger._as_record(self._execution))
+        return records
+
+    def apply(self, stored: Sequence[StoredEvent]) -> list[ExecutionRecord] | None:
+        """The resources after events already read from the log (a follower's page), or
+        None when they do not follow on from :attr:`version` without a gap (or cannot be
+        decoded here): then :meth:`next` reads the store instead. Events at or before
+        :attr:`version` are passed over ([] when all are)."""
+        if self._execution is None:
+            return None
+        ahead = [e for e in stored if e.originator_version > self.version]
+        if not ahead:
+            return []
+        if ahead[0].originator_version != self.version + 1:
+            return None
+        try:  # Decoded first: nothing changes unless every event can be applied.
+            events = [cast(Execution.Event, self._ledger.mapper.to_domain_event(e)) for e in ahead]
+        except Exception:  # next() reads the same events and reports what is wrong.
+            return None
+        if any(e.originator_version != self.version + n for n, e in enumerate(events, 1)):
+            return None
+        records: list[ExecutionRecord] = []
+        execution = self._execution
+        for event in events:
+            if isinstance(event, Execution.Deleted):
+                break  # As in next(): only after the terminal phase.
+            execution = cast(Execution, event.mutate(execution))
+            records.append(self._ledger._as_record(execution))
+        self._execution = execution
+        self.version += len(records)
         return records
 
     @property

@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 import psycopg
 import pytest
+from eventsourcing.persistence import StoredEvent
 
 from ledger.api.commons.v1 import metadata_pb2
 from ledger.application import Ledger, open_ledger
@@ -392,13 +393,16 @@ def test_audit_one_execution_and_the_pending_list(store_url: str, ledger: Ledger
     assert before["execution_id"] == plain
     assert before["kind"] == "AgentExecution"
     assert before["phase"] == "EXECUTION_COMPLETED"
-    assert before["outcome"] == "pending"
+    # No token: "no callback" at once (issue 13), never pending, no delivery time.
+    assert before["outcome"] == "no_callback"
     assert before["attempts"] == 0
     assert before["has_callback"] is False
     assert before["completed_at"] is not None
     assert before["delivered_at"] is None and before["latency_ms"] is None
-    pending = ok_json(store_url, "audit", "--pending")
-    assert [row["execution_id"] for row in pending] == [plain, delivered, parked]
+    page = ok_json(store_url, "audit", "--pending")
+    pending = page["pending"]
+    assert page["next"] is None
+    assert [row["execution_id"] for row in pending] == [delivered, parked]
     assert all(row["outcome"] == "pending" for row in pending)
 
     record_delivery(store_url, ledger, delivered, [Outcome.DELIVERED])
@@ -422,15 +426,18 @@ def test_audit_one_execution_and_the_pending_list(store_url: str, ledger: Ledger
     assert 0 < story["latency_ms"] < 60_000
 
     # Oldest completion first; the delivered one has left, the parked one stays.
-    assert [row["execution_id"] for row in pending_after] == [plain, parked]
-    assert [row["outcome"] for row in pending_after] == ["pending", "parked"]
-    assert pending_after[1]["attempts"] == 2
-    assert pending_after[1]["phase"] == "EXECUTION_FAILED"
+    pending_after = pending_after["pending"]
+    assert [row["execution_id"] for row in pending_after] == [parked]
+    assert [row["outcome"] for row in pending_after] == ["parked"]
+    assert pending_after[0]["attempts"] == 2
+    assert pending_after[0]["phase"] == "EXECUTION_FAILED"
+    # Parked: no delivery, so no delivery time nor latency; when it was parked instead.
+    assert pending_after[0]["delivered_at"] is None and pending_after[0]["latency_ms"] is None
+    assert pending_after[0]["recorded_at"] is not None
 
     assert delivered in table and "delivered" in table and "audit of" in table
-    assert plain in pending_table and parked in pending_table
-    assert delivered not in pending_table
-    assert pending_table.index(plain) < pending_table.index(parked)
+    assert parked in pending_table and "parked" in pending_table
+    assert delivered not in pending_table and plain not in pending_table
 
     # Not terminal, unknown, malformed.
     not_terminal = user_error(store_url, "audit", running)
@@ -449,10 +456,22 @@ def test_audit_pending_lists_every_pending_callback(sqlite_url: str, sqlite_ledg
         batch.append(execution)
     sqlite_ledger.save(*batch)
     expected = {execution.id for execution in batch}
-    listed = ok_json(sqlite_url, "audit", "--pending")
-    assert {row["execution_id"] for row in listed} == expected, (
-        f"audit --pending listed {len(listed)} of {len(expected)} pending callbacks"
-    )
+    # A page at a time (--limit, default 50), each naming the next: all are listed.
+    listed: list[dict[str, Any]] = []
+    cursor: list[str] = []
+    pages = 0
+    while True:
+        page = ok_json(sqlite_url, "audit", "--pending", "--limit", "40", *cursor)
+        listed += page["pending"]
+        pages += 1
+        if page["next"] is None:
+            break
+        assert page["next"] == listed[-1]["execution_id"]
+        cursor = ["--after", page["next"]]
+    assert pages == 3
+    assert len(listed) == len(expected) and {row["execution_id"] for row in listed} == expected
+    text = ok(sqlite_url, "audit", "--pending")
+    assert "more: --after " in text
 
 
 def test_audit_user_errors(sqlite_url: str) -> None:
@@ -518,8 +537,10 @@ def test_projections_status_and_rebuild(store_url: str, ledger: Ledger) -> None:
         lambda: lags(store_url),
     )
     assert story["outcome"] == "delivered"
-    assert pending[0]["execution_id"] == completed[1]
-    assert len(pending) == 4  # Parked, then two terminal ones never delivered.
+    assert pending["pending"][0]["execution_id"] == completed[1]
+    # Parked, then the one terminal with a token never delivered; the two terminal
+    # ones without a token are "no callback", not pending.
+    assert len(pending["pending"]) == 2
     assert caught_up["status<-Ledger"]["position"] == ledger_head
     assert caught_up["audit<-Ledger"]["lag"] == 0
     assert caught_up["audit<-Dispatcher"]["lag"] == 0
@@ -624,13 +645,13 @@ def test_dispatcher_run_until_caught_up_and_retry_parked(
     token = distinctive_token()  # Not a task token Temporal knows: rejected or stale.
     bogus = sqlite_ledger.create(workflow(token=token)).id
     sqlite_ledger.fail(bogus, "boom")
-    assert ok_json(sqlite_url, "audit", no_callback)["outcome"] == "pending"
+    assert ok_json(sqlite_url, "audit", no_callback)["outcome"] == "no_callback"
 
     result = run(sqlite_url, "dispatcher", "run", "--until-caught-up", env=temporal)
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     assert "dispatcher stopped: outcomes" in result.stderr
-    assert "'no_callback': 1" in result.stderr
+    assert "no_callback 1" in result.stderr
     for form in token_forms(token):
         assert form not in result.stdout + result.stderr
 
@@ -642,19 +663,19 @@ def test_dispatcher_run_until_caught_up_and_retry_parked(
     )
     assert story["outcome"] == "no_callback"
     assert story["has_callback"] is False and story["attempts"] == 0
-    assert story["delivered_at"] is not None
+    assert story["delivered_at"] is None and story["recorded_at"] is not None
     assert other["outcome"] in ("rejected", "stale"), other
     assert other["has_callback"] is True and other["attempts"] >= 1
-    assert "no_callback" in table
+    assert "no callback" in table
     assert lag["dispatcher<-Ledger"]["lag"] == 0 and lag["dispatcher<-Ledger"]["position"] > 0
-    assert ok_json(sqlite_url, "audit", "--pending") == []
+    assert ok_json(sqlite_url, "audit", "--pending") == {"pending": [], "next": None}
 
     retried = ok_json(sqlite_url, "dispatcher", "retry-parked", env=temporal)
     assert retried == {"retried": 0, "outcomes": {}}
     # Re-running finds nothing to do: no second call for a recorded delivery.
     rerun = run(sqlite_url, "dispatcher", "run", "--until-caught-up", env=temporal)
     assert rerun.returncode == 0, rerun.stderr
-    assert "dispatcher stopped: outcomes {}" in rerun.stderr
+    assert "dispatcher stopped: outcomes none" in rerun.stderr
 
 
 # ledger setup / roles
@@ -755,3 +776,90 @@ def test_no_read_model_output_contains_a_token(sqlite_url: str, sqlite_ledger: L
     assert json.loads(results[4].stdout)["has_callback"] is True
     assert all(name in results[7].stdout for name in VIEW_LAGS)
     assert results[8].stdout.startswith("rebuilt status: ")
+
+
+# Schema versions, dead letters, blue/green rebuilds (docs/READ_MODELS.md).
+
+SCHEMA1 = Path(__file__).parent / "data" / "views_schema1"
+
+
+def test_a_stale_status_view_is_one_line_until_rebuilt(tmp_path: Path) -> None:
+    # Views files written by the previous version (status schema 1) beside its ledger.
+    for name in ("ledger.db", "ledger.dispatcher.db", "ledger.views.db"):
+        (tmp_path / name).write_bytes((SCHEMA1 / name).read_bytes())
+    url = "sqlite:///" + str(tmp_path / "ledger.db")
+    line = user_error(url, "list")
+    assert line.startswith("error: the status view is stale (its tables have schema 1"), line
+    assert "`ledger projections rebuild status`" in line
+    # The audit view is current: it is read as it is.
+    assert ok_json(url, "audit", "aex-legacy-completed")["outcome"] == "no_callback"
+    shown = {row["name"]: row for row in ok_json(url, "projections", "status")}
+    assert shown["status<-Ledger"]["stale"] and not shown["audit<-Ledger"]["stale"]
+    assert "the status view is stale" in ok(url, "projections", "status")
+    assert ok(url, "projections", "rebuild", "status").startswith("rebuilt status: 6 events")
+    listed = ok_json(url, "list")["executions"]
+    assert sorted(row["id"] for row in listed) == [
+        "aex-legacy-completed",
+        "aex-legacy-open",
+        "wex-legacy-failed",
+    ]
+    assert all(row["version"] >= 1 and row["deleted"] is False for row in listed)
+    assert not any(row["stale"] for row in ok_json(url, "projections", "status"))
+
+
+def test_dead_letters_are_listed_counted_and_stop_on_error(
+    sqlite_url: str, sqlite_ledger: Ledger
+) -> None:
+    kept = sqlite_ledger.create(agent_execution(agent_id="agent-1", message="hi")).id
+    sqlite_ledger.recorder.insert_events(
+        [StoredEvent("aex-poisoned", 1, CREATED_TOPICS[0], b"\xff not JSON")]
+    )
+    position = sqlite_ledger.recorder.max_notification_id()
+    after = sqlite_ledger.create(agent_execution(agent_id="agent-2", message="hi")).id
+    # The follower carries on past it: both executions are listed.
+    assert {row["id"] for row in ok_json(sqlite_url, "list")["executions"]} == {kept, after}
+    [letter] = ok_json(sqlite_url, "projections", "dead-letters")
+    assert letter["follower"] == "status<-Ledger" and letter["position"] == position
+    assert letter["event_id"] == "aex-poisoned" and letter["topic"] == CREATED_TOPICS[0]
+    assert letter["error"]
+    assert "aex-poisoned" in ok(sqlite_url, "projections", "dead-letters")
+    shown = {row["name"]: row for row in ok_json(sqlite_url, "projections", "status")}
+    assert shown["status<-Ledger"]["dead_letters"] == 1
+    assert shown["audit<-Ledger"]["dead_letters"] == 0
+    # --stop-on-error: the rebuild stops there, in one line; the view keeps its rows.
+    line = user_error(sqlite_url, "projections", "rebuild", "status", "--stop-on-error")
+    assert f"position {position} (aex-poisoned v1" in line and "stop on error" in line
+    assert {row["id"] for row in ok_json(sqlite_url, "list")["executions"]} == {kept, after}
+
+
+def test_list_filters_of_status_schema_2(store_url: str, ledger: Ledger) -> None:
+    ids = [ledger.create(agent_execution(agent_id=f"agent-{i}", message="m")).id for i in range(4)]
+    ledger.record_cancel_request(ids[0], by="caller")
+    ledger.record_caller_gone(ids[1], "timed out")
+    ledger.delete(ids[2])
+
+    def listed(*args: str) -> set[str]:
+        return {row["id"] for row in ok_json(store_url, "list", *args)["executions"]}
+
+    assert listed() == {ids[0], ids[1], ids[3]}
+    assert listed("--cancel-requested") == {ids[0]}
+    assert listed("--caller-gone") == {ids[1]}
+    assert listed("--include-deleted") == set(ids)
+    assert listed("--include-deleted", "--phase", "CANCELLED") == {ids[2]}
+
+
+def test_a_second_rebuild_of_a_view_is_refused_in_one_line(
+    sqlite_url: str, sqlite_ledger: Ledger
+) -> None:
+    from projections.views import Views
+    from projections.views._rebuild import rebuild_lock
+
+    sqlite_ledger.create(agent_execution(agent_id="agent-1", message="hi"))
+    views = Views(parse_url(sqlite_url))
+    try:
+        with rebuild_lock(views.config, views.store, "status"):
+            line = user_error(sqlite_url, "projections", "rebuild", "status")
+            assert "already being rebuilt" in line
+    finally:
+        views.close()
+    assert ok(sqlite_url, "projections", "rebuild", "status").startswith("rebuilt status")

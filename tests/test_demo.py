@@ -21,7 +21,7 @@ def test_demo_runs_end_to_end_and_cleans_up() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     output = result.stdout
-    assert "dispatcher outcomes: {'delivered': 2}" in output
+    assert "dispatcher outcomes: delivered 2" in output
     assert "phase EXECUTION_COMPLETED" in output
     assert "type=AccountCreationFailed" in output
     assert output.count("delivered") >= 3  # the outcomes line and two audit rows

@@ -1295,9 +1295,7 @@ class CliStore:
         return str(path)
 
     def created_id(self, result: CliResult) -> str:
-        match = re.fullmatch(
-            r"created ((?:aex|wex)-\S+): EXECUTION_PENDING \(version \d+\)\n", result.stdout
-        )
+        match = re.fullmatch(r"created ((?:aex|wex)-\S+): PENDING \(version \d+\)\n", result.stdout)
         assert match, result.stdout
         return match.group(1)
 
@@ -1599,14 +1597,19 @@ def test_cli_unknown_enum_values(cli_store: CliStore) -> None:
     assert cli_store.app.get(kept_id).metadata.owner_scope == 99
     # An unknown name is an error.
     named = cli_store.run("create", cli_store.file("e2.json", document("BOGUS")))
-    assert named.returncode == 1 and "Invalid enum value BOGUS" in named.stderr
+    assert named.returncode == 1 and "unknown value 'BOGUS'" in named.stderr
+    assert "expected one of platform, organization, identity_account" in named.stderr
 
     execution_id = cli_store.app.create(agent_execution(agent_id="a", message="m")).id
     for args, expected, code in [
         (["--phase", "99"], "unknown phase '99'", 2),  # An option's value: a usage error.
         (["--phase", "EXECUTION_BOGUS"], "unknown phase", 2),
         (["--patch", cli_store.file("p1.json", '{"phase": 42}')], "status.phase 42", 1),
-        (["--patch", cli_store.file("p2.json", '{"phase": "NOPE"}')], "Invalid enum value NOPE", 1),
+        (
+            ["--patch", cli_store.file("p2.json", '{"phase": "NOPE"}')],
+            "phase: unknown value 'NOPE': expected one of PENDING, IN_PROGRESS,",
+            1,
+        ),
         (["--patch", cli_store.file("p3.json", '{"phase": -1}')], "status.phase -1", 1),
     ]:
         result = cli_store.run("status", execution_id, *args)

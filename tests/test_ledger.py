@@ -491,9 +491,13 @@ def test_phase_cannot_go_backwards(ledger_app: Ledger, kind: str) -> None:
     assert "EXECUTION_PENDING" in str(info.value)
     assert info.value.current == "EXECUTION_IN_PROGRESS"
     assert info.value.requested == "EXECUTION_PENDING"
-    # Progress within IN_PROGRESS and an unspecified phase are fine.
-    assert app.update_status(execution_id, status_for(kind, Phase.IN_PROGRESS)).version == 3
-    assert app.update_status(execution_id, status_for(kind)).phase is Phase.IN_PROGRESS
+    # The phase it is in again, or an empty patch, is fine and changes nothing: nothing
+    # is appended (issue 13: a re-run is not a new write).
+    again = app.update_status(execution_id, status_for(kind, Phase.IN_PROGRESS))
+    assert (again.version, again.written) == (2, False)
+    empty = app.update_status(execution_id, status_for(kind))
+    assert (empty.phase, empty.version, empty.written) == (Phase.IN_PROGRESS, 2, False)
+    assert len(app.history(execution_id)) == 2
 
 
 def test_a_phase_outside_the_enum_is_refused(ledger_app: Ledger) -> None:

@@ -198,3 +198,42 @@ def test_the_reader_reads_and_cannot_write(roles: Roles) -> None:
 def test_roles_sql_refuses_odd_identifiers() -> None:
     with pytest.raises(ValueError, match="lowercase identifier"):
         roles_sql('x"; DROP TABLE y; --')
+
+
+def test_a_rebuild_by_the_owner_keeps_the_roles_grants(roles: Roles) -> None:
+    from ledger.store.url import parse_url
+    from projections.views import Views
+
+    with _open(roles, "writer") as ledger:
+        first = ledger.create(_resource()).id
+    owner = Views(parse_url(roles.url))
+    try:
+        assert owner.rebuild("status") == 1  # New tables, swapped in.
+    finally:
+        owner.close()
+    with _open(roles, "writer") as ledger:
+        second = ledger.create(_resource()).id
+    # The follower still writes the rebuilt view, the reader still reads it.
+    follower = Views(parse_url(roles.url_as("follower")))
+    try:
+        follower.catch_up(["status"])
+        assert {row.id for row in follower.status.snapshot()} == {first, second}
+    finally:
+        follower.close()
+    env = {**os.environ, "LEDGER_URL": roles.url_as("reader"), **NO_CREATE}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [LEDGER, *args], check=False, capture_output=True, text=True, env=env, timeout=60
+        )
+
+    listed = cli("list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert first in listed.stdout and second in listed.stdout
+    # A rebuild creates tables: the follower may not, and is told so in one line.
+    env["LEDGER_URL"] = roles.url_as("follower")
+    refused = cli("projections", "rebuild", "status")
+    assert refused.returncode == 1, refused.stderr
+    assert refused.stderr.startswith("error: ") and "Traceback" not in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert "owner" in refused.stderr

@@ -654,26 +654,16 @@ def test_update_metadata_and_delete(served: Served) -> None:
     assert code_of(command.update, updated, metadata=md)[0] == grpc.StatusCode.INVALID_ARGUMENT
     stale = (*md, ("x-expected-version", "1"))
     assert code_of(command.update, change, metadata=stale)[0] == grpc.StatusCode.ABORTED
-    # Listing: the view indexes the labels given at create, and each entry's current labels
-    # are checked, so an execution whose label an update removed is no longer listed by
-    # it, and one an update added is not found by the index (docs/GRPC.md, limits).
-    assert _until(
-        lambda: (
-            [
-                e.metadata.id
-                for e in query.list(
-                    agent_io.ListAgentExecutionsRequest(tags=["team=a"]), metadata=md
-                ).entries
-            ]
-            == []
-        )
-    )
-    assert [
-        e.metadata.id
-        for e in query.list(
-            agent_io.ListAgentExecutionsRequest(tags=["env=dev"]), metadata=md
-        ).entries
-    ] == []
+
+    # Listing: the status view follows update's labels (and its label index), so the
+    # execution is found by a label the update added and no longer by one it changed.
+    def tagged(tag: str) -> list[str]:
+        request = agent_io.ListAgentExecutionsRequest(tags=[tag])
+        return [e.metadata.id for e in query.list(request, metadata=md).entries]
+
+    assert _until(lambda: tagged("team=a") == [execution_id]), tagged("team=a")
+    assert tagged("env=prod") == [execution_id]
+    assert tagged("env=dev") == []
 
     # delete: an open execution is cancelled first; then get, subscribe, list, writes
     # answer NOT_FOUND or leave it out. The secret value is shredded.
@@ -785,5 +775,41 @@ def test_mutual_tls(sqlite_url: str, tmp_path: Path) -> None:
             )
             assert code == grpc.StatusCode.UNAVAILABLE
             channel.close()
+    finally:
+        served.kill()
+
+
+def test_list_of_a_stale_status_view_is_unavailable_until_rebuilt(tmp_path: Path) -> None:
+    # The ledger and views files of the previous version (status view schema 1).
+    schema1 = Path(__file__).parent / "data" / "views_schema1"
+    for name in ("ledger.db", "ledger.dispatcher.db", "ledger.views.db"):
+        (tmp_path / name).write_bytes((schema1 / name).read_bytes())
+    url = "sqlite:///" + str(tmp_path / "ledger.db")
+    request = agent_io.ListAgentExecutionsRequest()
+    served = Served(url, tmp_path, extra=("--no-views",)).start()
+    try:
+        md = served.metadata()
+        code, details = code_of(served.agent_query.list, request, metadata=md, timeout=30)
+        assert code == grpc.StatusCode.UNAVAILABLE
+        assert "status view is stale" in details and "ledger projections rebuild status" in details
+        which = agent_io.AgentExecutionId(value="aex-legacy-completed")
+        assert served.agent_query.get(which, metadata=md, timeout=30).status.phase == 3
+    finally:
+        served.kill()
+    # Following the views (the default), the server rebuilds the stale view first.
+    (tmp_path / "second").mkdir()
+    served = Served(url, tmp_path / "second").start()
+    try:
+        md = served.metadata()
+
+        def listed() -> set[str]:
+            try:
+                page = served.agent_query.list(request, metadata=md, timeout=30)
+            except grpc.RpcError as e:
+                assert e.code() == grpc.StatusCode.UNAVAILABLE, e
+                return set()
+            return {entry.metadata.id for entry in page.entries}
+
+        assert _until(listed) == {"aex-legacy-completed", "aex-legacy-open"}
     finally:
         served.kill()

@@ -59,6 +59,7 @@ class Expected:
     events: int = 1
     completed: int = 0
     messages: int = 0
+    has_workflow_id: bool = False
 
 
 def resource(kind: str, execution_id: str = "", variant: str = "") -> Resource:
@@ -155,7 +156,16 @@ class LedgerMachine(RuleBasedStateMachine):
                 expected.events += 1  # StatusChanged with the rest of the patch
             self.finish(expected, phase)
         else:
-            expected.events += 1
+            # A patch that changes nothing appends nothing: the same phase again, no
+            # content, or a workflow's temporal_workflow_id it already has.
+            new_phase = phase is not Phase.UNSPECIFIED and phase is not expected.phase
+            new_content = with_content and (
+                expected.kind == "AgentExecution" or not expected.has_workflow_id
+            )
+            if new_phase or new_content:
+                expected.events += 1
+            if with_content and expected.kind == "WorkflowExecution":
+                expected.has_workflow_id = True
             if phase is not Phase.UNSPECIFIED:
                 expected.phase = phase
 

@@ -25,6 +25,12 @@ async def _run(function: Any, *args: Any) -> Any:
     return await asyncio.to_thread(function, *args)
 
 
+def _page(ledger: Ledger) -> Any:
+    """The log's last notification alone, as the follower would read it."""
+    last = ledger.recorder.max_notification_id() or 0
+    return ledger.recorder.select_notifications(start=last, limit=1)
+
+
 def _step(ledger: Ledger, execution_id: str, n: int) -> None:
     patch = AgentExecutionStatus(phase=agent_enum.EXECUTION_IN_PROGRESS)
     patch.messages.add(content=f"step {n}")
@@ -63,10 +69,12 @@ def test_fast_and_slow_subscriptions_share_a_feed_and_miss_nothing(
         slow = asyncio.create_task(subscriber(0.05))
         for n in range(1, 20):
             await asyncio.to_thread(_step, ledger_app, execution_id, n)
-            follower._notify({execution_id})
+            page = _page(ledger_app)
+            follower._notify(page, page[-1].id)
             await asyncio.sleep(0.01)
         await asyncio.to_thread(ledger_app.complete, execution_id, {"done": True})
-        follower._notify({execution_id})
+        page = _page(ledger_app)
+        follower._notify(page, page[-1].id)
         fast_seen = await asyncio.wait_for(asyncio.gather(*fast), 60)
         return fast_seen[0], fast_seen[1], await asyncio.wait_for(slow, 60)
 
@@ -76,3 +84,56 @@ def test_fast_and_slow_subscriptions_share_a_feed_and_miss_nothing(
     assert first == second == slow_seen == expected
     # Fewer readers than subscriptions: the fast ones shared one.
     assert reads.count(1) < 4, reads
+
+
+def test_subscriptions_at_the_tip_read_the_store_once_per_signal(
+    ledger_app: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twenty subscriptions of one execution that have sent everything cost no read of the
+    store for a change the follower read from the log (one read when the feed starts)."""
+    execution_id = ledger_app.create(
+        AgentExecution(spec=AgentExecutionSpec(agent_id="a", message="m"))
+    ).id
+    reads: list[int] = []
+    changes = ledger_app.changes
+
+    def counted(execution: str, *, after: int = 0) -> Any:
+        found = changes(execution, after=after)
+        next_page = found.next
+
+        def next_counted(limit: int) -> Any:
+            reads.append(limit)
+            return next_page(limit)
+
+        found.next = next_counted  # type: ignore[method-assign,assignment]
+        return found
+
+    monkeypatch.setattr(ledger_app, "changes", counted)
+
+    async def scenario() -> list[list[Seen]]:
+        follower = LogFollower(ledger_app, asyncio.get_running_loop())
+
+        async def subscriber() -> list[Seen]:
+            seen: list[Seen] = []
+            async for resource in follow_execution(ledger_app, follower, execution_id, 1, _run):
+                status: Any = resource.status
+                seen.append((len(status.messages), status.phase))
+            return seen
+
+        tasks = [asyncio.create_task(subscriber()) for _ in range(20)]
+        for n in range(1, 6):
+            await asyncio.to_thread(_step, ledger_app, execution_id, n)
+            page = _page(ledger_app)
+            follower._notify(page, page[-1].id)
+            await asyncio.sleep(0.05)
+        await asyncio.to_thread(ledger_app.complete, execution_id, {"done": True})
+        page = _page(ledger_app)
+        follower._notify(page, page[-1].id)
+        return list(await asyncio.wait_for(asyncio.gather(*tasks), 60))
+
+    seen = asyncio.run(scenario())
+    in_progress, completed = agent_enum.EXECUTION_IN_PROGRESS, agent_enum.EXECUTION_COMPLETED
+    expected = [(n, in_progress) for n in range(1, 6)] + [(5, completed)]
+    assert all(one == expected for one in seen)
+    # One read when the feed starts; the changes came with the follower's pages.
+    assert len(reads) == 1, reads

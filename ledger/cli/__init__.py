@@ -10,11 +10,14 @@ order ``ledger --help`` lists them):
 
 - :mod:`ledger.cli._app`: the Typer app, shared options, error handling, ``main``;
 - :mod:`ledger.cli.executions`: create, status, complete, fail, cancel, show,
-  history, list, audit;
+  history, list, audit (rendered by :mod:`ledger.cli._resource`,
+  :mod:`ledger.cli._audit` and :mod:`ledger.cli._tables`);
+- :mod:`ledger.cli.follow`: watch (one execution, until it ends) and tail (the log);
 - :mod:`ledger.cli.admin`: setup, roles, keygen, demo (:mod:`ledger.cli.demo`);
 - :mod:`ledger.cli.views`: ``projections status|run|rebuild``;
-- :mod:`ledger.cli.dispatcher`: ``dispatcher run|retry-parked``;
+- :mod:`ledger.cli.dispatcher`: ``dispatcher run|retry-parked|parked``;
 - :mod:`ledger.cli.keys`: ``keys list|add|encrypt``;
+- :mod:`ledger.cli.console`: ``console`` (:mod:`ledger.console`);
 - :mod:`ledger.cli._input`, :mod:`ledger.cli._render`, :mod:`ledger.cli._logging`:
   reading documents, printing results, logging of the long-running commands.
 """
@@ -24,6 +27,7 @@ from ledger.cli._app import app, main
 # Importing registers the commands; `ledger --help` lists them in this order.
 # isort: off
 from ledger.cli import executions  # noqa: F401
+from ledger.cli import follow  # noqa: F401
 from ledger.cli import admin  # noqa: F401
 
 # isort: on
@@ -35,6 +39,7 @@ app.add_typer(projections_app, name="projections")
 app.add_typer(dispatcher_app, name="dispatcher")
 app.add_typer(keys_app, name="keys")
 
-from ledger.cli import serve  # noqa: E402, F401  (registers `serve` and `token`)
+# Registers `serve`, `token` and `console`.
+from ledger.cli import console, serve  # noqa: E402, F401
 
 __all__ = ["app", "main"]

@@ -37,14 +37,46 @@ app = typer.Typer(
 
 UrlOption = Annotated[
     str | None,
-    typer.Option("--url", help="Store URL (default: $LEDGER_URL, else the SQLite default)."),
+    typer.Option(
+        "--url",
+        metavar="URL",
+        help="Store URL (default: $LEDGER_URL, else the SQLite default).",
+    ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-ActorOption = Annotated[str, typer.Option("--actor", help="Who is acting (recorded in the audit).")]
+ActorOption = Annotated[
+    str, typer.Option("--actor", metavar="NAME", help="Who is acting (recorded in the audit).")
+]
 VersionOption = Annotated[
     int | None,
-    typer.Option("--expected-version", help="Fail unless the execution is at this version."),
+    typer.Option(
+        "--expected-version",
+        metavar="N",
+        help="Fail unless the execution is at this version.",
+    ),
 ]
+
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        from importlib.metadata import version
+
+        print(f"ledger (execution-ledger) {version('execution-ledger')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_print_version, help="Print the version."
+        ),
+    ] = False,
+) -> None:
+    """An event-sourced ledger of agent and workflow executions.
+
+    Try `ledger demo`, then the README's "Try it by hand" (example files in examples/)."""
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

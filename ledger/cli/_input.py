@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 from google.protobuf.json_format import ParseDict, ParseError
 from google.protobuf.message import Message
 
-from ledger.contract.errors import UserError
+from ledger.contract.errors import LedgerError, UserError
 from ledger.contract.kinds import Resource, kind_named
 from ledger.contract.phases import Phase
 
@@ -34,6 +35,10 @@ MAX_INPUT_BYTES = 16 * 1024 * 1024
 
 class InputError(UserError):
     """A file or argument of the command line could not be read."""
+
+
+class DeadlineError(LedgerError):
+    """A command that waits gave up at its deadline (``--timeout``)."""
 
 
 class UsageError(InputError):
@@ -127,12 +132,86 @@ def parse_into(message: M, document: Any, what: str) -> M:
     if not isinstance(document, dict):
         raise InputError(f"{what} must be a JSON/YAML object, not {type(document).__name__}")
     try:
+        document = _with_enum_names(document, message.DESCRIPTOR, "")
+    except InputError as e:
+        raise InputError(f"{what}: {e}") from None
+    try:
         ParseDict(document, message)
     except ParseError as e:
         raise InputError(f"{what} does not match the contract: {e}") from None
     except (RecursionError, ValueError, TypeError) as e:
         raise InputError(f"{what} could not be read: {e}") from None
     return message
+
+
+def _with_enum_names(document: dict[str, Any], descriptor: Any, where: str) -> Any:
+    """A copy of ``document`` whose enum values are spelled as protobuf's JSON parser
+    wants them: ``IN_PROGRESS``, ``in_progress``, ``EXECUTION_IN_PROGRESS`` and ``2``
+    all become ``EXECUTION_IN_PROGRESS`` (so files accept what flags accept); an
+    unknown value is an :class:`InputError` listing the valid ones."""
+    if descriptor.full_name.startswith("google.protobuf."):
+        return document  # Struct, Value, Timestamp...: their own JSON forms.
+    result = dict(document)
+    for key, value in document.items():
+        field = descriptor.fields_by_name.get(key) or _by_json_name(descriptor, key)
+        if field is None or value is None:
+            continue
+        path = f"{where}.{key}" if where else key
+        result[key] = _field_value(field, value, path)
+    return result
+
+
+def _by_json_name(descriptor: Descriptor, key: str) -> FieldDescriptor | None:
+    return next((f for f in descriptor.fields if f.json_name == key), None)
+
+
+def _field_value(field: FieldDescriptor, value: Any, path: str) -> Any:
+    message = field.message_type
+    if message is not None and message.GetOptions().map_entry:
+        value_field = message.fields_by_name["value"]
+        if not isinstance(value, dict):
+            return value
+        return {k: _single(value_field, v, f"{path}.{k}") for k, v in value.items()}
+    if field.is_repeated and isinstance(value, list):
+        return [_single(field, v, f"{path}[{i}]") for i, v in enumerate(value)]
+    return _single(field, value, path)
+
+
+def _single(field: FieldDescriptor, value: Any, path: str) -> Any:
+    if field.enum_type is not None and isinstance(value, str | int) and not isinstance(value, bool):
+        return enum_name(field.enum_type, value, path)
+    if field.message_type is not None and isinstance(value, dict):
+        return _with_enum_names(value, field.message_type, path)
+    return value
+
+
+def _short_prefix(enum: EnumDescriptor) -> str:
+    """What every value's name starts with (``EXECUTION_``, ``TOOL_CALL_``)."""
+    names = [v.name for v in enum.values if v.number != 0]
+    prefix = names[0] if names else ""
+    for name in names[1:]:
+        while not name.startswith(prefix):
+            prefix = prefix[:-1]
+    return prefix[: prefix.rfind("_") + 1]
+
+
+def enum_name(enum: EnumDescriptor, value: str | int, what: str) -> str | int:
+    """The full name of an enum value given by full name, short name (any case, ``-``
+    for ``_``) or number (an unknown number is kept as it is); else an
+    :class:`InputError` naming the valid values."""
+    prefix = _short_prefix(enum)
+    if isinstance(value, int) or value.strip().isdigit():
+        found = enum.values_by_number.get(int(value))
+        # An unknown number is kept: proto3 enums are open (the platform may know it).
+        return str(found.name) if found is not None else int(value)
+    else:
+        name = value.strip().upper().replace("-", "_")
+        by_name = {v.name.upper(): v for v in enum.values if v.number != 0}
+        for candidate in (name, prefix.upper() + name):
+            if candidate in by_name:
+                return str(by_name[candidate].name)
+    valid = ", ".join(v.name.removeprefix(prefix) for v in enum.values if v.number != 0)
+    raise InputError(f"{what}: unknown value {value!r}: expected one of {valid}")
 
 
 def resource_from(document: Any) -> Resource:
@@ -146,9 +225,13 @@ def resource_from(document: Any) -> Resource:
 
 
 def phase(value: str) -> int:
-    """A phase's number from its name (``IN_PROGRESS``, ``EXECUTION_FAILED``, ...)."""
+    """A phase's number from its name (``IN_PROGRESS``, ``in_progress``,
+    ``EXECUTION_FAILED``) or its number (``2``)."""
     try:
-        return int(Phase.parse(value))
+        found = Phase.parse(int(value) if value.strip().isdigit() else value)
+        if found is Phase.UNSPECIFIED:
+            raise ValueError(value)
+        return int(found)
     except (KeyError, ValueError):
         names = ", ".join(p.name for p in Phase if p is not Phase.UNSPECIFIED)
         raise UsageError(f"unknown phase {value!r}: expected one of {names}") from None

@@ -28,17 +28,36 @@ def print_json(value: Any) -> None:
     out.print_json(data=value) if sys.stdout.isatty() else print(json.dumps(value, indent=2))
 
 
+def print_table(table: Table, needed: int) -> None:
+    """A table of :func:`ledger.cli._tables.fit`, never narrower than it needs."""
+    if needed <= out.width:
+        out.print(table)
+    else:
+        Console(width=needed, soft_wrap=True).print(table)
+
+
 def summary(record: ExecutionRecord) -> dict[str, Any]:
     """An execution's id, phase and version."""
     return {"id": record.id, "phase": record.phase.proto_name, "version": record.version}
 
 
-def print_record(record: ExecutionRecord, as_json: bool, verb: str) -> None:
-    """The one line (or JSON object) a write command prints."""
+def print_record(record: ExecutionRecord, as_json: bool, verb: str, unchanged: str = "") -> None:
+    """The one line (or JSON object) a write command prints. A write that found
+    everything already recorded (``record.written`` false) says ``unchanged`` instead
+    of ``verb``: nothing was appended."""
+    written = getattr(record, "written", True)
     if as_json:
-        print_json(summary(record))
+        print_json({**summary(record), "written": written})
+        return
+    phase = record.phase.name
+    if written:
+        out.print(f"{verb} {record.id}: {phase} (version {record.version})", highlight=False)
     else:
-        out.print(f"{verb} {record.id}: {record.phase.proto_name} (version {record.version})")
+        out.print(
+            f"{record.id}: {unchanged or 'already recorded'}, nothing written "
+            f"({phase}, version {record.version})",
+            highlight=False,
+        )
 
 
 def event_summary(entry: HistoryEntry) -> dict[str, Any]:
@@ -76,14 +95,13 @@ def rows(values: list[Any]) -> list[dict[str, Any]]:
 
 
 def table(title: str, values: list[dict[str, Any]], columns: list[str]) -> Table:
-    """A table of the given columns; ids are never wrapped, so that they can be copied."""
-    result = Table(title=title)
-    for column in columns:
-        if column in ("id", "execution_id"):
-            width = max((len(str(row.get(column) or "")) for row in values), default=0)
-            result.add_column(column, no_wrap=True, min_width=max(width, len(column)))
-        else:
-            result.add_column(column, overflow="fold")
-    for row in values:
-        result.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
-    return result
+    """A table of the given columns fitted to the console (:mod:`ledger.cli._tables`):
+    ids are never cut nor wrapped, so that they can be copied; the last columns are
+    dropped when they do not fit."""
+    from ledger.cli._tables import Column, fit
+
+    shown = [
+        Column(c, c, priority=0 if c in ("id", "execution_id", "name") else i + 1)
+        for i, c in enumerate(columns)
+    ]
+    return fit(title, values, shown, width=out.width)[0]

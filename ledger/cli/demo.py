@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import sys
@@ -33,6 +34,7 @@ from temporalio.worker import Worker
 from ledger.api.agentexecution.v1 import enum_pb2 as agent_enum
 from ledger.api.workflowexecution.v1 import enum_pb2 as workflow_enum
 from ledger.application import Ledger
+from ledger.cli._tables import counts, duration, phase_name
 from ledger.contract.kinds import (
     AgentExecution,
     AgentExecutionSpec,
@@ -61,17 +63,42 @@ def temporal_cli_path() -> str:
     return found
 
 
-def run_demo(console: Console | None = None) -> int:
-    """Runs the demo; returns the process exit code."""
+def run_demo(console: Console | None = None, *, keep: bool = False, as_json: bool = False) -> int:
+    """Runs the demo; returns the process exit code. ``keep``: leave its ledger and
+    print commands to explore it; ``as_json``: a summary as JSON on stdout (the
+    narration goes to ``console``)."""
     console = console or Console()
     folder = Path(tempfile.mkdtemp(prefix="ledger-demo-"))
+    url = "sqlite:///" + str(folder / "ledger.db")  # An absolute path: four slashes.
+    summary: dict[str, Any] = {"url": url, "kept": keep}
     try:
-        return asyncio.run(_demo(console, parse_url("sqlite:///" + str(folder / "ledger.db"))))
+        code = asyncio.run(_demo(console, parse_url(url), summary))
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(folder, ignore_errors=True)
+    if as_json:
+        print(json.dumps({**summary, "ok": code == 0}, indent=2))
+    elif keep:
+        _next_steps(console, url, summary.get("executions", []))
+    return code
 
 
-async def _demo(console: Console, config: StoreConfig) -> int:
+def _next_steps(console: Console, url: str, execution_ids: list[str]) -> None:
+    agent_id, workflow_id = [*execution_ids, "ID", "ID"][:2]
+    console.print("\n[bold]The demo's ledger is kept.[/] To explore it:", highlight=False)
+    for line in (
+        f"export LEDGER_URL={url}",
+        "ledger list",
+        f"ledger show {agent_id}",
+        f"ledger history {workflow_id}",
+        f"ledger audit {agent_id}",
+        "ledger projections status",
+        f"rm -r {Path(url.removeprefix('sqlite:///')).parent}   # when done",
+    ):
+        console.print(f"  {line}", highlight=False, markup=False)
+
+
+async def _demo(console: Console, config: StoreConfig, summary: dict[str, Any]) -> int:
     started = time.monotonic()
     console.rule("[bold]execution-ledger demo")
     console.print(f"ledger: {config.url}")
@@ -90,7 +117,7 @@ async def _demo(console: Console, config: StoreConfig) -> int:
             workflows=[AwaitAgentExecution, AwaitWorkflowExecution],
             activities=ExecutionActivities(ledger, actor="demo-caller").all(),
         ):
-            return await _scenario(console, env.client, ledger, config, started)
+            return await _scenario(console, env.client, ledger, config, started, summary)
     finally:
         ledger.close()
         await env.shutdown()
@@ -112,7 +139,12 @@ def _child_output_silenced() -> Iterator[None]:
 
 
 async def _scenario(
-    console: Console, client: Client, ledger: Ledger, config: StoreConfig, started: float
+    console: Console,
+    client: Client,
+    ledger: Ledger,
+    config: StoreConfig,
+    started: float,
+    summary: dict[str, Any],
 ) -> int:
     from projections.dispatch.dispatcher import Dispatcher
 
@@ -138,6 +170,7 @@ async def _scenario(
     agent_id, workflow_id = await asyncio.gather(
         _recorded_execution(ledger, "aex-"), _recorded_execution(ledger, "wex-")
     )
+    summary["executions"] = [agent_id, workflow_id]
     for execution_id in (agent_id, workflow_id):
         token = bytes(ledger.get(execution_id).spec.callback_token)
         console.print(f"  recorded {execution_id}  callback_token {redact_token(token)}")
@@ -174,10 +207,13 @@ async def _scenario(
         stats = await dispatcher.run(until_caught_up=True)
     finally:
         await asyncio.to_thread(dispatcher.close)
-    console.print(f"  dispatcher outcomes: {stats.outcomes}")
+    console.print(f"  dispatcher outcomes: {counts(stats.outcomes)}", highlight=False)
+    summary["outcomes"] = dict(stats.outcomes)
 
     ok = await _show_results(console, agent_handle, workflow_handle)
-    await asyncio.to_thread(_show_audit, console, config, [agent_id, workflow_id])
+    summary["audit"] = await asyncio.to_thread(
+        _show_audit, console, config, [agent_id, workflow_id]
+    )
     console.rule(f"done in {time.monotonic() - started:.1f}s" + ("" if ok else " [red](FAILED)"))
     return 0 if ok else 1
 
@@ -231,25 +267,33 @@ async def _show_results(
     return ok
 
 
-def _show_audit(console: Console, config: StoreConfig, execution_ids: list[str]) -> None:
-    """The completion audit, from the audit read model (caught up from both logs)."""
+def _show_audit(
+    console: Console, config: StoreConfig, execution_ids: list[str]
+) -> list[dict[str, Any]]:
+    """The completion audit, from the audit read model (caught up from both logs),
+    shown as ``ledger audit`` shows it; returned as ``ledger audit --json`` prints it."""
+    from ledger.cli._audit import audit_dict
     from projections.views import Views
 
+    stories = []
     with Views(config) as views:
         views.catch_up(["audit"])
         table = Table(title="completion audit (audit view)")
         for column in ("execution", "phase", "outcome", "attempts", "latency"):
-            table.add_column(column)
+            table.add_column(column, no_wrap=True)
         for execution_id in execution_ids:
             row = views.audit.get(execution_id)
             if row is None:
                 table.add_row(execution_id, "", "missing", "", "")
                 continue
+            story = audit_dict(row)
+            stories.append(story)
             table.add_row(
                 execution_id,
-                row.phase.removeprefix("EXECUTION_"),
-                row.outcome,
+                phase_name(row.phase),
+                story["outcome"].replace("_", " "),
                 str(row.attempts),
-                f"{row.latency_ms:.0f} ms" if row.latency_ms is not None else "",
+                duration(story["latency_ms"]) if story["latency_ms"] is not None else "",
             )
         console.print(table)
+    return stories

@@ -12,8 +12,6 @@ import json
 from typing import Annotated, Any
 
 import typer
-import yaml
-from rich.table import Table
 
 from ledger.cli._app import (
     ActorOption,
@@ -26,6 +24,7 @@ from ledger.cli._app import (
     open_ledger,
     open_views,
 )
+from ledger.cli._audit import audit_columns, audit_dict, pending_page
 from ledger.cli._input import (
     InputError,
     UsageError,
@@ -36,7 +35,9 @@ from ledger.cli._input import (
     read_document,
     resource_from,
 )
-from ledger.cli._render import event_summary, out, print_json, print_record, rows, table
+from ledger.cli._render import event_summary, out, print_json, print_record, print_table, rows
+from ledger.cli._resource import execution_rows, list_columns, print_resource
+from ledger.cli._tables import Column, UtcOption, WideOption, fit, phase_name, timer
 from ledger.contract.ids import kind_of_id
 from ledger.contract.kinds import kind_named
 from ledger.contract.phases import Phase
@@ -58,7 +59,7 @@ def create(
         resource = resource_from(read_document(path))
     with open_ledger(url) as ledger:
         record = ledger.create(resource, actor=actor)
-    print_record(record, as_json, "created")
+    print_record(record, as_json, "created", unchanged="already exists, identical")
 
 
 @app.command()
@@ -66,10 +67,15 @@ def status(
     execution_id: Annotated[str, typer.Argument(help="Execution id (aex-... or wex-...).")],
     phase_name: Annotated[
         str | None,
-        typer.Option("--phase", help="New phase: PENDING, IN_PROGRESS, COMPLETED, ..."),
+        typer.Option(
+            "--phase",
+            metavar="PHASE",
+            help="New phase: PENDING, IN_PROGRESS, COMPLETED, ... (any case, or the number).",
+        ),
     ] = None,
     patch: Annotated[
-        str | None, typer.Option("--patch", help="Status patch file (JSON or YAML), or -.")
+        str | None,
+        typer.Option("--patch", metavar="FILE", help="Status patch file (JSON or YAML), or -."),
     ] = None,
     url: UrlOption = None,
     as_json: JsonOption = False,
@@ -90,7 +96,7 @@ def status(
         record = ledger.update_status(
             execution_id, message, expected_version=expected_version, actor=actor
         )
-    print_record(record, as_json, "updated")
+    print_record(record, as_json, "updated", unchanged="unchanged")
 
 
 @app.command()
@@ -165,9 +171,10 @@ def show(
     execution_id: Annotated[str, typer.Argument(help="Execution id.")],
     url: UrlOption = None,
     as_json: JsonOption = False,
+    utc: UtcOption = False,
 ) -> None:
-    """Show an execution: metadata, spec (secrets redacted), status and audit, and how
-    it ended (the output, the error's type, message and details, or the cancel reason)."""
+    """Show an execution: metadata, spec (secrets redacted), status, and how it ended
+    (the output, the error's type, message and details, or the cancel reason)."""
     with open_ledger(url, read_only=True) as ledger:
         record = ledger.read(execution_id)
         last = ledger.history(execution_id)[-1].event if record.phase.is_terminal else None
@@ -175,14 +182,8 @@ def show(
     ending = _ending(last)
     if as_json:
         print_json({"version": record.version, "resource": shown, "ending": ending})
-    else:
-        out.print(f"[bold]{record.id}[/]  {record.phase.proto_name}  version {record.version}")
-        out.print(yaml.safe_dump(shown, sort_keys=False, allow_unicode=True), highlight=False)
-        if ending is not None:
-            out.print(
-                yaml.safe_dump({"ending": ending}, sort_keys=False, allow_unicode=True),
-                highlight=False,
-            )
+        return
+    print_resource(record, shown, ending, utc)
 
 
 def _ending(event: object) -> dict[str, Any] | None:
@@ -204,6 +205,8 @@ def history(
     execution_id: Annotated[str, typer.Argument(help="Execution id.")],
     url: UrlOption = None,
     as_json: JsonOption = False,
+    wide: WideOption = False,
+    utc: UtcOption = False,
 ) -> None:
     """Every event of one execution, in order."""
     with open_ledger(url, read_only=True) as ledger:
@@ -222,24 +225,21 @@ def history(
     if as_json:
         print_json(events)
         return
-    shown = Table(title=f"history of {execution_id}")
-    for column in ("version", "recorded at", "event", "phase", "actor", "details"):
-        shown.add_column(column)
     for row in events:
-        details = {
-            k: v
-            for k, v in row.items()
-            if k not in ("version", "recorded_at", "event", "phase", "actor")
-        }
-        shown.add_row(
-            str(row["version"]),
-            row["recorded_at"],
-            row["event"],
-            row["phase"],
-            row["actor"],
-            json.dumps(details, ensure_ascii=False) if details else "",
-        )
-    out.print(shown)
+        details = {k: v for k, v in row.items() if k not in _HISTORY_KEYS}
+        row["details"] = json.dumps(details, ensure_ascii=False) if details else ""
+    columns = [
+        Column("version", "version", 0),
+        Column("recorded_at", "recorded", 1, timer(utc)),
+        Column("event", "event", 0),
+        Column("phase", "phase", 0, phase_name),
+        Column("actor", "actor", 3),
+        Column("details", "details", 2, flexible=True),
+    ]
+    print_table(*fit(f"history of {execution_id}", events, columns, width=out.width, wide=wide))
+
+
+_HISTORY_KEYS = ("version", "recorded_at", "event", "phase", "actor")
 
 
 # Reads from the views.
@@ -257,8 +257,19 @@ def list_(
     until: Annotated[str | None, typer.Option(help="Created before (ISO-8601).")] = None,
     limit: Annotated[int, typer.Option(min=1, max=1000, help="Page size.")] = 50,
     after: Annotated[str | None, typer.Option(help="Cursor from the previous page.")] = None,
+    cancel_requested: Annotated[
+        bool, typer.Option("--cancel-requested", help="Only those whose caller asked to cancel.")
+    ] = False,
+    caller_gone: Annotated[
+        bool, typer.Option("--caller-gone", help="Only those whose caller is gone.")
+    ] = False,
+    include_deleted: Annotated[
+        bool, typer.Option("--include-deleted", help="Deleted executions too.")
+    ] = False,
     url: UrlOption = None,
     as_json: JsonOption = False,
+    wide: WideOption = False,
+    utc: UtcOption = False,
 ) -> None:
     """List executions from the status view, newest first (keyset pagination)."""
     with errors():
@@ -283,55 +294,52 @@ def list_(
             until=until_at,
             limit=limit,
             after=after,
+            cancel_requested=cancel_requested,
+            caller_gone=caller_gone,
+            include_deleted=include_deleted,
         )
-    shown = rows(found)
     if as_json:
-        print_json({"executions": shown, "next": cursor})
+        print_json({"executions": rows(found), "next": cursor})
         return
-    out.print(
-        table(
-            "executions",
-            shown,
-            ["id", "kind", "phase", "agent_id", "workflow_id", "org", "created_at", "completed_at"],
-        )
-    )
+    print_table(*fit(None, execution_rows(found), list_columns(utc), width=out.width, wide=wide))
     if cursor:
-        out.print(f"more: --after {cursor}")
-
-
-AUDIT_COLUMNS = [
-    "execution_id",
-    "kind",
-    "phase",
-    "completed_at",
-    "outcome",
-    "attempts",
-    "delivered_at",
-    "latency_ms",
-]
+        out.print(f"more: --after {cursor}", highlight=False)
 
 
 @app.command()
 def audit(
     execution_id: Annotated[str | None, typer.Argument(help="Execution id.")] = None,
     pending: Annotated[
-        bool, typer.Option("--pending", help="Every callback still pending or parked.")
+        bool, typer.Option("--pending", help="Callbacks still pending or parked.")
     ] = False,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="With --pending: page size.")] = 50,
+    after: Annotated[
+        str | None, typer.Option(help="With --pending: the cursor the previous page printed.")
+    ] = None,
     url: UrlOption = None,
     as_json: JsonOption = False,
+    wide: WideOption = False,
+    utc: UtcOption = False,
 ) -> None:
-    """The completion audit: one execution's callback story, or every pending one."""
+    """The completion audit: one execution's callback story, or the pending ones (oldest
+    completion first, a page at a time). An execution without a callback token is
+    "no callback", never pending."""
     if (execution_id is None) == (not pending):
         with errors():
             raise UsageError("give an execution id or --pending (not both)")
     with open_views(url) as views:
         views.catch_up(["audit"])
         if pending:
-            shown = rows(_every_pending(views))
+            with errors():
+                found, cursor = pending_page(views, limit, after)
+            shown = [audit_dict(row) for row in found]
             if as_json:
-                print_json(shown)
-            else:
-                out.print(table("callbacks pending or parked", shown, AUDIT_COLUMNS))
+                print_json({"pending": shown, "next": cursor})
+                return
+            title = "callbacks pending or parked" if shown else "no callback pending or parked"
+            print_table(*fit(title, shown, audit_columns(utc), width=out.width, wide=wide))
+            if cursor:
+                out.print(f"more: --after {cursor}", highlight=False)
             return
         assert execution_id is not None
         with errors():
@@ -344,18 +352,12 @@ def audit(
                 f"execution {execution_id!r} is {phase_now.name}: its callback story starts "
                 "when it completes"
             )
-    shown = rows([row])
+    story = audit_dict(row)
     if as_json:
-        print_json(shown[0])
+        print_json(story)
     else:
-        out.print(table(f"audit of {execution_id}", shown, AUDIT_COLUMNS))
-
-
-def _every_pending(views: Any, page: int = 1000) -> list[Any]:
-    """Every pending or parked callback, page after page."""
-    found: list[Any] = []
-    while True:
-        batch = views.audit.pending(page, found[-1] if found else None)
-        found += batch
-        if len(batch) < page:
-            return found
+        print_table(
+            *fit(
+                f"audit of {execution_id}", [story], audit_columns(utc), width=out.width, wide=wide
+            )
+        )

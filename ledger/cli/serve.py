@@ -13,6 +13,8 @@ from typing import Annotated
 import typer
 
 from ledger.cli._app import UrlOption, app
+from ledger.cli._input import UsageError
+from ledger.cli._observability import MetricsAddressOption, check_metrics_address, observed
 from ledger.contract.errors import ConfigurationError, LedgerError
 
 token_app = typer.Typer(help="Bearer tokens of `ledger serve`.", no_args_is_help=True)
@@ -57,6 +59,7 @@ def serve(
             "`ledger projections run` runs elsewhere.",
         ),
     ] = True,
+    metrics_address: MetricsAddressOption = None,
 ) -> None:
     """Serve the platform's AgentExecution and WorkflowExecution controllers over gRPC.
 
@@ -71,6 +74,11 @@ def serve(
         _fail("--tokens and --no-auth exclude each other")
     if workers < 1:
         _fail("--workers must be at least 1")
+    try:
+        check_metrics_address(metrics_address)
+    except UsageError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
     options = ServeOptions(
         address=address,
         tokens=tokens,
@@ -82,7 +90,9 @@ def serve(
         follow_views=views,
     )
     try:
-        run(parse_url(url), options)
+        config = parse_url(url)
+        with observed("ledger-serve", config, metrics_address):
+            run(config, options)
     except (LedgerError, OSError, RuntimeError) as e:
         _fail(str(e))
 

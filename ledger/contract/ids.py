@@ -34,7 +34,7 @@ def check_id(execution_id: str, kind: Kind) -> str:
     if prefix != kind.id_prefix or not dash:
         raise InvalidIdError(
             f"execution id {execution_id[:80]!r} must start with {kind.id_prefix + '-'!r} "
-            f"for a {kind.name}",
+            f"for {'an' if kind.name[0] in 'AEIOU' else 'a'} {kind.name}",
             execution_id=execution_id[:80],
             field="metadata.id",
         )

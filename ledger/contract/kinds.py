@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any, TypeAlias, cast
 
 from google.protobuf.message import Message
-from ulid import ULID
 
 from ledger.api.agentexecution.v1 import api_pb2 as agent_api
 from ledger.api.agentexecution.v1 import spec_pb2 as agent_spec
@@ -56,6 +55,8 @@ class Kind:
 
     def new_id(self) -> str:
         """A fresh id: the kind's prefix and a lowercase ULID."""
+        from ulid import ULID  # Here: importing it costs the read commands ~20 ms.
+
         return f"{self.id_prefix}-{str(ULID()).lower()}"
 
     def empty_resource(self) -> Resource:

@@ -54,7 +54,7 @@ from ledger.contract.names import (
 from ledger.contract.phases import Phase
 from ledger.domain.events import TextIdEvent, register_topics
 from ledger.domain.sealing import is_sealed
-from ledger.domain.status import apply_patch, check_patch
+from ledger.domain.status import apply_patch, changes_nothing, check_patch
 from ledger.domain.validation import (
     MAX_OUTCOME_BYTES,
     MAX_STATUS_PATCH_BYTES,
@@ -261,7 +261,7 @@ class Execution(BaseAggregate[str]):
             if terminal_patch.ByteSize():
                 self.trigger_event(self.StatusChanged, phase=0, patch=terminal_patch, actor=actor)
             self._complete(requested, **_outcome_from_patch(requested, values), actor=actor)
-        else:
+        elif not changes_nothing(self.kind, self.resource.status, patch):
             self.trigger_event(self.StatusChanged, phase=int(requested), patch=patch, actor=actor)
 
     def complete(self, output: Mapping[str, Any] | None = None, *, actor: str = "") -> None:

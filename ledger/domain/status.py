@@ -85,6 +85,16 @@ def apply_patch(kind: Kind, status: Message, patch: Message) -> None:
             setattr(status, name, value)
 
 
+def changes_nothing(kind: Kind, status: Message, patch: Message) -> bool:
+    """Whether applying ``patch`` would leave ``status`` as it is (a re-sent update)."""
+    if any(len(getattr(patch, name)) for name in kind.append_fields):
+        return False  # Appended entries are always new.
+    after = type(status)()
+    after.CopyFrom(status)
+    apply_patch(kind, after, patch)
+    return bool(after == status)
+
+
 def _upsert(current: object, entries: object, key: str) -> None:
     index = {getattr(entry, key): entry for entry in current}  # type: ignore[attr-defined]
     for entry in entries:  # type: ignore[attr-defined]

@@ -34,8 +34,10 @@ from grpc_reflection.v1alpha import reflection
 from ledger.application import Ledger, open_ledger_with
 from ledger.contract.errors import ConfigurationError
 from ledger.domain.validation import MAX_STATUS_PATCH_BYTES
+from ledger.observability.commands import instrument_commands
 from ledger.server.auth import Authenticator, AuthInterceptor, read_tokens
 from ledger.server.core import Core
+from ledger.server.metrics import MetricsInterceptor
 from ledger.server.services import add_services
 from ledger.server.subscriptions import LogFollower
 from ledger.store.url import StoreConfig
@@ -133,6 +135,7 @@ class LedgerServer:
         self._ledger = ledger = await loop.run_in_executor(
             self._executor, open_ledger_with, self.config
         )
+        instrument_commands(ledger)  # ledger_commands_total, spans (docs/METRICS.md).
         views = await loop.run_in_executor(self._executor, Views, self.config)
         self._background.append(views.close)
         if options.follow_views:
@@ -145,7 +148,8 @@ class LedgerServer:
             ledger, self._executor, authenticator, follower=follower, status_view=views.status
         )
         server = aio.server(
-            interceptors=[AuthInterceptor(authenticator)] if authenticator else [],
+            interceptors=[MetricsInterceptor()]
+            + ([AuthInterceptor(authenticator)] if authenticator else []),
             options=[
                 ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
                 ("grpc.max_send_message_length", MAX_RESPONSE_BYTES),

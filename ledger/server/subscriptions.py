@@ -3,11 +3,13 @@
 One :class:`LogFollower` per server process follows the ledger's notification log
 (:class:`~projections.subscription.PollingSubscription`: LISTEN/NOTIFY wake-ups
 on PostgreSQL, polling everywhere) from the head it found at start, and for each
-event of an execution someone subscribed to, wakes that subscription. It carries
-no events: the subscriptions of one execution share a :class:`_Feed`, which reads
-the execution's new events from the store once for all of them
-(:meth:`ledger.application.Ledger.changes`) and keeps the last :data:`WINDOW`
-resources; a subscription sends the resources after the last version it sent, one
+page, wakes the subscriptions of the executions in it, in one call onto the event
+loop, handing each execution's events to its :class:`_Feed`. The subscriptions of
+one execution share that feed: it applies the follower's events when they follow on
+from its last version, and otherwise reads the execution's new events from the store,
+once for all of them (:meth:`ledger.application.Ledger.changes`), only when the
+follower has seen something new since its last read; it keeps the last
+:data:`WINDOW` resources; a subscription sends the resources after the last version it sent, one
 at a time, as fast as its client takes them (gRPC flow control). One that falls
 behind the window reads the store at its own pace instead. So nothing is missed or
 repeated however slow a client is, what a subscription holds is bounded, and a
@@ -27,14 +29,13 @@ client received: no gap, no repeat). When the server stops, open streams end wit
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
-from eventsourcing.persistence import InterfaceError, OperationalError
+from eventsourcing.persistence import InterfaceError, Notification, OperationalError
 
 from ledger.application import ExecutionChanges, ExecutionRecord, Ledger
 from ledger.contract.kinds import Resource
@@ -61,6 +62,8 @@ class LogFollower:
         self._loop = loop
         self._poll_interval = poll_interval
         self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._signals: dict[str, int] = {}
+        self._epoch = 0
         self._feeds: dict[str, _Feed] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -94,13 +97,21 @@ class LogFollower:
                 if not waiting:
                     del self._waiters[execution_id]
                     self._feeds.pop(execution_id, None)
+                    self._signals.pop(execution_id, None)
+
+    def signal(self, execution_id: str) -> tuple[int, int]:
+        """What the follower has seen of ``execution_id`` so far: it grows whenever new
+        events of the execution may exist. A feed that read the store after seeing a
+        signal need not read again until the signal grows."""
+        with self._lock:
+            return self._epoch, self._signals.get(execution_id, 0)
 
     def feed(self, execution_id: str) -> _Feed:
         """The shared reader of ``execution_id``'s changes (while it has subscriptions;
         called on the event loop's thread)."""
         feed = self._feeds.get(execution_id)
         if feed is None:
-            feed = self._feeds[execution_id] = _Feed(self._ledger, execution_id)
+            feed = self._feeds[execution_id] = _Feed(self._ledger, execution_id, self.signal)
         return feed
 
     def close(self) -> None:
@@ -128,25 +139,51 @@ class LogFollower:
                     while not self._stop.is_set():
                         page = subscription.next_page()
                         if page:
-                            self._notify({str(n.originator_id) for n in page})
+                            self._notify(page, page[-1].id)
                             self._position = page[-1].id
                         backoff = 0.1
             except (OperationalError, InterfaceError) as e:
                 logger.warning("following the log: %s; retrying in %.1fs", e, backoff)
-                self._notify(None)  # Subscriptions re-read: nothing is lost meanwhile.
+                self._notify(None, 0)  # Subscriptions re-read: nothing is lost meanwhile.
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
             finally:
                 self._subscription = None
 
-    def _notify(self, execution_ids: set[str] | None) -> None:
+    def _notify(self, page: Sequence[Notification] | None, position: int) -> None:
+        """Signals each execution of ``page`` that has subscriptions (every one when
+        None: after a lost connection), and hands its events to its feed, in one call
+        onto the event loop."""
+        offers: list[tuple[str, list[Notification], tuple[int, int]]] = []
         with self._lock:
-            if execution_ids is None:
+            if page is None:
+                self._epoch += 1
                 events = [e for waiting in self._waiters.values() for e in waiting]
             else:
-                events = [e for i in execution_ids for e in self._waiters.get(i, ())]
+                events = []
+                of: dict[str, list[Notification]] = {}
+                for notification in page:
+                    execution_id = str(notification.originator_id)
+                    if execution_id in self._waiters:
+                        of.setdefault(execution_id, []).append(notification)
+                for execution_id, stored in of.items():
+                    self._signals[execution_id] = position
+                    offers.append((execution_id, stored, (self._epoch, position)))
+                    events.extend(self._waiters[execution_id])
+        if events:
+            self._loop.call_soon_threadsafe(self._wake, offers, events)
+
+    def _wake(
+        self,
+        offers: list[tuple[str, list[Notification], tuple[int, int]]],
+        events: list[asyncio.Event],
+    ) -> None:
+        for execution_id, stored, signal in offers:
+            feed = self._feeds.get(execution_id)
+            if feed is not None:
+                feed.offer(stored, signal)
         for event in events:
-            self._loop.call_soon_threadsafe(event.set)
+            event.set()
 
 
 class ClosingError(Exception):
@@ -159,20 +196,37 @@ class ClosingError(Exception):
 class _Feed:
     """One execution's changes, read from the store once for all its subscriptions."""
 
-    def __init__(self, ledger: Ledger, execution_id: str) -> None:
+    def __init__(
+        self, ledger: Ledger, execution_id: str, signal: Callable[[str], tuple[int, int]]
+    ) -> None:
         self._ledger = ledger
         self._execution_id = execution_id
+        self._signal = signal
+        self._read_at: tuple[int, int] | None = None
+        self._offered: list[Notification] = []
+        self._offered_at: tuple[int, int] | None = None
         self._changes: ExecutionChanges | None = None
         self._records: list[ExecutionRecord] = []
         self._lock = asyncio.Lock()
         self.terminal = False
         """Whether the execution's last read resource is in a terminal phase."""
 
+    def offer(self, stored: list[Notification], signal: tuple[int, int]) -> None:
+        """Events of the execution the follower read from the log (as of ``signal``):
+        the next subscription at the feed's tip applies them without a query."""
+        self._offered = (self._offered + stored)[-WINDOW:]
+        self._offered_at = signal
+
     async def after(
-        self, version: int, run: Callable[..., Awaitable[Any]]
+        self, version: int, run: Callable[..., Awaitable[Any]], *, recheck: bool = False
     ) -> list[ExecutionRecord] | None:
         """The resources after ``version`` (reading the store when none is known yet, once
-        for every subscription waiting); None when ``version`` is behind the window."""
+        for every subscription waiting); None when ``version`` is behind the window.
+
+        New events come from the follower's page when they follow on from the feed's
+        last version; otherwise the store is read, and only when the follower has seen
+        something of the execution since the last read (or on ``recheck``): twenty
+        subscriptions that have sent everything cost nothing when they look again."""
         async with self._lock:
             if self._changes is None:
                 self._changes = self._ledger.changes(self._execution_id, after=version)
@@ -180,10 +234,21 @@ class _Feed:
             if version > known:  # Ahead of the feed (it started further back): jump.
                 self._changes = self._ledger.changes(self._execution_id, after=version)
                 self._records = []
+                self._read_at = None
                 known = version
             if version == known:
-                records = await run(self._changes.next, BATCH)
-                self._records = (self._records + records)[-WINDOW:]
+                records = None
+                if self._offered and not recheck:
+                    records = self._changes.apply(self._offered)
+                    if records is not None:
+                        self._read_at = self._offered_at
+                    self._offered = []
+                signal = self._signal(self._execution_id)
+                if records is None and (recheck or self._read_at != signal):
+                    self._read_at = signal
+                    records = await run(self._changes.next, BATCH)
+                if records:
+                    self._records = (self._records + records)[-WINDOW:]
                 self.terminal = self._changes.is_terminal
             if version < known and (not self._records or self._records[0].version > version + 1):
                 return None
@@ -201,6 +266,7 @@ async def follow_execution(
     terminal phase (``run`` calls a blocking function off the event loop)."""
     event = follower.register(execution_id)
     own: ExecutionChanges | None = None  # Reading alone, when behind the feed's window.
+    recheck = False
     try:
         sent = after
         while True:
@@ -208,7 +274,8 @@ async def follow_execution(
                 raise ClosingError
             event.clear()
             feed = follower.feed(execution_id)
-            shared = None if own is not None else await feed.after(sent, run)
+            shared = None if own is not None else await feed.after(sent, run, recheck=recheck)
+            recheck = False
             if shared is None:
                 if own is None:
                     own = ledger.changes(execution_id, after=sent)
@@ -224,7 +291,9 @@ async def follow_execution(
             if terminal:  # Every reader stops at its reader's tip, which it has now sent.
                 return
             if not records:
-                with contextlib.suppress(TimeoutError):
+                try:
                     await asyncio.wait_for(event.wait(), RECHECK_SECONDS)
+                except TimeoutError:
+                    recheck = True
     finally:
         follower.unregister(execution_id, event)

@@ -9,11 +9,11 @@ In-memory stores have no datastore: :attr:`SideTable.available` is False there.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from typing import Any
 
 from eventsourcing.persistence import ApplicationRecorder
-from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.sqlite import SQLiteApplicationRecorder
 
 
@@ -26,7 +26,10 @@ class SideTable:
         self.recorder = recorder
         self.table = table
         self._statements: dict[str, Any] = {}
-        if isinstance(recorder, PostgresApplicationRecorder):
+        # The PostgreSQL module (and psycopg, a tenth of a second to import) is loaded
+        # only when a store uses it: a recorder can be PostgreSQL's only once it is.
+        postgres = sys.modules.get("eventsourcing.postgres")
+        if postgres is not None and isinstance(recorder, postgres.PostgresApplicationRecorder):
             from psycopg import sql
 
             identifier = sql.Identifier(recorder.datastore.schema, table)

@@ -110,7 +110,14 @@ def parse_url(url: str | None = None, *, cipher_key: str | None = None) -> Store
             raise ConfigurationError(f"LEDGER_URL {url!r}: the SQLite file path is missing")
         if path != ":memory:":
             path = str(Path(path).expanduser())
-        env = {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": path}
+        env = {
+            "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+            "SQLITE_DBNAME": path,
+            # Wakes followers in this process after each write (ledger/store/sqlite_wakeups.py).
+            "APPLICATION_RECORDER_TOPIC": (
+                "ledger.store.sqlite_wakeups:WakingSQLiteApplicationRecorder"
+            ),
+        }
     elif scheme in ("postgresql", "postgres"):
         scheme = "postgresql"
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}

@@ -63,6 +63,7 @@ from ledger.contract.names import (
     CALLER_RUN_ID,
     CALLER_WORKFLOW_ID,
 )
+from ledger.observability.tracing import record_trace_context
 from ledger.temporal.log_redaction import install_temporal_log_redaction
 from ledger.temporal.workflow import START_AGENT_EXECUTION, START_WORKFLOW_EXECUTION
 
@@ -130,6 +131,7 @@ class ExecutionActivities:
         annotations[CALLER_ATTEMPT] = str(info.attempt)
         if info.heartbeat_timeout:
             annotations[CALLER_HEARTBEAT_TIMEOUT] = f"{info.heartbeat_timeout.total_seconds():g}"
+        record_trace_context(annotations)  # The caller's trace, for the execution's spans.
         try:
             await asyncio.to_thread(self.ledger.create, request, actor=self.actor)
         except UserError as e:  # Retrying the same resource would be refused again.

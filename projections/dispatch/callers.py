@@ -20,8 +20,9 @@ siblings), and talks to Temporal in both directions:
   as ``CallerGone``. A heartbeat answered by ``AsyncActivityCancelledError`` or
   ``NOT_FOUND`` records the same facts earlier. The aggregate records each once.
 
-It rebuilds what it watches from the log at every start and sends nothing before it
-has read the log to its head, so a restart never heartbeats an execution whose
+It rebuilds what it watches from the log at every start (each ``Created`` decoded
+from the log itself, no read of the execution) and sends nothing before it has read
+the log to its head, so a restart never heartbeats an execution whose
 ``Completed`` is recorded; before each heartbeat it reads the execution again and
 drops it if it has ended. Executions recorded without caller annotations (by other
 clients) are not watched: the ledger cannot know their callers' timeouts.
@@ -35,8 +36,9 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
+from eventsourcing.persistence import Notification
 from temporalio.api.enums.v1 import PendingActivityState
 from temporalio.client import AsyncActivityCancelledError, Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
@@ -58,8 +60,10 @@ from ledger.contract.names import (
     STATUS_CHANGED_TOPICS,
 )
 from ledger.contract.phases import Phase
+from ledger.domain.execution import Execution
 from ledger.domain.redaction import redact_token
 from projections.dispatch.outage import STORE_ERRORS
+from projections.dispatch.telemetry import heartbeat_batch, heartbeat_result
 
 logger = logging.getLogger(__name__)
 
@@ -160,29 +164,26 @@ class CallerWatch:
             )
             for notification in page:
                 self._position = notification.id
-                await self._follow(
-                    str(notification.originator_id),
-                    notification.topic,
-                    notification.originator_version,
-                    changed,
-                )
+                self._follow(notification, changed)
             if len(page) < 500:
                 return changed
 
-    async def _follow(self, execution_id: str, topic: str, version: int, changed: set[str]) -> None:
+    def _follow(self, notification: Notification, changed: set[str]) -> None:
+        execution_id = str(notification.originator_id)
+        topic = notification.topic
         if topic in COMPLETED_TOPICS:
             self._callers.pop(execution_id, None)
             changed.discard(execution_id)
             return
         if topic in CREATED_TOPICS:
-            caller = await self._caller_of(execution_id)
+            caller = self._caller_of(notification)
             if caller is not None:
                 self._callers[execution_id] = caller
             return
         caller = self._callers.get(execution_id)
         if caller is None:
             return
-        caller.version = max(caller.version, version)
+        caller.version = max(caller.version, notification.originator_version)
         if topic in CANCEL_REQUESTED_TOPICS:
             caller.cancel_recorded = True
         elif topic in CALLER_GONE_TOPICS:
@@ -190,28 +191,34 @@ class CallerWatch:
         else:
             changed.add(execution_id)
 
-    async def _caller_of(self, execution_id: str) -> _Caller | None:
-        """The caller of a newly created execution, from its annotations (None: not
-        recorded by the caller activity, or already ended)."""
+    def _caller_of(self, notification: Notification) -> _Caller | None:
+        """The caller of a newly created execution, from the annotations of its
+        ``Created`` event, decoded from the log (None: not recorded by the caller
+        activity, or unreadable). Whatever follows it in the log (its end, a cancel
+        request, a gone caller) is read next, in order."""
         try:
-            record = await asyncio.to_thread(self.ledger.read, execution_id)
-        except ExecutionNotFoundError:
+            created = cast(Execution.Created, self.ledger.mapper.to_domain_event(notification))
+        except Exception as e:  # A poisoned event: not watched (the dispatcher parks it).
+            logger.warning(
+                "caller watch: %s: its Created event cannot be read (%s); not watched",
+                notification.originator_id,
+                e,
+            )
             return None
-        resource: Any = record.resource
-        annotations = resource.metadata.annotations
-        token = bytes(resource.spec.callback_token)
-        if record.phase.is_terminal or not token or CALLER_WORKFLOW_ID not in annotations:
+        annotations = created.metadata.annotations
+        token = bytes(cast(Any, created.spec).callback_token)
+        if not token or CALLER_WORKFLOW_ID not in annotations:
             return None
         timeout = annotations.get(CALLER_HEARTBEAT_TIMEOUT)
         return _Caller(
-            execution_id=execution_id,
+            execution_id=str(notification.originator_id),
             token=token,
             workflow_id=annotations[CALLER_WORKFLOW_ID],
             run_id=annotations.get(CALLER_RUN_ID, ""),
             activity_id=annotations.get(CALLER_ACTIVITY_ID, ""),
             attempt=int(annotations.get(CALLER_ATTEMPT) or 1),
             heartbeat_timeout=float(timeout) if timeout else None,
-            version=record.version,
+            version=notification.originator_version,
             beaten_version=1,  # Progress is a status change: Created alone sends nothing.
             cancel_recorded=CANCEL_REQUESTED_AT in annotations,
             gone_recorded=CALLER_GONE_AT in annotations,
@@ -232,7 +239,8 @@ class CallerWatch:
                 continue  # Throttled; the change is sent on a later tick.
             due.append(caller)
         del changed  # Every watched execution is checked; changes only say who moved.
-        await asyncio.gather(*(self._beat(c) for c in due))
+        with heartbeat_batch(len(due)):
+            await asyncio.gather(*(self._beat(c) for c in due))
 
     async def _beat(self, caller: _Caller) -> None:
         async with self._calls:
@@ -249,8 +257,10 @@ class CallerWatch:
             try:
                 await handle.heartbeat(details)
             except AsyncActivityCancelledError:
+                heartbeat_result("cancel_requested")
                 await self._cancel_requested(caller)
             except RPCError as e:
+                heartbeat_result("gone" if e.status == RPCStatusCode.NOT_FOUND else "failed")
                 if e.status == RPCStatusCode.NOT_FOUND:
                     await self._gone(caller, "the caller's activity is gone (heartbeat: not found)")
                 else:
@@ -264,6 +274,7 @@ class CallerWatch:
             caller.beaten_version = record.version
             caller.beaten_at = time.monotonic()
             self.stats.heartbeats += 1
+            heartbeat_result("sent")
             logger.debug("%s: heartbeat at version %d", caller.execution_id, record.version)
 
     # Up: cancel requests and gone callers.

@@ -104,6 +104,12 @@ def call_for(phase: Phase) -> Call:
     }[phase]
 
 
+def completed_phase(execution: Execution) -> Phase:
+    """The terminal phase of a completed execution."""
+    assert execution.outcome is not None, "only completed executions are sent"
+    return Phase(execution.outcome.phase)
+
+
 class CallbackSender:
     """Makes the Temporal call for one completed execution, with bounded retries
     (:attr:`policy`), through :attr:`client`."""

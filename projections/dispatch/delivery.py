@@ -14,8 +14,8 @@ event-sourced log (never in the ledger's). Its events:
   fate is unknown: cut off by a crash, timed out, or parked; that attempt may be
   the one that got through), :class:`Delivery.Rejected` (malformed token),
   :class:`Delivery.NoCallback` (empty token), or :class:`Delivery.Parked`
-  (transient failures exhausted the bounded retries; a later retry may still
-  deliver).
+  (transient failures exhausted the bounded retries, or the execution cannot be
+  read: its ``reason`` says which; a later retry may still deliver).
 
 Every outcome but ``parked`` is final: once one is recorded, the dispatcher never
 calls Temporal for this execution again.
@@ -51,6 +51,16 @@ class Outcome(enum.StrEnum):
         return self not in (Outcome.PENDING, Outcome.PARKED)
 
 
+RETRIES_EXHAUSTED = "retries_exhausted"
+"""A parked delivery's reason: transient failures ran out its bounded retries."""
+UNEXPECTED_ERROR = "unexpected_error"
+"""A parked delivery's reason: its call failed in a way nobody foresaw (a bug)."""
+POISONED = "poisoned"
+"""A parked delivery's reason: its execution's events cannot be read (undecryptable,
+undecodable, or of a class that is gone). Retried like any parked delivery, it is
+called once the execution reads again (the right key back, the class restored)."""
+
+
 class Call(enum.StrEnum):
     """Which Temporal call a delivery makes."""
 
@@ -80,8 +90,9 @@ class Delivery(BaseAggregate[str]):
         call: str
 
         def apply(self, aggregate: Delivery) -> None:
-            if aggregate.in_flight or aggregate.outcome is Outcome.PARKED:
-                aggregate.unconfirmed_attempts += 1  # The previous attempt's fate is unknown.
+            if (aggregate.in_flight or aggregate.outcome is Outcome.PARKED) and aggregate.attempts:
+                # The previous attempt's fate is unknown (a poisoned one had none).
+                aggregate.unconfirmed_attempts += 1
             aggregate.attempts = self.attempt
             aggregate.last_call = self.call
             aggregate.in_flight = True
@@ -118,6 +129,15 @@ class Delivery(BaseAggregate[str]):
 
     class Parked(Resolved):
         outcome = Outcome.PARKED
+        reason: str = ""
+        """Why: :data:`RETRIES_EXHAUSTED` (also read for ``""``, as every Parked
+        recorded before the field existed), :data:`UNEXPECTED_ERROR`, or
+        :data:`POISONED` (the execution's events cannot be read: undecryptable,
+        undecodable, or a class that is gone)."""
+
+        def apply(self, aggregate: Delivery) -> None:
+            super().apply(aggregate)
+            aggregate.parked_reason = self.reason or RETRIES_EXHAUSTED
 
     def __init__(
         self,
@@ -139,6 +159,8 @@ class Delivery(BaseAggregate[str]):
         self.outcome = Outcome.PENDING
         self.detail = ""
         self.resolved_at: datetime | None = None
+        self.parked_reason = ""
+        """Why it was last parked (see :class:`Parked`); empty when never parked."""
 
     @classmethod
     def open(
@@ -173,14 +195,22 @@ class Delivery(BaseAggregate[str]):
         self.trigger_event(self.Attempted, attempt=self.attempts + 1, call=str(call))
 
     def resolve(
-        self, outcome: Outcome, *, call: str = "", grpc_status: str = "", detail: str = ""
+        self,
+        outcome: Outcome,
+        *,
+        call: str = "",
+        grpc_status: str = "",
+        detail: str = "",
+        reason: str = "",
     ) -> None:
-        """Records the outcome of the last attempt (or of no attempt, for no_callback)."""
+        """Records the outcome of the last attempt (or of no attempt, for no_callback);
+        ``reason`` only for ``parked`` (see :class:`Parked`)."""
         if self.is_final:
             msg = f"delivery {self.id!r} is final ({self.outcome}) already"
             raise RuntimeError(msg)
+        extra = {"reason": reason} if outcome is Outcome.PARKED else {}
         self.trigger_event(
-            OUTCOME_EVENTS[outcome], call=call, grpc_status=grpc_status, detail=detail
+            OUTCOME_EVENTS[outcome], call=call, grpc_status=grpc_status, detail=detail, **extra
         )
 
 

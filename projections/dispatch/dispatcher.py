@@ -42,29 +42,29 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from eventsourcing.persistence import Tracking
 from temporalio.client import Client
 
 from ledger.application import open_ledger_with
 from ledger.contract.names import COMPLETED_TOPICS, LEDGER_LOG
-from ledger.contract.phases import Phase
-from ledger.domain.execution import Execution
+from ledger.store import sqlite_wakeups
 from ledger.store.backoff import Backoff
 from ledger.store.connections import setup_lock
 from ledger.store.url import StoreConfig
 from ledger.temporal.settings import TemporalSettings
 from projections.dispatch.callers import CallerWatch
-from projections.dispatch.calls import CallbackSender, RetryPolicy, call_for
-from projections.dispatch.delivery import Delivery
+from projections.dispatch.calls import CallbackSender, RetryPolicy, call_for, completed_phase
+from projections.dispatch.delivery import POISONED, Delivery, Outcome
 from projections.dispatch.flushing import OutcomeFlusher
 from projections.dispatch.in_flight import DispatchStats, InFlightCalls, Job
 from projections.dispatch.leadership import Leadership, SingleActive
 from projections.dispatch.log import DispatcherLog
 from projections.dispatch.outage import STORE_ERRORS, LockLostError, outlast_store
 from projections.dispatch.outcome_book import OutcomeBook
-from projections.dispatch.preparation import PagePreparer
+from projections.dispatch.preparation import PagePreparer, park_poisoned
+from projections.dispatch.reading import read_executions
 from projections.subscription import PollingSubscription
 
 __all__ = ["STORE_ERRORS", "DispatchStats", "Dispatcher", "connect_client", "run_dispatcher"]
@@ -114,7 +114,7 @@ class Dispatcher:
         self.max_in_flight = max_in_flight
         self.page_size = page_size
         self.poll_interval = (
-            poll_interval if poll_interval is not None else (1.0 if config.is_postgres else 0.1)
+            poll_interval if poll_interval is not None else (1.0 if config.is_postgres else 0.05)
         )
         self.start_at_head = start_at_head
         self.stats = DispatchStats()
@@ -131,6 +131,7 @@ class Dispatcher:
         )
         self._stop = asyncio.Event()
         self._subscription: PollingSubscription | None = None
+        self._preparing_stopped = False
 
     # Public API.
 
@@ -253,28 +254,77 @@ class Dispatcher:
         self._subscription = subscription
         calls = self._in_flight()
         flushing = asyncio.create_task(self.flusher.flush_periodically())
+        unsubscribe = (
+            sqlite_wakeups.subscribe(self.config.env["SQLITE_DBNAME"], subscription.wake)
+            if self.config.is_sqlite
+            else None
+        )
         try:
             with subscription:
                 with contextlib.suppress(LockLostError):
                     await self._call_for_each_page(subscription, calls, until_caught_up)
                 await calls.wait()
         finally:
+            if unsubscribe is not None:
+                unsubscribe()
             await self._flush_last(flushing)
 
     async def _call_for_each_page(
         self, subscription: PollingSubscription, calls: InFlightCalls, until_caught_up: bool
     ) -> None:
-        """Reads page after page, preparing each and starting its calls."""
-        while not self._no_new_calls():
-            page = await self._outlasting_store(subscription.next_page, self.poll_interval)
-            if not page and until_caught_up:
-                return
-            # The subscription has moved past this page: prepare it until it works.
-            for job in await self._outlasting_store(self.preparer.prepare, page):
-                if not await calls.start(job, refused=self._no_new_calls):
-                    # No new calls: the rest of the page stays attempted without an
-                    # outcome, and is attempted again later.
-                    break
+        """Starts the calls of page after page, while the next page is read and
+        prepared beside them (:meth:`_prepare_pages`), so the calls in flight never
+        drain while completions wait."""
+        ready: asyncio.Queue[list[Job] | None] = asyncio.Queue()
+        taken = asyncio.Semaphore(0)
+        self._preparing_stopped = False
+        preparing = asyncio.create_task(
+            self._prepare_pages(subscription, until_caught_up, ready, taken)
+        )
+        try:
+            while (jobs := await ready.get()) is not None:
+                taken.release()  # The next page may be read and prepared meanwhile.
+                for job in jobs:
+                    if not await calls.start(job, refused=self._no_new_calls):
+                        # No new calls: the rest stays attempted without an outcome,
+                        # and is attempted again later.
+                        self._stop_preparing(taken)
+                        break
+        finally:
+            self._stop_preparing(taken)
+            await preparing  # Never cancelled mid-step: a page is prepared whole.
+
+    def _stop_preparing(self, taken: asyncio.Semaphore) -> None:
+        self._preparing_stopped = True
+        self._wake()
+        taken.release()
+
+    async def _prepare_pages(
+        self,
+        subscription: PollingSubscription,
+        until_caught_up: bool,
+        ready: asyncio.Queue[list[Job] | None],
+        taken: asyncio.Semaphore,
+    ) -> None:
+        """Reads and prepares pages in order, one page ahead of the calls: the next
+        is read once the last one was taken. Ends the queue with ``None``."""
+        try:
+            while not self._no_new_calls() and not self._preparing_stopped:
+                page = await self._outlasting_store(subscription.next_page, self.poll_interval)
+                if not page:
+                    if until_caught_up:
+                        return
+                    continue
+                if self._preparing_stopped:
+                    # Read but not prepared: nothing recorded, nothing opened; the
+                    # next run reads it again from the recorded position.
+                    return
+                # The subscription has moved past this page: prepare it until it works.
+                jobs = await self._outlasting_store(self.preparer.prepare, page)
+                await ready.put(jobs)
+                await taken.acquire()
+        finally:
+            ready.put_nowait(None)
 
     async def _flush_last(self, flushing: asyncio.Task[None]) -> None:
         """Stops the periodic flush and records what is left (after a lost lock:
@@ -299,15 +349,39 @@ class Dispatcher:
         """``step`` runs each blocking step: :func:`asyncio.to_thread` (a store error
         ends the retry) or :meth:`_outlasting_store` (within a run)."""
         parked: list[Delivery] = await step(self._parked_deliveries)
+        if not parked:
+            return 0
+        completions = await step(read_executions, self.ledger, [d.id for d in parked])
         jobs: list[Job] = []
-        for delivery in parked:
-            execution: Execution = await step(self._execution, delivery.id)
-            delivery.attempt(call_for(Phase(delivery.phase)))
+        touched: list[Delivery] = []
+        still_poisoned = 0
+        for delivery, completion in zip(parked, completions, strict=True):
+            execution = completion.execution
+            if execution is None:
+                if delivery.outcome is Outcome.PARKED and delivery.parked_reason == POISONED:
+                    still_poisoned += 1  # Stays parked as it is: nothing new to record.
+                    continue
+                touched.append(park_poisoned(completion, delivery))
+                self.stats.count(Outcome.PARKED)
+                continue
+            touched.append(delivery)
+            if not execution.callback_token:  # A poisoned one that reads again, tokenless.
+                delivery.resolve(Outcome.NO_CALLBACK, detail="spec.callback_token is empty")
+                self.stats.count(Outcome.NO_CALLBACK)
+                continue
+            delivery.attempt(call_for(completed_phase(execution)))
             jobs.append(Job(0, delivery, execution, execution.callback_token))
+        if still_poisoned:
+            logger.warning(
+                "%d parked deliveries stay parked: their executions still cannot be read "
+                "(ledger dispatcher parked lists them with the reason)",
+                still_poisoned,
+            )
+        if touched:
+            await step(self.log.record, touched)
         if not jobs:
             return 0
         logger.info("retrying %d parked deliveries", len(jobs))
-        await step(self.log.record, [j.delivery for j in jobs])
         calls = self._in_flight()
         called = 0
         for job in jobs:  # A job not called stays attempted, retried later.
@@ -359,9 +433,6 @@ class Dispatcher:
                 self.log.record([], Tracking(LEDGER_LOG, head))
             return head
         return 0
-
-    def _execution(self, execution_id: str) -> Execution:
-        return cast(Execution, self.ledger.repository.get(execution_id))
 
 
 async def connect_client(settings: TemporalSettings) -> Client:

@@ -15,12 +15,12 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ledger.contract.phases import Phase
 from ledger.domain.execution import Execution
 from ledger.domain.redaction import redact_token
-from projections.dispatch.calls import CallbackResult, CallbackSender, call_for
-from projections.dispatch.delivery import Delivery, Outcome
+from projections.dispatch.calls import CallbackResult, CallbackSender, call_for, completed_phase
+from projections.dispatch.delivery import RETRIES_EXHAUSTED, UNEXPECTED_ERROR, Delivery, Outcome
 from projections.dispatch.outcome_book import OutcomeBook
+from projections.dispatch.telemetry import delivery_resolved, observed_delivery
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ class DispatchStats:
     def count(self, outcome: Outcome) -> None:
         """Counts one delivery resolved with ``outcome``."""
         self.outcomes[outcome.value] = self.outcomes.get(outcome.value, 0) + 1
+        delivery_resolved(outcome)  # ledger_deliveries_total
 
 
 @dataclass
@@ -87,7 +88,7 @@ class InFlightCalls:
 
     async def _deliver_in_slot(self, job: Job) -> None:
         try:
-            await self.deliver(job)
+            await observed_delivery(job.execution, job.delivery, self.deliver(job))
         finally:
             self._slots.release()
 
@@ -103,13 +104,17 @@ class InFlightCalls:
         except Exception as e:  # A bug or an unforeseen error: park, never stall.
             logger.exception("callback for %s failed unexpectedly; parking it", job.execution.id)
             result = CallbackResult(
-                Outcome.PARKED, call_for(Phase(job.delivery.phase)), type(e).__name__, str(e)
+                Outcome.PARKED, call_for(completed_phase(job.execution)), type(e).__name__, str(e)
             )
+            reason = UNEXPECTED_ERROR
+        else:
+            reason = RETRIES_EXHAUSTED
         job.delivery.resolve(
             result.outcome,
             call=result.call.value,
             grpc_status=result.grpc_status,
             detail=result.detail[:1000],
+            reason=reason,
         )
         self.stats.count(result.outcome)
         log = logger.warning if result.outcome is Outcome.PARKED else logger.debug

@@ -38,6 +38,7 @@ from typing import Any
 import psycopg
 
 from ledger.contract.errors import StoreUnavailableError
+from ledger.observability.metrics import DISPATCHER_ACTIVE
 from ledger.store.connections import connect
 from ledger.store.url import StoreConfig
 
@@ -199,9 +200,11 @@ class Leadership:
             yield False
             return
         self._holding = True
+        DISPATCHER_ACTIVE.set(1)
         try:
             yield True
         finally:
+            DISPATCHER_ACTIVE.set(0)
             self._holding = False
             self.lock.release()
 
@@ -219,6 +222,7 @@ class Leadership:
             except TimeoutError:
                 held = False
             if not held:
+                DISPATCHER_ACTIVE.set(0)
                 self.lost.set()
                 on_lost()
                 return

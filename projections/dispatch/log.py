@@ -8,7 +8,9 @@ client.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import contextlib
+import threading
+from collections.abc import Iterable, Iterator, Mapping
 from typing import ClassVar, cast
 
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
@@ -18,6 +20,7 @@ from eventsourcing.utils import resolve_topic
 
 from ledger.contract.names import DISPATCHER_LOG, LEDGER_LOG
 from ledger.store.keys import check_application_keys
+from ledger.store.many import select_events_of
 from ledger.store.transcodings import register_ledger_transcodings
 from projections.dispatch.delivery import OUTCOME_EVENTS, Delivery, Outcome
 
@@ -31,6 +34,7 @@ class DispatcherLog(Application[str]):
     def __init__(self, env: Mapping[str, str] | None = None) -> None:
         super().__init__(env)
         self.keys = check_application_keys(self)  # Refuses keys its store does not know.
+        self._prefetch = threading.local()
 
     def construct_recorder(self) -> ProcessRecorder:
         try:
@@ -53,19 +57,57 @@ class DispatcherLog(Application[str]):
         return self.process_recorder.max_tracking_id(LEDGER_LOG)
 
     def delivery(self, execution_id: str) -> Delivery | None:
+        """The delivery of ``execution_id`` (None: none yet); from what
+        :meth:`prefetched` read, when this thread is inside it and read that id."""
+        prefetched: dict[str, Delivery | None] | None = getattr(self._prefetch, "found", None)
+        if prefetched is not None and execution_id in prefetched:
+            return prefetched[execution_id]
         try:
             return cast(Delivery, self.repository.get(execution_id))
         except AggregateNotFoundError:
             return None
+
+    @contextlib.contextmanager
+    def prefetched(self, execution_ids: Iterable[str]) -> Iterator[None]:
+        """Reads the deliveries of ``execution_ids`` with one query; inside the block,
+        :meth:`delivery` answers for them from that read (in this thread only)."""
+        ids = list(execution_ids)
+        found = self.deliveries(ids)
+        self._prefetch.found = {i: found.get(i) for i in ids}
+        try:
+            yield
+        finally:
+            self._prefetch.found = None
+
+    def deliveries(self, execution_ids: Iterable[str]) -> dict[str, Delivery]:
+        """The deliveries of ``execution_ids`` that exist, by id: one query for all."""
+        to_event = self.mapper.to_domain_event
+        found: dict[str, Delivery] = {}
+        for delivery_id, stored in select_events_of(self.recorder, list(execution_ids)).items():
+            delivery: Delivery | None = None
+            for event in stored:
+                delivery = cast(Delivery, cast(Delivery.Event, to_event(event)).mutate(delivery))
+            if delivery is not None:
+                found[delivery_id] = delivery
+        return found
 
     def record(
         self,
         items: Iterable[Delivery | CanMutateAggregate[str]],
         tracking: Tracking | None = None,
     ) -> None:
-        """Records deliveries' pending events, or events, and the position, atomically."""
+        """Records deliveries' pending events, or events, and the position, atomically.
+
+        Deliveries and events are told apart by type, not by the library's runtime
+        Protocol checks (``ProcessingEvent.collect_events``: two ``isinstance`` a
+        delivery, each about 10 µs); everything else is the library's ``_record``."""
         processing = ProcessingEvent[str](tracking=tracking)
-        processing.collect_events(*items)
+        for item in items:
+            if isinstance(item, Delivery):
+                processing.events.extend(item.collect_events())
+                processing.aggregates[item.id] = item
+            else:
+                processing.events.append(item)
         if processing.events or tracking is not None:
             self._record(processing)
 
@@ -93,8 +135,9 @@ class DispatcherLog(Application[str]):
 
     def _last_event_is(self, event: type[Delivery.Event], latest: dict[str, str]) -> list[Delivery]:
         """The deliveries whose last event (``latest``: id -> topic) is an ``event``."""
-        found = (self.delivery(i) for i, topic in latest.items() if resolve_topic(topic) is event)
-        return [d for d in found if d is not None]
+        ids = [i for i, topic in latest.items() if resolve_topic(topic) is event]
+        found = self.deliveries(ids)
+        return [found[i] for i in ids if i in found]
 
     def _latest_topics(self) -> dict[str, str]:
         """Each delivery's last event topic (a scan of the log)."""

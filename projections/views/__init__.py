@@ -16,11 +16,19 @@ import-linter contract in ``pyproject.toml``):
 - :mod:`~projections.views._facade`: :class:`Views` (open, catch up, run,
   rebuild, lag), :class:`Lag`, :func:`freeze_startup_objects`;
 - :mod:`~projections.views.status`, :mod:`~projections.views.audit`: the views;
+- :mod:`~projections.views._rebuild`: blue/green rebuilds and their lock;
 - :mod:`~projections.views._follower`: the :class:`View` base and the
-  :class:`Follower` that keeps a view up to date with one log;
+  :class:`Follower` that keeps a view up to date with one log (dead letters);
+  :mod:`~projections.views._status_facts`: what each event changes in a status row;
 - :mod:`~projections.views._logs`: reading and decoding the logs followed;
-  :mod:`~projections.views._dialects`: the views store's SQL on PostgreSQL and
-  SQLite (rows, positions as compare-and-set).
+  :mod:`~projections.views._dialects`: the views store;
+  :mod:`~projections.views._status_rows`: the status view's tables and cursors;
+- :mod:`~projections.views._postgres`, :mod:`~projections.views._sqlite`: the
+  views' SQL on each database;
+- :mod:`~projections.views._recorder`: what a view needs of its store (rows,
+  positions as compare-and-set, schema versions, the swap, dead letters).
+
+``docs/READ_MODELS.md`` explains schemas, rebuilds and dead letters.
 
 ``bench/catchup.py`` measures catch-ups and rebuilds beside raw psycopg.
 """
@@ -33,13 +41,23 @@ from projections.views._facade import (
 )
 from projections.views._follower import DEFAULT_PAGE_SIZE, Follower, View
 from projections.views._logs import LogReader, timestamp_and_phase
+from projections.views._recorder import (
+    DeadLetter,
+    PoisonedEventError,
+    RebuildInProgressError,
+    StaleViewError,
+)
 
 __all__ = [
     "DEFAULT_PAGE_SIZE",
     "VIEW_NAMES",
+    "DeadLetter",
     "Follower",
     "Lag",
     "LogReader",
+    "PoisonedEventError",
+    "RebuildInProgressError",
+    "StaleViewError",
     "View",
     "Views",
     "freeze_startup_objects",

@@ -3,13 +3,23 @@ views store, and keeps every view up to date, rebuilds it, and reports its lag.
 
 Rebuild
 -------
-:meth:`Views.rebuild` deletes the view's rows and its positions in one
-transaction, then replays every log it follows from position zero, page by page,
-until it reaches the heads it saw when it started (appends may go on meanwhile;
-anything after is left to :meth:`Views.catch_up` / :meth:`Views.run`, which
-pick up from the rebuilt position). It only reads the ledger and the dispatcher's
-log: it never calls Temporal and never writes the dispatcher's records or
-position.
+:meth:`Views.rebuild` builds the view afresh beside the live one and swaps it in
+once caught up (blue/green, :mod:`projections.views._rebuild`): readers see the
+old rows until then, whatever happens to the rebuild. It only reads the ledger and
+the dispatcher's log: it never calls Temporal and never writes the dispatcher's
+records or position.
+
+Schema versions
+---------------
+A view whose tables are of another schema version than its code is *stale*:
+reading it or catching it up raises :class:`StaleViewError`; :meth:`Views.run`
+rebuilds stale views before following them.
+
+Dead letters
+------------
+An event a follower cannot decode is recorded as a dead letter of the view
+(:meth:`Views.dead_letters`) and the follower carries on, unless the views were
+opened with ``stop_on_error``: then it raises :class:`PoisonedEventError`.
 """
 
 from __future__ import annotations
@@ -29,6 +39,8 @@ from projections.dispatch.log import DispatcherLog
 from projections.views._dialects import ViewStore
 from projections.views._follower import DEFAULT_PAGE_SIZE, Follower, View, follow_live
 from projections.views._logs import LogReader, last_notification_id
+from projections.views._rebuild import rebuild
+from projections.views._recorder import DeadLetter, RebuildInProgressError
 from projections.views.audit import AuditView
 from projections.views.status import StatusView
 
@@ -62,9 +74,13 @@ class Views:
         *,
         page_size: int = DEFAULT_PAGE_SIZE,
         poll_interval: float | None = None,
+        stop_on_error: bool = False,
     ) -> None:
         self.config = config
         self.page_size = page_size
+        self.stop_on_error = stop_on_error
+        """A poisoned event stops its follower (PoisonedEventError) instead of becoming
+        a dead letter."""
         self.poll_interval = (
             poll_interval if poll_interval is not None else (1.0 if config.is_postgres else 0.1)
         )
@@ -106,14 +122,20 @@ class Views:
                         page_size=self.page_size,
                         poll_interval=self.poll_interval,
                         listen=listen,
+                        stop_on_error=self.stop_on_error,
                     )
                 )
         return followers
 
+    def stale(self, names: Sequence[str] = VIEW_NAMES) -> list[str]:
+        """Those of ``names`` whose tables are of another schema version than their code."""
+        return [name for name in names if not self.view(name).is_current()]
+
     def catch_up(self, names: Sequence[str] = VIEW_NAMES) -> None:
-        """Processes every view in ``names`` up to the current head of each log it follows."""
+        """Processes every view in ``names`` up to the current head of each log it
+        follows; StaleViewError (before any work) if one of them is stale."""
         for name in names:
-            self.view(name)  # Unknown names fail before any work.
+            self.view(name).check_current()  # Unknown or stale: fail before any work.
         for follower in self._followers(names):
             try:
                 follower.catch_up()
@@ -125,52 +147,64 @@ class Views:
         view = self.view(name)
         if log_name not in view.follows:
             raise ValueError(f"view {name!r} does not follow {log_name!r}")
-        follower = Follower(view, self.logs[log_name], page_size=self.page_size)
+        view.check_current()
+        follower = Follower(
+            view, self.logs[log_name], page_size=self.page_size, stop_on_error=self.stop_on_error
+        )
         try:
             return follower.catch_up()
         finally:
             follower.close()
 
-    def run(self, stop: threading.Event, names: Sequence[str] = VIEW_NAMES) -> None:
+    def run(
+        self,
+        stop: threading.Event,
+        names: Sequence[str] = VIEW_NAMES,
+        on_rebuild: Callable[[str], None] | None = None,
+    ) -> None:
         """Follows the logs live until ``stop`` is set (one thread per view and log).
 
-        Store errors (a lost connection, a lock timeout) are logged and retried
-        with backoff; any other error stops every follower and is raised here.
+        A stale view is rebuilt first (``on_rebuild(name)`` is called before), or,
+        when another process is rebuilding it, waited for. Store errors (a lost
+        connection, a lock timeout) are logged and retried with backoff; any other
+        error stops every follower and is raised here.
         """
         for name in names:
             self.view(name)
+        for name in self.stale(names):
+            while not stop.is_set() and not self.view(name).is_current():
+                if on_rebuild is not None:
+                    on_rebuild(name)
+                try:
+                    self.rebuild(name)
+                except RebuildInProgressError:
+                    stop.wait(self.poll_interval * 5)
+        if stop.is_set():
+            return
         follow_live(self._followers(names, listen=True), stop, self.poll_interval)
 
     def rebuild(self, name: str, progress: Callable[[int, int], None] | None = None) -> int:
-        """Drops the view's rows and positions and replays its logs from position zero.
-
-        ``progress(done, total)`` is called after each page: log positions covered
-        so far and in all (the heads when the rebuild started, summed over the logs
-        followed). Returns the number of events processed. Appends may go on
-        meanwhile; events after the starting heads are left to catch_up/run.
+        """Rebuilds the view blue/green (see :mod:`projections.views._rebuild`): replays
+        its logs from zero into tables beside the live ones, swaps them in once caught
+        up. ``progress(done, total)`` is called after each page (log positions covered
+        so far and in all: the heads when it started). Returns the events processed.
+        RebuildInProgressError if another process is rebuilding it.
         """
-        view = self.view(name)
-        targets = {log_name: self.logs[log_name].head() for log_name in view.follows}
-        total = sum(targets.values())
-        view.recorder.reset()
-        processed = 0
-        done_before = 0
-        for log_name in view.follows:
-            follower = Follower(view, self.logs[log_name], page_size=self.page_size)
-            try:
+        return rebuild(
+            self.config,
+            self.store,
+            self.view(name),
+            page_size=self.page_size,
+            stop_on_error=self.stop_on_error,
+            progress=progress,
+        )
 
-                def report(position: int, base: int = done_before) -> None:
-                    if progress is not None:
-                        done = base + position
-                        progress(min(done, total), total)
-
-                processed += follower.catch_up(targets[log_name], report)
-                done_before += max(follower.position, targets[log_name])
-            finally:
-                follower.close()
-        if progress is not None:
-            progress(total, total)
-        return processed
+    def dead_letters(self, names: Sequence[str] = VIEW_NAMES) -> list[DeadLetter]:
+        """Every dead letter of the views in ``names``, by follower and position."""
+        letters: list[DeadLetter] = []
+        for name in names:
+            letters += self.view(name).recorder.dead_letters()
+        return letters
 
     def lag(self) -> list[Lag]:
         """Each view's position against the head of each log it follows, and the

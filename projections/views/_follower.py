@@ -34,6 +34,7 @@ from ledger.store.backoff import Backoff
 from projections.subscription import PollingSubscription
 from projections.views._dialects import PositionMovedError, Tx, ViewRecorder, ViewSchema
 from projections.views._logs import LogReader
+from projections.views._recorder import DeadLetter, PoisonedEventError, StaleViewError, scrub
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,23 @@ class View(ABC, Generic[_T]):
     def __init__(self, recorder: ViewRecorder, logs: Mapping[str, LogReader]) -> None:
         self.recorder = recorder
         self.logs = dict(logs)
+        self._current = False
+
+    def is_current(self) -> bool:
+        """Whether the view's tables have the schema version this code reads (once
+        seen current, a view stays so: a rebuild only ever swaps in current tables)."""
+        if not self._current:
+            self._current = self.recorder.schema_version() == self.schema.version
+        return self._current
+
+    def recheck(self) -> None:
+        """Forgets whether the view was current (after its tables were swapped)."""
+        self._current = False
+
+    def check_current(self) -> None:
+        """Raises :class:`StaleViewError` when the view's tables are of another version."""
+        if not self.is_current():
+            raise StaleViewError(self.name, self.recorder.schema_version(), self.schema.version)
 
     @property
     @abstractmethod
@@ -98,8 +116,10 @@ class Follower:
         page_size: int = DEFAULT_PAGE_SIZE,
         poll_interval: float = 1.0,
         listen: bool = False,
+        stop_on_error: bool = False,
     ) -> None:
         self.view = view
+        self.stop_on_error = stop_on_error
         self.log = log
         self.topics = list(view.follows[log.name])
         self.page_size = page_size
@@ -158,7 +178,7 @@ class Follower:
             head = self.log.head() if self.topics else 0
             page = self._subscription.next_page(timeout)
             if page:
-                self._commit(page[-1].id, self.view.prepare(self.log, page))
+                self._commit(page[-1].id, self.prepare(page))
                 self.events += len(page)
             elif head > self.position:
                 self._commit(head, None)
@@ -171,10 +191,60 @@ class Follower:
             raise
         return len(page)
 
+    def prepare(self, page: Sequence[Notification]) -> tuple[Any, list[DeadLetter]]:
+        """The view's decoding of a page, and a dead letter for each event in it that
+        cannot be decoded (or :class:`PoisonedEventError`, if ``stop_on_error``).
+
+        A page that fails is decoded again one event at a time to find the culprits,
+        then without them (pages that decode cost nothing more).
+        """
+        try:
+            return self.view.prepare(self.log, page), []
+        except (OperationalError, InterfaceError):
+            raise
+        except Exception as e:  # One bad event at least: found below.
+            logger.debug("%s: a page failed to decode (%s); one event at a time", self.name, e)
+        good: list[Notification] = []
+        dead: list[DeadLetter] = []
+        for notification in page:
+            try:
+                self.view.prepare(self.log, [notification])
+            except (OperationalError, InterfaceError):
+                raise
+            except Exception as e:
+                letter = DeadLetter(
+                    self.name,
+                    notification.id,
+                    str(notification.originator_id),
+                    notification.originator_version,
+                    notification.topic,
+                    scrub(e),
+                )
+                if self.stop_on_error:
+                    raise PoisonedEventError(
+                        f"{self.name}: the event at position {letter.position} "
+                        f"({letter.event_id} v{letter.event_version}, {letter.topic}) cannot be "
+                        f"read: {letter.error}; stopped (stop on error)"
+                    ) from None
+                logger.error(
+                    "%s: dead letter at position %d (%s, %s): %s",
+                    self.name,
+                    letter.position,
+                    letter.event_id,
+                    letter.topic,
+                    letter.error,
+                )
+                dead.append(letter)
+            else:
+                good.append(notification)
+        return self.view.prepare(self.log, good), dead
+
     def _commit(self, position: int, prepared: Any) -> None:
         def body(tx: Tx) -> None:
             if prepared is not None:
-                self.view.write(tx, self.log.name, prepared)
+                rows, dead = prepared
+                self.view.write(tx, self.log.name, rows)
+                self.view.recorder.record_dead_letters(tx, dead)
 
         self.view.recorder.write_page(self.log.name, self._recorded, position, body)
         self._recorded = position
@@ -225,7 +295,8 @@ class _ReadAhead:
     """Reads and decodes a follower's next pages in a thread, into a small queue.
 
     Iterating yields ``(position, notifications, prepared)`` per page (``prepared``
-    is None when a filtered follower only moves its position to the head), until
+    is None when a filtered follower only moves its position to the head, else
+    :meth:`Follower.prepare`'s), until
     ``target`` is reached or nothing more is found. Errors in the thread are raised
     by the iteration. At most :data:`PREFETCH_PAGES` pages are held.
     """
@@ -273,9 +344,10 @@ class _ReadAhead:
             while last < self.target and not self.stopping.is_set():
                 head = follower.log.head() if follower.topics else 0
                 page = self.subscription.next_page(0)
+                item: tuple[int, int, Any]
                 if page:
                     last = page[-1].id
-                    item = (last, len(page), follower.view.prepare(follower.log, page))
+                    item = (last, len(page), follower.prepare(page))
                 elif head > last:
                     last = head  # Filtered: nothing wanted up to the head.
                     item = (last, 0, None)

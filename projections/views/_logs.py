@@ -88,6 +88,11 @@ def _is_current_version(topic: str) -> bool | None:
     return int(getattr(cls, "class_version", 1)) == 1
 
 
+def known_topic(topic: str) -> bool:
+    """Whether ``topic`` names a class of this code (a renamed or removed one does not)."""
+    return _is_current_version(topic) is not None
+
+
 class LogReader:
     """One application's notification log, as a view reads it."""
 

@@ -118,10 +118,11 @@ def _ddl(postgres: bool) -> list[str]:
         "outcome text, "
         "attempts {bigint} NOT NULL DEFAULT 0, "
         "delivered_at {ts})",
-        "CREATE INDEX IF NOT EXISTS view_audit_pending_idx "
+        "CREATE INDEX IF NOT EXISTS {ix}view_audit_pending_idx "
         "ON {audit} (completed_at, execution_id) "
         "WHERE outcome IS NULL OR outcome = 'parked'",
-        "CREATE INDEX IF NOT EXISTS view_audit_completed_idx ON {audit} (completed_at, outcome)",
+        "CREATE INDEX IF NOT EXISTS {ix}view_audit_completed_idx "
+        "ON {audit} (completed_at, outcome)",
         "CREATE TABLE IF NOT EXISTS {open} ("
         "execution_id {id} PRIMARY KEY, "
         "kind text NOT NULL, "
@@ -135,8 +136,14 @@ class AuditView(View[Any]):
     name: ClassVar[str] = "audit"
     schema: ClassVar[ViewSchema] = ViewSchema(
         tracking_table_name="view_audit_tracking",
-        tables={"audit": "view_audit", "open": "view_audit_open"},
+        tables={
+            "audit": "view_audit",
+            "open": "view_audit_open",
+            "dead": "view_audit_dead_letters",
+        },
         ddl=_ddl,
+        version=1,
+        main="audit",
     )
 
     def __init__(self, recorder: ViewRecorder, logs: Mapping[str, LogReader]) -> None:

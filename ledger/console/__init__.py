@@ -1,0 +1,12 @@
+"""``ledger console``: a live operator console in the browser, served by the ledger.
+
+Server-rendered HTML from the standard library's HTTP server (no web framework, no
+template engine, no JavaScript build: nothing to install beyond the ledger), read
+from the views and the ledger; a few lines of JavaScript follow the log with
+server-sent events and refresh the page's main part when something changed, so
+every page reads without JavaScript and updates live with it.
+
+- :mod:`~ledger.console.pages`: the pages, as HTML;
+- :mod:`~ledger.console.server`: the HTTP server, its routes, authentication and the
+  live stream.
+"""

@@ -1,0 +1,327 @@
+"""The console's pages as HTML: overview, executions, one execution, callbacks, projections.
+
+Every value is escaped; a callback token shows as 20 characters and a length and a
+secret value as ``***`` (:mod:`ledger.domain.redaction`), so no page ever holds a
+whole token. The layout is plain semantic HTML with one stylesheet (readable
+contrast, visible focus, a table that scrolls on a phone); the script only asks the
+server for the page again when the log moved.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from html import escape
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from ledger.application import HistoryEntry
+from ledger.contract.names import (
+    CALLER_GONE_AT,
+    CALLER_GONE_REASON,
+    CALLER_RUN_ID,
+    CALLER_WORKFLOW_ID,
+    CANCEL_REQUESTED_AT,
+    CANCEL_REQUESTED_BY,
+)
+from ledger.domain.redaction import display_dict, redact_token
+
+STYLE = """
+:root{color-scheme:light;font-family:system-ui,sans-serif;color:#1b1b1b;background:#fff}
+body{margin:0}header{background:#0b3d91;color:#fff;padding:.5rem 1rem}
+header a{color:#fff;margin-right:1rem;font-weight:600}
+header a[aria-current]{text-decoration:underline}
+main{padding:1rem;max-width:80rem}a{color:#0b3d91}
+:focus-visible{outline:3px solid #c75000;outline-offset:2px}
+.scroll{overflow-x:auto}table{border-collapse:collapse;margin:.5rem 0 1rem}
+th,td{border:1px solid #8a8a8a;padding:.25rem .5rem;text-align:left;vertical-align:top}
+th{background:#e8ecf4}pre{background:#f3f3f3;padding:.5rem;overflow-x:auto;max-width:100%}
+form.filters label{margin-right:.75rem}.parked{color:#a00000;font-weight:600}
+.live{font-size:.85rem;color:#fff}
+h1{overflow-wrap:anywhere}main{box-sizing:border-box}
+pre{white-space:pre-wrap;overflow-wrap:anywhere}
+"""
+
+SCRIPT = """
+(function(){
+  if(!window.EventSource){return;}
+  var live=document.getElementById('live');
+  var source=new EventSource('/live');
+  source.addEventListener('change',function(){
+    var url=new URL(window.location.href);url.searchParams.set('fragment','main');
+    fetch(url,{credentials:'same-origin'}).then(function(r){return r.ok?r.text():null;})
+      .then(function(html){
+        if(html===null){return;}
+        document.getElementById('main').innerHTML=html;
+        if(live){live.textContent='updated '+new Date().toLocaleTimeString();}
+      });
+  });
+  if(live){live.textContent='live';}
+})();
+"""
+
+NAV = [
+    ("/", "Overview"),
+    ("/executions", "Executions"),
+    ("/callbacks", "Callbacks"),
+    ("/projections", "Projections"),
+]
+
+
+@dataclass(frozen=True)
+class Page:
+    """A page: its title, the path of its section, and its main part's HTML."""
+
+    title: str
+    section: str
+    main: str
+
+
+def document(page: Page, *, who: str) -> str:
+    """The whole HTML document of ``page``."""
+    current = ' aria-current="page"'
+    links = " ".join(
+        f'<a href="{href}"{current if href == page.section else ""}>{escape(label)}</a>'
+        for href, label in NAV
+    )
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{escape(page.title)} · execution ledger</title><style>{STYLE}</style></head>"
+        f'<body><header><nav aria-label="Sections">{links}</nav>'
+        f'<span class="live" id="live" role="status" aria-live="polite"></span>'
+        f'<span class="live"> {escape(who)}</span></header>'
+        f'<main id="main">{page.main}</main><script>{SCRIPT}</script></body></html>'
+    )
+
+
+def _table(caption: str, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A table of already-escaped cells."""
+    head = "".join(f'<th scope="col">{escape(h)}</th>' for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    if not rows:
+        body = f'<tr><td colspan="{len(headers)}">none</td></tr>'
+    return (
+        f'<div class="scroll"><table><caption>{escape(caption)}</caption>'
+        f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
+    )
+
+
+def _facts(caption: str, rows: Sequence[tuple[str, str]]) -> str:
+    """A two-column table of named facts (already-escaped values), a header per row."""
+    body = "".join(f'<tr><th scope="row">{escape(k)}</th><td>{v}</td></tr>' for k, v in rows)
+    return (
+        f'<div class="scroll"><table><caption>{escape(caption)}</caption>'
+        f"<tbody>{body}</tbody></table></div>"
+    )
+
+
+def _when(moment: datetime | None) -> str:
+    return escape(moment.isoformat(timespec="milliseconds")) if moment else ""
+
+
+def _link(execution_id: str) -> str:
+    return f'<a href="/executions/{quote(execution_id)}">{escape(execution_id)}</a>'
+
+
+def lag_table(lags: Sequence[Any]) -> str:
+    return _table(
+        "Followers: position against the head of the log they follow",
+        ["follower", "position", "head", "lag (events)"],
+        [[escape(g.name), str(g.position), str(g.head), str(g.lag)] for g in lags],
+    )
+
+
+def overview(counts: Mapping[str, int], lags: Sequence[Any], outcomes: Mapping[str, int]) -> Page:
+    phases = _table(
+        "Executions by phase",
+        ["phase", "executions"],
+        [[escape(p), str(n)] for p, n in sorted(counts.items())],
+    )
+    parked = outcomes.get("parked", 0)
+    callbacks = (
+        f'<p>Callbacks pending: <strong id="pending">{outcomes.get("pending", 0)}</strong>; '
+        f'parked: <strong id="parked" class="{"parked" if parked else ""}">{parked}</strong> '
+        '(<a href="/callbacks">see them</a>).</p>'
+    )
+    return Page("Overview", "/", f"<h1>Overview</h1>{phases}{callbacks}{lag_table(lags)}")
+
+
+def executions(rows: Sequence[Any], filters: Mapping[str, str], next_cursor: str | None) -> Page:
+    form = (
+        '<form class="filters" method="get" action="/executions">'
+        + "".join(
+            f'<label>{escape(label)} <input name="{name}" value="{escape(filters.get(name, ""))}">'
+            "</label>"
+            for name, label in (
+                ("kind", "Kind"),
+                ("phase", "Phase"),
+                ("label", "Label key=value"),
+                ("since", "Created since (ISO)"),
+            )
+        )
+        + '<button type="submit">Filter</button></form>'
+    )
+    table = _table(
+        "Executions, newest first",
+        ["id", "kind", "phase", "agent / workflow", "created", "updated", "version"],
+        [
+            [
+                _link(r.id),
+                escape(r.kind),
+                escape(r.phase),
+                escape(r.agent_id or r.workflow_id or ""),
+                _when(r.created_at),
+                _when(r.updated_at),
+                str(r.version),
+            ]
+            for r in rows
+        ],
+    )
+    more = ""
+    if next_cursor:
+        query = urlencode({**{k: v for k, v in filters.items() if v}, "after": next_cursor})
+        more = f'<p><a href="/executions?{escape(query)}">Next page</a></p>'
+    return Page("Executions", "/executions", f"<h1>Executions</h1>{form}{table}{more}")
+
+
+def _summary(entry: HistoryEntry) -> str:
+    event: Any = entry.event
+    shown: dict[str, Any] = {}
+    if entry.type == "Created":
+        shown["callback_token"] = redact_token(bytes(event.spec.callback_token))
+    elif entry.type == "StatusChanged":
+        patch = display_dict(event.patch)
+        patch.pop("phase", None)
+        shown = patch
+    elif entry.type == "Completed":
+        for name in ("output", "error", "reason"):
+            value = getattr(event, name, None)
+            if value:
+                shown[name] = value
+    return (
+        escape(json.dumps(shown, default=str, sort_keys=True, ensure_ascii=False)) if shown else ""
+    )
+
+
+def execution(
+    resource: Any,
+    version: int,
+    history: Sequence[HistoryEntry],
+    audit: Any,
+    temporal_ui: str | None,
+    namespace: str,
+) -> Page:
+    execution_id = resource.metadata.id
+    shown = display_dict(resource)
+    spec = escape(json.dumps(shown.get("spec", {}), indent=2, sort_keys=True, ensure_ascii=False))
+    status = shown.get("status", {})
+    status.pop("audit", None)
+    status_text = escape(json.dumps(status, indent=2, sort_keys=True, default=str))
+    timeline_rows = []
+    previous: datetime | None = None
+    for entry in history:
+        gap = f"+{(entry.recorded_at - previous).total_seconds():.3f}s" if previous else ""
+        previous = entry.recorded_at
+        timeline_rows.append(
+            [
+                str(entry.version),
+                _when(entry.recorded_at),
+                escape(gap),
+                escape(entry.type),
+                escape(entry.phase.proto_name),
+                _summary(entry),
+            ]
+        )
+    timeline = _table(
+        "Timeline: every event",
+        ["version", "recorded at", "since previous", "event", "phase after", "what"],
+        timeline_rows,
+    )
+    annotations = resource.metadata.annotations
+    story = [
+        ("outcome", escape(audit.outcome) if audit else "pending (not completed yet)"),
+        ("attempts", str(audit.attempts) if audit else "0"),
+        ("outcome recorded at", _when(audit.delivered_at) if audit else ""),
+        (
+            "latency",
+            f"{audit.latency_ms:.0f} ms" if audit and audit.latency_ms is not None else "",
+        ),
+        ("cancel requested", escape(annotations.get(CANCEL_REQUESTED_AT, ""))),
+        ("cancel requested by", escape(annotations.get(CANCEL_REQUESTED_BY, ""))),
+        ("caller gone", escape(annotations.get(CALLER_GONE_AT, ""))),
+        ("caller gone because", escape(annotations.get(CALLER_GONE_REASON, ""))),
+    ]
+    workflow_id = annotations.get(CALLER_WORKFLOW_ID, "")
+    if workflow_id:
+        caller = escape(workflow_id)
+        if temporal_ui:
+            run_id = annotations.get(CALLER_RUN_ID, "")
+            url = (
+                f"{temporal_ui.rstrip('/')}/namespaces/{quote(namespace)}/workflows/"
+                f"{quote(workflow_id)}/{quote(run_id)}/history"
+            )
+            caller = f'<a href="{escape(url)}">{caller}</a>'
+        story.append(("caller's workflow", caller))
+    main = (
+        f"<h1>{escape(execution_id)}</h1>"
+        f"<p>{escape(resource.kind or '')} · phase <strong>"
+        f"{escape(str(shown.get('status', {}).get('phase', 'EXECUTION_PENDING')))}"
+        f"</strong> · version {version}</p>"
+        + _facts("Callback story", story)
+        + timeline
+        + f"<h2>Spec</h2><pre>{spec}</pre><h2>Status</h2><pre>{status_text}</pre>"
+    )
+    return Page(execution_id, "/executions", main)
+
+
+def callbacks(rows: Sequence[Any], outcomes: Mapping[str, int]) -> Page:
+    counts = _table(
+        "Callbacks by outcome",
+        ["outcome", "executions"],
+        [[escape(k), str(v)] for k, v in sorted(outcomes.items())],
+    )
+    pending = _table(
+        "Pending and parked callbacks, oldest completion first",
+        ["execution", "phase", "completed at", "outcome", "attempts"],
+        [
+            [
+                _link(r.execution_id),
+                escape(r.phase),
+                _when(r.completed_at),
+                f'<span class="{"parked" if r.outcome == "parked" else ""}">'
+                f"{escape(r.outcome)}</span>",
+                str(r.attempts),
+            ]
+            for r in rows
+        ],
+    )
+    note = (
+        "<p>A parked callback is retried by <code>ledger dispatcher retry-parked</code> "
+        "or when the dispatcher next starts.</p>"
+    )
+    return Page("Callbacks", "/callbacks", f"<h1>Callbacks</h1>{counts}{pending}{note}")
+
+
+def projections(lags: Sequence[Any]) -> Page:
+    note = (
+        "<p>Rebuild a view with <code>ledger projections rebuild NAME</code> "
+        "(it never calls Temporal).</p>"
+    )
+    return Page("Projections", "/projections", f"<h1>Projections</h1>{lag_table(lags)}{note}")
+
+
+def login(message: str = "") -> Page:
+    alert = f'<p role="alert">{escape(message)}</p>' if message else ""
+    form = (
+        '<form method="post" action="/login"><label for="token">Bearer token</label> '
+        '<input id="token" name="token" type="password" autocomplete="off" required> '
+        '<button type="submit">Sign in</button></form>'
+    )
+    return Page("Sign in", "/login", f"<h1>Sign in</h1>{alert}{form}")
+
+
+def not_found(what: str) -> Page:
+    return Page("Not found", "/", f"<h1>Not found</h1><p>{escape(what)}</p>")

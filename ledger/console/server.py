@@ -1,0 +1,322 @@
+"""The console's HTTP server: routes, token authentication, and the live stream.
+
+One :class:`ConsoleServer` serves the pages of :mod:`~ledger.console.pages` from a
+:class:`~projections.views.Views` of its own (the status and audit views, the lag,
+and the ledger for one execution's history), with the standard library's threading
+HTTP server. ``/live`` is a server-sent-events stream that says ``change`` whenever
+the ledger's log, the dispatcher's log or the views moved; the page's script then
+fetches its main part again (``?fragment=main``).
+
+Bound to a loopback address it needs no token. Bound elsewhere it needs the tokens
+file of ``ledger serve``: a browser signs in once with its token (kept in an
+HttpOnly, SameSite=Strict cookie; never in a page), a script may send
+``Authorization: Bearer``. Every token may read; nothing on the console writes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from http import cookies
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from ledger.console import pages
+from ledger.contract.errors import ConfigurationError, LedgerError
+from ledger.server.auth import Authenticator, TokenEntry, read_tokens
+from ledger.store.url import StoreConfig
+from projections.views import Views
+
+logger = logging.getLogger(__name__)
+
+COOKIE = "ledger_console"
+LIVE_INTERVAL = 0.5
+"""Seconds between two looks at the logs for the live stream."""
+MAX_FORM_BYTES = 8192
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class ConsoleServer:
+    """The console on ``address`` until :meth:`close`."""
+
+    def __init__(
+        self,
+        config: StoreConfig,
+        address: tuple[str, int],
+        *,
+        tokens: Path | None = None,
+        temporal_ui: str | None = None,
+        namespace: str = "default",
+        follow_views: bool = True,
+    ) -> None:
+        host, _ = address
+        if tokens is None and not is_loopback(host):
+            raise ConfigurationError(
+                f"the console on {host} (not a loopback address) needs --tokens FILE"
+            )
+        self.authenticator = Authenticator(read_tokens(tokens)) if tokens is not None else None
+        self.temporal_ui = temporal_ui
+        self.namespace = namespace
+        self.views = Views(config)
+        self._lock = threading.Lock()
+        """One store read at a time (the views' connections are shared)."""
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        if follow_views:
+            follower = threading.Thread(
+                target=self._follow, name="ledger-console-views", daemon=True
+            )
+            follower.start()
+            self._threads.append(follower)
+        console = self
+
+        class _Handler(_RequestHandler):
+            server_console = console
+
+        self._http = ThreadingHTTPServer(address, _Handler)
+        self._http.daemon_threads = True
+        self.port = int(self._http.server_address[1])
+        serving = threading.Thread(
+            target=self._http.serve_forever, name="ledger-console", daemon=True
+        )
+        serving.start()
+
+    def _follow(self) -> None:
+        try:
+            self.views.run(self._stop, ["status", "audit"])
+        except Exception:
+            logger.exception("the console's view followers stopped; pages may lag")
+
+    def read(self, fn: Callable[[Views], Any]) -> Any:
+        with self._lock:
+            return fn(self.views)
+
+    def signature(self) -> tuple[int, ...]:
+        """What the live stream compares: the logs' heads and the views' positions."""
+
+        def look(views: Views) -> tuple[int, ...]:
+            return (
+                *(g.position for g in views.lag()),
+                views.ledger.recorder.max_notification_id() or 0,
+                views.dispatcher_log.recorder.max_notification_id() or 0,
+            )
+
+        return tuple(self.read(look))
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._http.shutdown()
+        self._http.server_close()
+        for thread in self._threads:
+            thread.join(timeout=30)
+        self.views.close()
+
+
+class _RequestHandler(BaseHTTPRequestHandler):
+    server_console: ConsoleServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass  # No access log (a query string could name anything).
+
+    # Authentication.
+
+    def _who(self) -> TokenEntry | bool | None:
+        """The token's entry; True when no authentication is needed; None: refused."""
+        authenticator = self.server_console.authenticator
+        if authenticator is None:
+            return True
+        metadata: list[tuple[str, str | bytes]] = []
+        header = self.headers.get("Authorization")
+        if header:
+            metadata.append(("authorization", header))
+        jar = cookies.SimpleCookie(self.headers.get("Cookie", ""))
+        if COOKIE in jar:
+            metadata.append(("authorization", f"Bearer {jar[COOKIE].value}"))
+        return authenticator.identify(metadata)
+
+    # Routes.
+
+    def do_GET(self) -> None:
+        url = urlsplit(self.path)
+        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        if url.path == "/login":
+            self._page(pages.login(), "")
+            return
+        who = self._who()
+        if who is None:
+            if url.path == "/live":
+                self._send(401, "text/plain", b"sign in first\n")
+            else:
+                self._redirect("/login")
+            return
+        if url.path == "/live":
+            self._live()
+            return
+        shown = "" if who is True else f"signed in: {who.name} ({who.role.value})"  # type: ignore[union-attr]
+        try:
+            status, page = self._route(url.path, query)
+        except LedgerError as e:
+            status, page = 503, pages.not_found(f"the store could not be read: {e}")
+        if query.get("fragment") == "main":
+            self._send(status, "text/html; charset=utf-8", page.main.encode())
+        else:
+            self._page(page, shown, status)
+
+    def do_POST(self) -> None:
+        if urlsplit(self.path).path != "/login":
+            self._send(404, "text/plain", b"not found\n")
+            return
+        length = min(int(self.headers.get("Content-Length") or 0), MAX_FORM_BYTES)
+        form = parse_qs(self.rfile.read(length).decode("utf-8", "replace"))
+        token = (form.get("token") or [""])[-1].strip()
+        authenticator = self.server_console.authenticator
+        if authenticator is None:
+            self._redirect("/")
+            return
+        if authenticator.identify([("authorization", f"Bearer {token}")]) is None:
+            self._page(pages.login("That token is not known."), "", 401)
+            return
+        jar = cookies.SimpleCookie()
+        jar[COOKIE] = token
+        jar[COOKIE]["httponly"] = True
+        jar[COOKIE]["samesite"] = "Strict"
+        jar[COOKIE]["path"] = "/"
+        self._redirect("/", cookie=jar[COOKIE].OutputString())
+
+    def _route(self, path: str, query: dict[str, str]) -> tuple[int, pages.Page]:
+        console = self.server_console
+        if path == "/":
+            return 200, console.read(
+                lambda v: pages.overview(
+                    v.status.counts_by_phase(), v.lag(), v.audit.outcome_counts()
+                )
+            )
+        if path == "/executions":
+            return self._executions(query)
+        if path.startswith("/executions/"):
+            return self._execution(unquote(path[len("/executions/") :]))
+        if path == "/callbacks":
+            return 200, console.read(
+                lambda v: pages.callbacks(v.audit.pending(limit=200), v.audit.outcome_counts())
+            )
+        if path == "/projections":
+            return 200, console.read(lambda v: pages.projections(v.lag()))
+        return 404, pages.not_found(f"no page at {path}")
+
+    def _executions(self, query: dict[str, str]) -> tuple[int, pages.Page]:
+        filters = {k: query.get(k, "").strip() for k in ("kind", "phase", "label", "since")}
+        options: dict[str, Any] = {"limit": 50, "after": query.get("after") or None}
+        if filters["kind"]:
+            options["kind"] = filters["kind"]
+        if filters["phase"]:
+            options["phase"] = filters["phase"]
+        try:
+            if filters["label"]:
+                key, sep, value = filters["label"].partition("=")
+                if not sep or not key:
+                    raise ValueError("a label filter is key=value")
+                options["label"] = (key, value)
+            if filters["since"]:
+                since = datetime.fromisoformat(filters["since"])
+                options["since"] = since if since.tzinfo else since.replace(tzinfo=UTC)
+            rows, cursor = self.server_console.read(lambda v: v.status.list(**options))
+        except ValueError as e:
+            page = pages.executions([], filters, None)
+            return 400, pages.Page(page.title, page.section, f"<p role=alert>{e}</p>{page.main}")
+        return 200, pages.executions(rows, filters, cursor)
+
+    def _execution(self, execution_id: str) -> tuple[int, pages.Page]:
+        console = self.server_console
+
+        def load(views: Views) -> pages.Page:
+            record = views.ledger.read(execution_id)
+            return pages.execution(
+                record.resource,
+                record.version,
+                views.ledger.history(execution_id),
+                views.audit.get(execution_id),
+                console.temporal_ui,
+                console.namespace,
+            )
+
+        try:
+            return 200, console.read(load)
+        except LedgerError as e:
+            return 404, pages.not_found(str(e))
+
+    # The live stream.
+
+    def _live(self) -> None:
+        console = self.server_console
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        last = console.signature()
+        quiet_since = time.monotonic()
+        try:
+            self.wfile.write(b"retry: 2000\n\n")
+            self.wfile.flush()
+            while not console.stopping:
+                time.sleep(LIVE_INTERVAL)
+                now = console.signature()
+                if now != last:
+                    last = now
+                    self.wfile.write(b"event: change\ndata: %d\n\n" % now[-2])
+                    self.wfile.flush()
+                    quiet_since = time.monotonic()
+                elif time.monotonic() - quiet_since > 15:
+                    self.wfile.write(b": still here\n\n")  # Finds a closed connection.
+                    self.wfile.flush()
+                    quiet_since = time.monotonic()
+        except (BrokenPipeError, ConnectionResetError):
+            return
+        except LedgerError as e:
+            logger.warning("console live stream: %s", e)
+
+    # Answers.
+
+    def _page(self, page: pages.Page, who: str, status: int = 200) -> None:
+        self._send(status, "text/html; charset=utf-8", pages.document(page, who=who).encode())
+
+    def _redirect(self, location: str, *, cookie: str | None = None) -> None:
+        self.send_response(303)
+        self.send_header("Location", location)
+        self.send_header("Content-Length", "0")
+        if cookie:
+            self.send_header("Set-Cookie", cookie)
+        self.end_headers()
+
+    def _send(self, status: int, content_type: str, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header(
+            "Content-Security-Policy",
+            "default-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline'",
+        )
+        self.end_headers()
+        self.wfile.write(body)

@@ -1,0 +1,175 @@
+"""The operator console in a real browser: Debian's Chromium, headless, driven by
+Playwright (pointed at ``/usr/bin/chromium``: nothing is downloaded).
+
+``ledger console`` runs as a process of its own on PostgreSQL, with a tokens file; the
+browser signs in with a reader token, watches executions created through the API
+appear without a reload, opens one and reads its timeline and callback story, sees a
+callback parked after Temporal went away (a real dispatcher, a real dev server
+killed), and reads the projections. Each page is saved as a screenshot under the
+test's directory, and no page's HTML holds a whole token.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ledger.application import open_ledger
+from ledger.contract.kinds import AgentExecution, AgentExecutionSpec, AgentExecutionStatus
+from ledger.contract.phases import Phase
+from ledger.server.auth import Role, add_token
+from tests.support.processes import kill_all, python_process, stop_process
+from tests.support.servers import TemporalDevServer, temporal_cli_path
+from tests.support.waiting import wait_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.temporal]
+
+CHROMIUM = "/usr/bin/chromium"
+TIMEOUT_MS = 60_000
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    kill_all(started)
+
+
+def _browser_path() -> str:
+    found = shutil.which("chromium") or (CHROMIUM if Path(CHROMIUM).exists() else None)
+    if found is None:
+        pytest.fail("Debian's chromium is required: apt-get install chromium (.ci/run does)")
+    return found
+
+
+def _console_port(log: Path) -> int:
+    def port() -> int | None:
+        found = re.search(r"console on http://[^:]+:(\d+)/", log.read_text(errors="replace"))
+        return int(found[1]) if found else None
+
+    wait_for(lambda: port() is not None, message=lambda: "the console: " + log.read_text())
+    value = port()
+    assert value is not None
+    return value
+
+
+def test_console_in_a_real_browser(
+    pg_url: str, tmp_path: Path, processes: list[subprocess.Popen[bytes]]
+) -> None:
+    from playwright.sync_api import sync_playwright
+
+    screens = tmp_path / "screenshots"
+    screens.mkdir()
+    tokens = tmp_path / "tokens.txt"
+    reader = add_token(tokens, "dashboard", Role.READER)
+    temporal = TemporalDevServer(
+        temporal_cli_path(), tmp_path / "temporal.db", tmp_path / "temporal.log"
+    )
+    temporal.start()
+    ledger = open_ledger(pg_url)
+    env = {"LEDGER_URL": pg_url, "TEMPORAL_ADDRESS": temporal.address}
+    console_log = tmp_path / "console.log"
+    processes.append(
+        python_process(
+            ["-m", "ledger", "console", "--address", "127.0.0.1:0", "--tokens", str(tokens)],
+            env,
+            console_log,
+        )
+    )
+    processes.append(
+        python_process(["-m", "ledger", "dispatcher", "run"], env, tmp_path / "dispatcher.log")
+    )
+    base = f"http://127.0.0.1:{_console_port(console_log)}"
+    token = b"\x0a\x24" + b"caller-task-token-" * 4
+    whole = base64.b64encode(token).decode()
+    pages_html: list[str] = []
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(
+                executable_path=_browser_path(), args=["--no-sandbox"]
+            )
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.set_default_timeout(TIMEOUT_MS)
+
+            def shot(name: str) -> None:
+                page.screenshot(path=str(screens / f"{name}.png"), full_page=True)
+                pages_html.append(page.content())
+
+            # Not signed in: the sign-in page; a wrong token is refused.
+            page.goto(f"{base}/executions")
+            assert page.url.endswith("/login")
+            page.fill("#token", "not-a-token")
+            page.click("button[type=submit]")
+            page.wait_for_selector("text=That token is not known.")
+            page.fill("#token", reader)
+            page.click("button[type=submit]")
+            page.wait_for_selector("h1:text('Overview')")
+            assert "dashboard (reader)" in page.inner_text("header")
+            shot("overview")
+
+            # Executions appear without a reload.
+            page.goto(f"{base}/executions")
+            page.wait_for_selector("#live:text('live')")
+            page.evaluate("window.__notReloaded = true")
+            created = ledger.create(
+                AgentExecution(
+                    spec=AgentExecutionSpec(agent_id="agent-7", message="go", callback_token=token)
+                )
+            )
+            page.wait_for_selector(f"a:text('{created.id}')")
+            assert page.evaluate("window.__notReloaded") is True
+            shot("executions")
+
+            # One execution: its timeline grows live, its callback story.
+            ledger.update_status(created.id, AgentExecutionStatus(phase=Phase.IN_PROGRESS))  # type: ignore[arg-type]
+            page.click(f"a:text('{created.id}')")
+            page.wait_for_selector("h1:text('" + created.id + "')")
+            page.evaluate("window.__notReloaded = true")
+            ledger.complete(created.id, {"answer": 42})
+            page.wait_for_selector("td:text-is('Completed')")
+            assert page.evaluate("window.__notReloaded") is True
+            timeline = page.inner_text("table:has(caption:text('Timeline'))")
+            assert "Created" in timeline and "StatusChanged" in timeline
+            assert '"answer": 42' in timeline
+            shot("execution")
+
+            # A callback parked once Temporal is gone.
+            temporal.kill()
+            parked = ledger.create(
+                AgentExecution(
+                    spec=AgentExecutionSpec(agent_id="agent-8", message="go", callback_token=token)
+                )
+            )
+            ledger.complete(parked.id, {"answer": 43})
+            page.goto(f"{base}/callbacks")
+            page.wait_for_selector(f"tr:has(a:text('{parked.id}')) .parked:text('parked')")
+            shot("callbacks")
+            page.goto(f"{base}/")
+            page.wait_for_selector("#parked:text-is('1')")  # Live: the audit view catches up.
+            shot("overview-parked")
+
+            page.goto(f"{base}/projections")
+            lag = page.inner_text("table")
+            assert "status<-Ledger" in lag and "dispatcher<-Ledger" in lag
+            shot("projections")
+
+            # A phone's screen: the pages still read (the tables scroll, nothing hides).
+            page.set_viewport_size({"width": 390, "height": 844})
+            page.goto(f"{base}/executions/{parked.id}")
+            page.wait_for_selector("caption:text('Callback story')")
+            shot("execution-phone")
+            browser.close()
+        for html in pages_html:
+            assert whole not in html and whole[:24] not in html
+            assert "caller-task-token" not in html
+        assert len(list(screens.glob("*.png"))) == 7
+        assert stop_process(processes[0]) == 0
+    finally:
+        ledger.close()
+        temporal.stop()
