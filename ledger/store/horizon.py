@@ -264,7 +264,7 @@ def committed_head(recorder: Any) -> int:
     return int(recorder.max_notification_id() or 0)
 
 
-def horizon_report(recorder: Any) -> HorizonReport | None:
+def horizon_report(recorder: Any, wait: float = 0.5) -> HorizonReport | None:
     """:meth:`ReadHorizon.report` of a recorder with a readable head, else None."""
     horizon = _horizon_of(recorder)
-    return horizon.report() if horizon is not None else None
+    return horizon.report(wait) if horizon is not None else None
