@@ -25,6 +25,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from ledger.contract.names import COMPLETED_TOPICS
+from ledger.store.horizon import committed_head, horizon_report
 from ledger.store.url import StoreConfig
 from projections.views import Views
 
@@ -94,8 +95,27 @@ class StoreMetrics(Collector):
             views.ledger.name: views.ledger,
             views.dispatcher_log.name: views.dispatcher_log,
         }
+        held_back = GaugeMetricFamily(
+            "ledger_log_held_back_events",
+            "Notification ids committed but not readable yet: followers wait for the oldest "
+            "transaction running in the cluster (PostgreSQL; see ledger.store.horizon).",
+            labels=["log"],
+        )
+        held_back_seconds = GaugeMetricFamily(
+            "ledger_log_held_back_seconds",
+            "Age of the oldest transaction running while it holds a log's followers back "
+            "(0 when nothing is held back).",
+            labels=["log"],
+        )
         for name, app in logs.items():
-            head.add_metric([name], app.recorder.max_notification_id() or 0)
+            # The committed head (never waits; held-back events count as lag).
+            head.add_metric([name], committed_head(app.recorder))
+            report = horizon_report(app.recorder, wait=0.1)
+            held_back.add_metric([name], report.held_back if report else 0)
+            since = report.holder.since if report and report.holder else None
+            held_back_seconds.add_metric(
+                [name], max(0.0, now - since.timestamp()) if since is not None else 0.0
+            )
         lags = views.lag()
         for lag in lags:
             position.add_metric([lag.name], lag.position)
@@ -126,6 +146,8 @@ class StoreMetrics(Collector):
         families = [
             position,
             head,
+            held_back,
+            held_back_seconds,
             lag_events,
             lag_seconds,
             parked_family,

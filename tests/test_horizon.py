@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 from typing import Any, cast
 
 import psycopg
 import pytest
 from eventsourcing.persistence import StoredEvent
 
+from ledger.store import horizon as horizon_module
 from ledger.store.horizon import MAX_PENDING, Observation, ReadHorizon
 from ledger.store.recorder import LedgerPostgresApplicationRecorder
 from tests.support.servers import POSTGRES_URL
@@ -70,6 +73,31 @@ def test_a_running_transaction_above_the_snapshot_xmax_still_holds_the_head_back
             assert recorder.select_notifications(None, 10) == []  # Held back by second.
             second.rollback()
         assert recorder.max_notification_id() == 1
+    finally:
+        datastore.close()
+        drop_schema(schema)
+
+
+@pytest.mark.postgres
+def test_a_wait_without_limit_says_what_it_waits_for(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    require_postgres()
+    monkeypatch.setattr(horizon_module, "WARN_AFTER", 0.3)
+    schema = new_schema()
+    datastore = new_datastore(schema, "text", pool_size=2)
+    try:
+        recorder = LedgerPostgresApplicationRecorder(datastore, events_table_name="events")
+        recorder.create_table()
+        with psycopg.connect(POSTGRES_URL) as held:
+            held.execute("SELECT pg_current_xact_id()")
+            recorder.insert_events([StoredEvent("aex-1", 1, "t", b"s")])
+            timer = threading.Timer(1.5, held.rollback)
+            timer.start()
+            with caplog.at_level(logging.WARNING, logger="ledger.store.horizon"):
+                assert recorder.horizon.head(None) == 1  # Once the held one has ended.
+            timer.join()
+        assert any("waited" in r.getMessage() and "pid" in r.getMessage() for r in caplog.records)
     finally:
         datastore.close()
         drop_schema(schema)

@@ -621,7 +621,7 @@ class TestLedgerWithRecorder(unittest.TestCase):
             record.id, AgentExecutionStatus(phase=enum_pb2.EXECUTION_IN_PROGRESS)
         )  # now version 2
         self.assertEqual(first.read(record.id).version, 2)
-        updated = first.update_status(
-            record.id, AgentExecutionStatus(phase=enum_pb2.EXECUTION_IN_PROGRESS)
-        )
+        patch = AgentExecutionStatus(phase=enum_pb2.EXECUTION_IN_PROGRESS)
+        patch.tool_calls.add(id="call-1", name="search")  # A change (a no-op appends nothing).
+        updated = first.update_status(record.id, patch)
         self.assertEqual(updated.version, 3)

@@ -32,6 +32,7 @@ holds every follower back until it ends. :func:`horizon_holder` names it.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -54,6 +55,11 @@ __all__ = [
     "horizon_holder",
     "horizon_report",
 ]
+
+logger = logging.getLogger(__name__)
+
+WARN_AFTER = 10.0
+"""Seconds between warnings while a wait without limit goes on (see :meth:`ReadHorizon.head`)."""
 
 MAX_PENDING = 64
 """Observations kept until they become readable (more are merged into the last)."""
@@ -139,8 +145,10 @@ class ReadHorizon:
         first observation is readable, or ``wait`` seconds (None: no limit) pass;
         returns the readable head then (None if nothing is readable yet)."""
         target = self.observe().committed
-        deadline = None if wait is None else time.monotonic() + wait
+        started = time.monotonic()
+        deadline = None if wait is None else started + wait
         step = FIRST_WAIT
+        next_warning = started + WARN_AFTER
         while (self._readable is None or self._readable < target) and (
             deadline is None or time.monotonic() < deadline
         ):
@@ -149,7 +157,19 @@ class ReadHorizon:
             )
             step = min(step * 2, MAX_WAIT_STEP)
             self.observe()
+            if deadline is None and time.monotonic() >= next_warning:
+                next_warning += WARN_AFTER
+                self._warn_waiting(time.monotonic() - started)
         return self._readable
+
+    def _warn_waiting(self, waited: float) -> None:
+        with self.datastore.get_connection() as conn:
+            holder = horizon_holder(conn)
+        logger.warning(
+            "waited %.0f s for a readable head: the oldest transaction running is %s",
+            waited,
+            "gone" if holder is None else f"pid {holder.pid} ({holder.state}) since {holder.since}",
+        )
 
     def report(self, wait: float = 0.5) -> HorizonReport:
         """The readable and committed heads (after waiting up to ``wait`` seconds
@@ -244,7 +264,7 @@ def committed_head(recorder: Any) -> int:
     return int(recorder.max_notification_id() or 0)
 
 
-def horizon_report(recorder: Any) -> HorizonReport | None:
+def horizon_report(recorder: Any, wait: float = 0.5) -> HorizonReport | None:
     """:meth:`ReadHorizon.report` of a recorder with a readable head, else None."""
     horizon = _horizon_of(recorder)
-    return horizon.report() if horizon is not None else None
+    return horizon.report(wait) if horizon is not None else None
