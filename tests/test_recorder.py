@@ -605,7 +605,8 @@ class TestLedgerWithRecorder(unittest.TestCase):
             record.id, AgentExecutionStatus(phase=enum_pb2.EXECUTION_IN_PROGRESS)
         )  # now version 2
         self.assertEqual(first.read(record.id).version, 2)
-        updated = first.update_status(
-            record.id, AgentExecutionStatus(phase=enum_pb2.EXECUTION_IN_PROGRESS)
-        )
+        # A patch that changes something (the same phase alone would append nothing).
+        progress = AgentExecutionStatus(phase=enum_pb2.EXECUTION_IN_PROGRESS)
+        progress.messages.add(content="more")
+        updated = first.update_status(record.id, progress)
         self.assertEqual(updated.version, 3)
