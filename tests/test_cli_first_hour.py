@@ -262,6 +262,12 @@ def test_show_tells_the_ending_in_sections(sqlite_url: str) -> None:
     assert "type: AccountCreationFailed" in workflow and "message: directory refused" in workflow
     assert "service: directory" in workflow and "value: '***'" in workflow
     assert "reason: the user changed their mind" in cancelled
+    # The callback's story: none without a token; pending until a dispatcher calls.
+    assert re.search(r"^callback$", workflow, re.M) and "outcome: pending" in workflow
+    assert "no callback" in agent
+    story = ok_json(sqlite_url, "show", WORKFLOW_ID)["callback"]
+    assert (story["outcome"], story["attempts"], story["delivered_at"]) == ("pending", 0, None)
+    assert ok_json(sqlite_url, "show", AGENT_ID)["callback"] is None
     assert "EXECUTION_" not in agent + workflow and "status: RUNNING" not in agent
     _check_fits(agent + workflow, 100)
 
@@ -399,6 +405,8 @@ def test_demo_keep_leaves_a_ledger_to_explore() -> None:
         assert [s["outcome"] for s in summary["audit"]] == ["delivered", "delivered"]
         listed = {e["id"] for e in ok_json(url, "list")["executions"]}
         assert listed == set(summary["executions"])
+        shown = ok(url, "show", summary["executions"][0])
+        assert "outcome: delivered" in shown and re.search(r"latency: \d+(\.\d)? m?s", shown)
         assert (folder / "ledger.db").exists()
     finally:
         shutil.rmtree(folder, ignore_errors=True)

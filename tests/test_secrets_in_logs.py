@@ -559,7 +559,8 @@ def test_cli_shows_tokens_and_secrets_redacted(full_run: Run) -> None:
     running = [
         text
         for name, text in full_run.cli_outputs
-        if name.startswith("show") and "agent-3" in text and "EXECUTION_IN_PROGRESS" in text
+        # The text shows the phase as IN_PROGRESS, the JSON as EXECUTION_IN_PROGRESS.
+        if name.startswith("show") and "agent-3" in text and "IN_PROGRESS" in text
     ]
     assert len(running) == 2 and all("***" in text for text in running), running
 

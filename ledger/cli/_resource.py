@@ -1,7 +1,7 @@
 """One execution, and a page of them, as the CLI shows them to people.
 
 ``ledger show`` prints a header line (id, kind, phase, version) and then the
-resource in sections (metadata, spec, status, ending) as YAML, with phases and
+resource in sections (metadata, spec, status, recorded, ending, callback) as YAML, with phases and
 other enum values without their prefix (``IN_PROGRESS``, ``COMPLETED``), times
 to the second in the local zone (``--utc``: UTC), the ledger's audit reduced to
 who created it and when it last changed, a token never whole and secret values
@@ -17,7 +17,7 @@ import yaml
 
 from ledger.application import ExecutionRecord
 from ledger.cli._render import out
-from ledger.cli._tables import Column, phase_name, timer, when
+from ledger.cli._tables import Column, duration, phase_name, timer, when
 
 ENUM_PREFIXES = (
     "EXECUTION_",
@@ -58,7 +58,11 @@ def execution_rows(found: list[Any]) -> list[dict[str, Any]]:
 
 
 def print_resource(
-    record: ExecutionRecord, shown: dict[str, Any], ending: dict[str, Any] | None, utc: bool
+    record: ExecutionRecord,
+    shown: dict[str, Any],
+    ending: dict[str, Any] | None,
+    utc: bool,
+    story: dict[str, Any] | None = None,
 ) -> None:
     """``ledger show``'s text: a header line, then the sections."""
     status = dict(shown.get("status") or {})
@@ -79,10 +83,34 @@ def print_resource(
         sections["recorded"] = recorded
     if ending is not None:
         sections["ending"] = ending
+    callback = _callback(record, story)
+    if callback:
+        sections["callback"] = callback
     for name, body in sections.items():
         text = yaml.safe_dump(_for_people(body, utc), sort_keys=False, allow_unicode=True)
         out.print(f"\n[bold]{name}[/]", highlight=False)
         out.print(_indent(text), highlight=False, markup=False)
+
+
+def _callback(record: ExecutionRecord, story: dict[str, Any] | None) -> dict[str, Any]:
+    """The callback's story: ``no callback`` without a token; else its outcome,
+    attempts, latency and times (see :mod:`ledger.cli._audit`)."""
+    if not record.resource.spec.callback_token:
+        return {"outcome": "no callback (no token: nobody waits)"}
+    if story is None:
+        if record.phase.is_terminal:
+            return {"outcome": f"see `ledger audit {record.id}`"}
+        return {"outcome": "when it ends, the dispatcher wakes the caller"}
+    result: dict[str, Any] = {
+        "outcome": str(story["outcome"]).replace("_", " "),
+        "attempts": story["attempts"],
+    }
+    if story.get("latency_ms") is not None:
+        result["latency"] = duration(story["latency_ms"])
+    for key in ("delivered_at", "recorded_at"):
+        if story.get(key) and (key == "delivered_at" or not story.get("delivered_at")):
+            result[key] = story[key]
+    return result
 
 
 def _recorded(audit: dict[str, Any]) -> dict[str, Any]:

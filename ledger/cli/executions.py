@@ -23,6 +23,7 @@ from ledger.cli._app import (
     fail,
     open_ledger,
     open_views,
+    store_config,
 )
 from ledger.cli._audit import audit_columns, audit_dict, pending_page
 from ledger.cli._input import (
@@ -180,10 +181,34 @@ def show(
         last = ledger.history(execution_id)[-1].event if record.phase.is_terminal else None
     shown = display_dict(record.resource)
     ending = _ending(last)
+    story = _callback_story(url, record)
     if as_json:
-        print_json({"version": record.version, "resource": shown, "ending": ending})
+        print_json(
+            {"version": record.version, "resource": shown, "ending": ending, "callback": story}
+        )
         return
-    print_resource(record, shown, ending, utc)
+    print_resource(record, shown, ending, utc, story)
+
+
+def _callback_story(url: str | None, record: Any) -> dict[str, Any] | None:
+    """What became of the callback of an ended execution with a token, from the audit
+    view (caught up first, as ``ledger audit`` does); None for an open execution or
+    one without a token, or when the views cannot be read here (e.g. a read-only role:
+    ``ledger audit ID`` tells the story then)."""
+    if not (record.phase.is_terminal and record.resource.spec.callback_token):
+        return None
+    from projections.views import Views
+
+    try:
+        config = store_config(url)
+        if config.scheme == "memory":
+            return None
+        with Views(config) as views:
+            views.catch_up(["audit"])
+            row = views.audit.get(record.id)
+    except Exception:  # The story is an extra: show tells the rest anyway.
+        return None
+    return audit_dict(row) if row is not None else None
 
 
 def _ending(event: object) -> dict[str, Any] | None:
