@@ -18,8 +18,6 @@ from typing import Annotated
 import typer
 
 from ledger.cli._input import UsageError
-from ledger.observability.exposition import MetricsServer, parse_address
-from ledger.observability.tracing import configure_tracing, shutdown_tracing
 from ledger.store.url import StoreConfig
 
 MetricsAddressOption = Annotated[
@@ -35,6 +33,8 @@ MetricsAddressOption = Annotated[
 def check_metrics_address(address: str | None) -> None:
     """Refuses a malformed ``--metrics-address`` (a usage error) before anything starts."""
     if address is not None:
+        from ledger.observability.exposition import parse_address
+
         try:
             parse_address(address)
         except ValueError as e:
@@ -50,6 +50,10 @@ def observed(
     Says ``metrics on http://HOST:PORT/metrics`` on stderr once the endpoint listens.
     ``temporal``: the process connects a Temporal client, whose SDK metrics are
     exported too (set up before it connects)."""
+    # Imported here: every other command of the CLI starts without them.
+    from ledger.observability.exposition import MetricsServer, parse_address
+    from ledger.observability.tracing import configure_tracing, shutdown_tracing
+
     traced = configure_tracing(service)
     if metrics_address is None:
         try:
