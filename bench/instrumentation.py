@@ -11,7 +11,9 @@ slices so that all see the same load:
   tracer provider: counters and histograms, tracing off (what ``ledger serve`` does
   when no exporter endpoint is configured);
 - ``metrics + spans``: the same with an OpenTelemetry SDK tracer provider and no
-  exporter: every command's span is built and ended, then dropped.
+  exporter: every command's span is built and ended, then dropped;
+- ``off, again``: a second uninstrumented ledger, whose ratio to the first shows how
+  far this machine's load moves two identical variants apart.
 
 Then the CPU each adds to one command, measured around a stand-in ledger whose
 commands return at once: a figure a loaded machine barely moves, unlike the ratios.
@@ -49,6 +51,7 @@ from ledger.observability.commands import instrument_commands  # noqa: E402
 from ledger.observability.tracing import TRACEPARENT  # noqa: E402
 
 OFF = "off"
+OFF_AGAIN = "off, again (the noise floor)"
 METRICS = "metrics (tracing off)"
 SPANS = "metrics + spans (no exporter)"
 
@@ -73,6 +76,9 @@ def added_cpu_per_command(calls: int = 50_000, rounds: int = 5) -> dict[str, flo
         def update_status(self, execution_id: str, patch: object) -> object:
             return record
 
+        create = complete = fail = cancel = update = delete = update_status
+        record_cancel_request = record_caller_gone = update_status
+
     def per_call(target: Any) -> float:
         best = float("inf")
         for _ in range(rounds):
@@ -85,6 +91,7 @@ def added_cpu_per_command(calls: int = 50_000, rounds: int = 5) -> dict[str, flo
     bare = per_call(StandIn())
     return {
         OFF: 0.0,
+        OFF_AGAIN: 0.0,
         METRICS: per_call(instrument_commands(StandIn())) - bare,
         SPANS: per_call(instrument_commands(StandIn(), tracer_provider=TracerProvider())) - bare,
     }
@@ -98,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--url", default=os.environ.get("LEDGER_BENCH_POSTGRES", DEFAULT_URL))
     args = parser.parse_args(argv)
     base = "bench_" + uuid.uuid4().hex[:8]
-    names = [base + "_off", base + "_metrics", base + "_spans"]
+    names = [base + "_off", base + "_metrics", base + "_spans", base + "_off2"]
     with schemas(args.url, names):
         ledgers = [
             open_ledger_with(ledger_config(args.url, name, FAST_ENV, fast=True)) for name in names
@@ -111,6 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     OFF: [ledger_lifecycle(ledgers[0]) for _ in range(args.threads)],
                     METRICS: [ledger_lifecycle(ledgers[1]) for _ in range(args.threads)],
                     SPANS: [ledger_lifecycle(ledgers[2]) for _ in range(args.threads)],
+                    OFF_AGAIN: [ledger_lifecycle(ledgers[3]) for _ in range(args.threads)],
                 },
                 args.seconds,
                 args.slices,

@@ -17,7 +17,6 @@ import typer
 from ledger.cli._app import UrlOption, app, errors, store_config
 from ledger.cli._input import UsageError
 from ledger.contract.errors import ConfigurationError
-from ledger.observability.exposition import parse_address
 
 
 @app.command()
@@ -52,6 +51,7 @@ def console(
     """Serve the operator console (overview, executions, callbacks, projections) until
     SIGTERM or Ctrl-C; prints ``console on http://HOST:PORT/`` on stderr."""
     from ledger.console.server import ConsoleServer
+    from ledger.observability.exposition import parse_address
 
     with errors():
         try:
