@@ -110,10 +110,23 @@ class LedgerServer:
         stop = threading.Event()
 
         def follow() -> None:
-            try:
-                views.run(stop, ["status"])
-            except Exception:
-                logger.exception("the status view's follower stopped; list may lag")
+            # Store errors are retried inside run(), undecodable events become dead
+            # letters; anything else is logged and the follower starts again, with
+            # backoff, from its recorded position (never left stopped: list would lag
+            # for good, silently).
+            backoff = 1.0
+            while not stop.is_set():
+                try:
+                    views.run(stop, ["status"])
+                    return
+                except Exception:
+                    logger.exception(
+                        "the status view's follower stopped; list lags until it starts "
+                        "again in %.0f s",
+                        backoff,
+                    )
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 60.0)
 
         thread = threading.Thread(target=follow, name="ledger-serve-views", daemon=True)
         thread.start()
