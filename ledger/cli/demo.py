@@ -21,6 +21,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,7 @@ async def _demo(console: Console, config: StoreConfig, summary: dict[str, Any]) 
             dev_server_existing_path=temporal_cli_path(),
             ui=False,
             dev_server_log_level="error",
+            dev_server_startup_timeout=timedelta(seconds=60),  # Not 5 s: a busy machine.
         )
     ledger = Ledger(config.env)
     try:

@@ -321,6 +321,8 @@ def local_temporal(cli: str | None = None) -> Iterator[Any]:
             dev_server_existing_path=cli or temporal_cli_path(),
             dev_server_extra_args=["--log-level", "error"],
             ui=False,
+            # The library's default (5 s) was seen to run out on a loaded machine.
+            dev_server_startup_timeout=_td(60),
         )
     )
     try:
