@@ -426,12 +426,13 @@ def _bench(store: str, n: int, rounds: int, latency: int) -> None:
                 f"{r.cpu_ms:.2f} ms CPU/completion, full {r.full:.0%} idle {r.idle:.0%} | "
                 f"ratio calls {ratios[-1][0]:.2f}, woken {ratios[-1][1]:.2f}"
             )
-        calls = sorted(c for c, _ in ratios)
-        woken = sorted(w for _, w in ratios)
-        print(
-            f"  {store}: ratio calls {calls[0]:.2f}-{calls[-1]:.2f}, "
-            f"woken {woken[0]:.2f}-{woken[-1]:.2f}"
-        )
+        if ratios:
+            calls = sorted(c for c, _ in ratios)
+            woken = sorted(w for _, w in ratios)
+            print(
+                f"  {store}: ratio calls {calls[0]:.2f}-{calls[-1]:.2f}, "
+                f"woken {woken[0]:.2f}-{woken[-1]:.2f}"
+            )
         if latency:
             with local_temporal() as env:
                 to_call, to_woken = asyncio.run(

@@ -6,6 +6,8 @@
   recorded, and how far the position may go (pure);
 - :mod:`~projections.dispatch.preparation`: pages of completions into jobs,
   attempts recorded before any call;
+- :mod:`~projections.dispatch.reading`: a page's executions with one query, and
+  those that cannot be read (parked as poisoned);
 - :mod:`~projections.dispatch.in_flight`: the concurrent Temporal calls;
 - :mod:`~projections.dispatch.calls`: one execution's call, with its retries;
 - :mod:`~projections.dispatch.flushing`: outcomes and position into the log;

@@ -2,14 +2,18 @@
 
 It follows the ledger's notification log (``Completed`` events only) from its
 recorded position, with a :class:`~projections.subscription.PollingSubscription`
-(LISTEN/NOTIFY wake-ups on PostgreSQL, polling everywhere). For each completion:
+(LISTEN/NOTIFY wake-ups on PostgreSQL, same-process wake-ups on SQLite, polling
+everywhere), reading and preparing the next page while the current page's calls
+are in flight. For each completion:
 
-1. it loads the execution and its :class:`~projections.dispatch.delivery.Delivery`;
-   a delivery whose outcome is recorded is never called again, whatever happened
-   to the position (reset, restart, two runs at once);
+1. it loads the execution and its :class:`~projections.dispatch.delivery.Delivery`
+   (one query for the page's executions, one for their deliveries); a delivery
+   whose outcome is recorded is never called again, whatever happened to the
+   position (reset, restart, two runs at once);
 2. it records ``Opened`` and ``Attempted`` for the whole page in one
    transaction, *before* any call (an empty token is resolved ``no_callback``
-   there and then, with no call). Two dispatchers racing on a delivery conflict
+   there and then, with no call; an execution that cannot be read is parked as
+   ``poisoned``, with no call). Two dispatchers racing on a delivery conflict
    on its version, so only one of them calls (:mod:`~projections.dispatch.preparation`);
 3. it makes the calls concurrently (at most ``max_in_flight`` at once), each with
    its own bounded retries (:mod:`~projections.dispatch.in_flight`,
