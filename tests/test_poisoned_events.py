@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from eventsourcing.cipher import AESCipher
 from psycopg import sql
@@ -206,3 +207,32 @@ def test_a_parked_event_recorded_before_the_reason_existed_reads_as_retries_exha
         assert log.deliveries(["aex-old"])["aex-old"].parked_reason == "retries_exhausted"
     finally:
         log.close()
+
+
+def test_listing_parked_deliveries_creates_nothing(pg_url: str) -> None:
+    """``ledger dispatcher parked`` on a store no dispatcher ever followed: an empty
+    list, and the dispatcher's tables still do not exist (a read writes nothing)."""
+    with open_ledger(pg_url) as ledger:
+        ledger.create(agent_execution())
+    schema = pg_url.rpartition("schema=")[2]
+    before = _tables(pg_url, schema)
+    listed = subprocess.run(
+        [LEDGER, "dispatcher", "parked", "--json"],
+        check=False,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "LEDGER_URL": pg_url},
+        timeout=60,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert json.loads(listed.stdout) == []
+    assert _tables(pg_url, schema) == before
+
+
+def _tables(url: str, schema: str) -> set[str]:
+    with psycopg.connect(url.partition("?")[0]) as conn:
+        rows = conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = %s",
+            (schema,),
+        ).fetchall()
+    return {row[0] for row in rows}

@@ -150,6 +150,8 @@ def dispatcher_parked(url: UrlOption = None, as_json: JsonOption = False) -> Non
     execution cannot be read; retries_exhausted: Temporal kept failing)."""
     from pathlib import Path
 
+    from eventsourcing.persistence import ProgrammingError
+
     from ledger.store.connections import check_store_exists, setup_lock
     from projections.dispatch.delivery import Outcome
     from projections.dispatch.log import DispatcherLog
@@ -158,12 +160,17 @@ def dispatcher_parked(url: UrlOption = None, as_json: JsonOption = False) -> Non
     with errors():
         config = store_config(url)
         check_store_exists(config)
-        env = config.component_env("dispatcher")
+        # A read: the dispatcher's tables are never created here (none yet: none parked).
+        env = {**config.component_env("dispatcher"), "CREATE_TABLE": "n"}
         if not config.is_sqlite or Path(env["SQLITE_DBNAME"]).exists():
             with setup_lock(config):
                 log = DispatcherLog(env)
             try:
                 parked = log.deliveries_in(Outcome.PARKED)
+            except ProgrammingError as e:
+                if "does not exist" not in str(e):
+                    raise
+                parked = []  # No dispatcher ever ran on this store.
             finally:
                 log.close()
             rows = [
