@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from html import escape
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -277,7 +277,14 @@ def execution(
     return Page(execution_id, "/executions", main)
 
 
-def callbacks(rows: Sequence[Any], outcomes: Mapping[str, int]) -> Page:
+def callbacks(
+    rows: Sequence[Any],
+    outcomes: Mapping[str, int],
+    *,
+    can_retry: bool = False,
+    request: Any = None,
+    now: datetime | None = None,
+) -> Page:
     counts = _table(
         "Callbacks by outcome",
         ["outcome", "executions"],
@@ -299,10 +306,44 @@ def callbacks(rows: Sequence[Any], outcomes: Mapping[str, int]) -> Page:
         ],
     )
     note = (
-        "<p>A parked callback is retried by <code>ledger dispatcher retry-parked</code> "
-        "or when the dispatcher next starts.</p>"
+        "<p>A parked callback is retried by <code>ledger dispatcher retry-parked</code>, "
+        "when the dispatcher next starts, or from here by a writer.</p>"
     )
-    return Page("Callbacks", "/callbacks", f"<h1>Callbacks</h1>{counts}{pending}{note}")
+    retry = (
+        '<form method="post" action="/callbacks/retry-parked">'
+        '<button type="submit" id="retry-parked">Retry parked</button></form>'
+        if can_retry
+        else ""
+    )
+    main = f"<h1>Callbacks</h1>{counts}{pending}{retry}{_retry_state(request, now)}{note}"
+    return Page("Callbacks", "/callbacks", main)
+
+
+WAITING_AFTER = 10.0
+"""Seconds after which an open retry request is said to wait for a dispatcher."""
+
+
+def _retry_state(request: Any, now: datetime | None) -> str:
+    """How the last retry request fares (a :class:`RetryRequest` or None)."""
+    if request is None:
+        return ""
+    asked = f"Retry asked by {escape(request.requested_by)} at {_when(request.requested_at)}"
+    if request.done_at is not None:
+        text = (
+            f"{asked}: done at {_when(request.done_at)}, "
+            f"{request.retried} parked callbacks called again."
+        )
+    else:
+        now = now or datetime.now(UTC)
+        waited = (now - request.requested_at).total_seconds()
+        text = f"{asked}: waiting for the active dispatcher to take it"
+        if waited > WAITING_AFTER:
+            text += (
+                f" (none has for {waited:.0f} s: is a dispatcher running? "
+                "The request waits for one: <code>ledger dispatcher run</code>)"
+            )
+        text += "."
+    return f'<p id="retry-state" role="status">{text}</p>'
 
 
 def projections(lags: Sequence[Any]) -> Page:
