@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from ledger.store.connections import connect, setup_lock
+from ledger.store.connections import connect, prepare_store, setup_lock
 from ledger.store.url import StoreConfig
 
 TABLE = "ledger_retry_requests"
@@ -111,6 +111,7 @@ class RetryRequests:
     def _create(self) -> None:
         if self._created:
             return
+        prepare_store(self.config)  # The schema (or the SQLite folder) may not exist yet.
         if self.config.is_postgres:
             with setup_lock(self.config), connect(self.config) as conn:
                 conn.execute(
@@ -135,7 +136,7 @@ class RetryRequests:
             try:
                 with connect(self.config) as conn:
                     return list(conn.execute(sql).fetchall())
-            except psycopg.errors.UndefinedTable:
+            except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName):
                 return []
         try:
             with self._sqlite(create=False) as conn:
