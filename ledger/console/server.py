@@ -298,8 +298,9 @@ class _RequestHandler(BaseHTTPRequestHandler):
         by = "console" if who is True else who.name  # type: ignore[union-attr]
         try:
             self.server_console.retry_requests.request(by)
-        except LedgerError as e:
-            self._page(pages.not_found(f"the store could not be written: {e}"), "", 503)
+        except Exception as e:  # The store away, or a role without the right: say so.
+            logger.warning("console: a retry request could not be recorded: %s", e)
+            self._page(pages.not_found(f"the request could not be recorded: {e}"), "", 503)
             return
         self._redirect("/callbacks")
 

@@ -54,7 +54,7 @@ class RetryRequests:
 
     def request(self, requested_by: str) -> int:
         """Records an open request; returns its id."""
-        self._create()
+        self.create()
         now = _now()
         if self.config.is_postgres:
             with connect(self.config) as conn:
@@ -106,9 +106,8 @@ class RetryRequests:
         id_, by, at, done_at, retried = rows[0]
         return RetryRequest(int(id_), str(by), _moment(at), _moment(done_at), retried)
 
-    # Storage.
-
-    def _create(self) -> None:
+    def create(self) -> None:
+        """Creates the table when missing (``ledger setup`` does, as the owner)."""
         if self._created:
             return
         prepare_store(self.config)  # The schema (or the SQLite folder) may not exist yet.
