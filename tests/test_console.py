@@ -162,6 +162,7 @@ def test_console_in_a_real_browser(
             shot("callbacks")
             page.goto(f"{base}/")
             page.wait_for_selector("#parked:text-is('1')")  # Live: the audit view catches up.
+            assert "server process" in page.inner_text("#dispatcher")  # The dispatcher's lock.
             shot("overview-parked")
 
             page.goto(f"{base}/projections")

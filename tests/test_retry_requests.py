@@ -5,7 +5,9 @@ On SQLite and PostgreSQL: a read creates nothing; a request stays open until mar
 done. Then a real dispatcher, following the ledger, with a delivery parked while
 Temporal was away (a TCP proxy closed in front of the session's dev server): once
 Temporal is back, a request makes the running dispatcher retry it within a lock check,
-and the request is marked done with the count.
+and the request is marked done with the count. Meanwhile the active dispatcher is
+seen from outside (:func:`~projections.dispatch.leadership.active_holder`), and not
+once it stopped.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from ledger.application import open_ledger
 from ledger.store.url import parse_url
 from projections.dispatch.delivery import Outcome
 from projections.dispatch.dispatcher import Dispatcher
+from projections.dispatch.leadership import active_holder
 from projections.dispatch.retry_requests import RetryRequests
 from tests.support.builders import agent_execution
 from tests.test_dispatcher_e2e import FAST_RETRY, TcpProxy, proxied_client
@@ -59,6 +62,7 @@ def test_a_running_dispatcher_answers_a_request(store_url: str, temporal_address
         dispatcher = Dispatcher(
             config, client, retry=FAST_RETRY, lock_check_interval=0.2, watch_callers=False
         )
+        assert await asyncio.to_thread(active_holder, config, "dispatcher") is None
         run = asyncio.create_task(dispatcher.run())
         try:
 
@@ -76,6 +80,9 @@ def test_a_running_dispatcher_answers_a_request(store_url: str, temporal_address
                 return await outcome() is Outcome.PARKED
 
             await until(parked, "parking the delivery")
+            # The active dispatcher is seen from outside (the console's overview).
+            holder = await asyncio.to_thread(active_holder, config, "dispatcher")
+            assert holder is not None
             await proxy.start()  # Temporal is back; nothing retries until asked.
             await asyncio.sleep(1.0)
             assert await outcome() is Outcome.PARKED
@@ -94,6 +101,7 @@ def test_a_running_dispatcher_answers_a_request(store_url: str, temporal_address
             await run
             await asyncio.to_thread(dispatcher.close)
             await proxy.stop()
+        assert await asyncio.to_thread(active_holder, config, "dispatcher") is None
 
     try:
         asyncio.run(scenario())

@@ -134,7 +134,13 @@ def lag_table(lags: Sequence[Any]) -> str:
     )
 
 
-def overview(counts: Mapping[str, int], lags: Sequence[Any], outcomes: Mapping[str, int]) -> Page:
+def overview(
+    counts: Mapping[str, int],
+    lags: Sequence[Any],
+    outcomes: Mapping[str, int],
+    dispatcher: str | None = None,
+    charts: str = "",
+) -> Page:
     phases = _table(
         "Executions by phase",
         ["phase", "executions"],
@@ -146,7 +152,19 @@ def overview(counts: Mapping[str, int], lags: Sequence[Any], outcomes: Mapping[s
         f'parked: <strong id="parked" class="{"parked" if parked else ""}">{parked}</strong> '
         '(<a href="/callbacks">see them</a>).</p>'
     )
-    return Page("Overview", "/", f"<h1>Overview</h1>{phases}{callbacks}{lag_table(lags)}")
+    main = f"<h1>Overview</h1>{phases}{callbacks}{_dispatcher(dispatcher)}{charts}{lag_table(lags)}"
+    return Page("Overview", "/", main)
+
+
+def _dispatcher(holder: str | None) -> str:
+    """The active dispatcher (the holder of its single-active lock), or none."""
+    if holder:
+        return f'<p>Active dispatcher: <strong id="dispatcher">{escape(holder)}</strong>.</p>'
+    return (
+        '<p>Active dispatcher: <strong id="dispatcher" class="parked">none</strong>: '
+        "completed executions wait, no caller is woken (start "
+        "<code>ledger dispatcher run</code>).</p>"
+    )
 
 
 def executions(rows: Sequence[Any], filters: Mapping[str, str], next_cursor: str | None) -> Page:
@@ -283,6 +301,7 @@ def callbacks(
     *,
     can_retry: bool = False,
     request: Any = None,
+    dispatcher: str | None = None,
     now: datetime | None = None,
 ) -> Page:
     counts = _table(
@@ -315,7 +334,9 @@ def callbacks(
         if can_retry
         else ""
     )
-    main = f"<h1>Callbacks</h1>{counts}{pending}{retry}{_retry_state(request, now)}{note}"
+    main = (
+        f"<h1>Callbacks</h1>{counts}{pending}{retry}{_retry_state(request, dispatcher, now)}{note}"
+    )
     return Page("Callbacks", "/callbacks", main)
 
 
@@ -323,7 +344,7 @@ WAITING_AFTER = 10.0
 """Seconds after which an open retry request is said to wait for a dispatcher."""
 
 
-def _retry_state(request: Any, now: datetime | None) -> str:
+def _retry_state(request: Any, dispatcher: str | None, now: datetime | None) -> str:
     """How the last retry request fares (a :class:`RetryRequest` or None)."""
     if request is None:
         return ""
@@ -337,7 +358,12 @@ def _retry_state(request: Any, now: datetime | None) -> str:
         now = now or datetime.now(UTC)
         waited = (now - request.requested_at).total_seconds()
         text = f"{asked}: waiting for the active dispatcher to take it"
-        if waited > WAITING_AFTER:
+        if dispatcher is None:
+            text += (
+                " (no dispatcher runs now: the request waits for one, "
+                "<code>ledger dispatcher run</code>)"
+            )
+        elif waited > WAITING_AFTER:
             text += (
                 f" (none has for {waited:.0f} s: is a dispatcher running? "
                 "The request waits for one: <code>ledger dispatcher run</code>)"

@@ -35,6 +35,7 @@ from ledger.console import pages
 from ledger.contract.errors import ConfigurationError, LedgerError
 from ledger.server.auth import Authenticator, Role, TokenEntry, read_tokens
 from ledger.store.url import StoreConfig
+from projections.dispatch.leadership import active_holder
 from projections.dispatch.retry_requests import RetryRequests
 from projections.views import Views
 
@@ -76,6 +77,7 @@ class ConsoleServer:
         self.authenticator = Authenticator(read_tokens(tokens)) if tokens is not None else None
         self.temporal_ui = temporal_ui
         self.namespace = namespace
+        self.config = config
         self.views = Views(config)
         self.retry_requests = RetryRequests(config)
         self._lock = threading.Lock()
@@ -110,6 +112,13 @@ class ConsoleServer:
     def read(self, fn: Callable[[Views], Any]) -> Any:
         with self._lock:
             return fn(self.views)
+
+    def dispatcher(self) -> str | None:
+        """Who the active dispatcher is (None: none runs), or why it is not known."""
+        try:
+            return active_holder(self.config, "dispatcher")
+        except Exception as e:  # The store away: the page says so rather than fail.
+            return f"not known ({e})"
 
     def signature(self) -> tuple[int, ...]:
         """What the live stream compares: the logs' heads and the views' positions."""
@@ -217,9 +226,10 @@ class _RequestHandler(BaseHTTPRequestHandler):
     ) -> tuple[int, pages.Page]:
         console = self.server_console
         if path == "/":
+            holder = console.dispatcher()
             return 200, console.read(
                 lambda v: pages.overview(
-                    v.status.counts_by_phase(), v.lag(), v.audit.outcome_counts()
+                    v.status.counts_by_phase(), v.lag(), v.audit.outcome_counts(), holder
                 )
             )
         if path == "/executions":
@@ -233,6 +243,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
                     v.audit.outcome_counts(),
                     can_retry=_may_act(who),
                     request=console.retry_requests.latest(),
+                    dispatcher=console.dispatcher(),
                 )
             )
         if path == "/projections":
