@@ -163,6 +163,11 @@ def test_console_in_a_real_browser(
             page.goto(f"{base}/")
             page.wait_for_selector("#parked:text-is('1')")  # Live: the audit view catches up.
             assert "server process" in page.inner_text("#dispatcher")  # The dispatcher's lock.
+            # The charts count what happened this hour: 2 created, 2 completed.
+            created = page.get_attribute("svg[aria-label^='Executions created']", "aria-label")
+            assert created is not None and "2 in the hour" in created
+            completed = page.get_attribute("svg[aria-label^='Executions completed']", "aria-label")
+            assert completed is not None and "2 in the hour" in completed
             shot("overview-parked")
 
             page.goto(f"{base}/projections")
@@ -200,6 +205,10 @@ def test_console_in_a_real_browser(
             assert operator.evaluate("window.__notReloaded") is True
             pages_html.append(operator.content())
             operator.screenshot(path=str(screens / "callbacks-retried.png"), full_page=True)
+            operator.goto(f"{base}/")
+            answered = "svg[aria-label^='Callbacks answered']"
+            assert "2 in the hour" in (operator.get_attribute(answered, "aria-label") or "")
+            assert operator.inner_text("#parked") == "0"
             browser.close()
         for html in pages_html:
             assert whole not in html and whole[:24] not in html

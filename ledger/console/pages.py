@@ -42,6 +42,8 @@ form.filters label{margin-right:.75rem}.parked{color:#a00000;font-weight:600}
 .live{font-size:.85rem;color:#fff}
 h1{overflow-wrap:anywhere}main{box-sizing:border-box}
 pre{white-space:pre-wrap;overflow-wrap:anywhere}
+.charts{display:flex;flex-wrap:wrap;gap:1rem}figure.chart{margin:0;max-width:15rem}
+figure.chart svg{background:#f3f6fb}figcaption{font-size:.85rem}
 """
 
 SCRIPT = """

@@ -32,6 +32,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from ledger.console import pages
+from ledger.console.charts import charts
 from ledger.contract.errors import ConfigurationError, LedgerError
 from ledger.server.auth import Authenticator, Role, TokenEntry, read_tokens
 from ledger.store.url import StoreConfig
@@ -229,7 +230,11 @@ class _RequestHandler(BaseHTTPRequestHandler):
             holder = console.dispatcher()
             return 200, console.read(
                 lambda v: pages.overview(
-                    v.status.counts_by_phase(), v.lag(), v.audit.outcome_counts(), holder
+                    v.status.counts_by_phase(),
+                    v.lag(),
+                    v.audit.outcome_counts(),
+                    holder,
+                    charts(v, datetime.now(UTC)),
                 )
             )
         if path == "/executions":
