@@ -255,7 +255,8 @@ class Dispatcher:
         """While active, every ``lock_check_interval`` seconds: when operators asked
         for a retry of the parked deliveries (:class:`RetryRequests`), retries them
         once for all the open requests and marks those done. A failure is logged
-        and the requests stay open, answered at a later look."""
+        (once while it lasts) and the requests stay open, answered at a later look."""
+        failing = False
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.leadership.check_interval)
@@ -263,6 +264,7 @@ class Dispatcher:
                 return
             try:
                 ids = await asyncio.to_thread(self.retry_requests.open_ids)
+                failing = False
                 if not ids:
                     continue
                 logger.info("an operator asked to retry the parked deliveries")
@@ -272,8 +274,10 @@ class Dispatcher:
                 await asyncio.to_thread(self.retry_requests.done, ids, retried)
             except LockLostError:
                 return
-            except Exception:
-                logger.exception("answering a retry request failed; it stays open")
+            except Exception as e:  # The store away, most often: said once, tried again.
+                if not failing:
+                    logger.warning("cannot answer retry requests yet (%s); they stay open", e)
+                failing = True
 
     async def _follow(self, *, until_caught_up: bool) -> None:
         """Starts at the recorded position and calls for each completion, recording
