@@ -5,8 +5,11 @@ Playwright (pointed at ``/usr/bin/chromium``: nothing is downloaded).
 browser signs in with a reader token, watches executions created through the API
 appear without a reload, opens one and reads its timeline and callback story, sees a
 callback parked after Temporal went away (a real dispatcher, a real dev server
-killed), and reads the projections. Each page is saved as a screenshot under the
-test's directory, and no page's HTML holds a whole token.
+killed), cannot retry it (no button, and the server refuses the POST), and reads the
+projections; once Temporal is back a writer retries it from the page and the running
+dispatcher takes the request: it leaves the parked list without a reload. Each page
+is saved as a screenshot under the test's directory, and no page's HTML holds a whole
+token.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import re
 import shutil
 import subprocess
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -68,6 +72,7 @@ def test_console_in_a_real_browser(
     screens.mkdir()
     tokens = tmp_path / "tokens.txt"
     reader = add_token(tokens, "dashboard", Role.READER)
+    writer = add_token(tokens, "operator", Role.WRITER)
     temporal = TemporalDevServer(
         temporal_cli_path(), tmp_path / "temporal.db", tmp_path / "temporal.log"
     )
@@ -149,9 +154,19 @@ def test_console_in_a_real_browser(
             ledger.complete(parked.id, {"answer": 43})
             page.goto(f"{base}/callbacks")
             page.wait_for_selector(f"tr:has(a:text('{parked.id}')) .parked:text('parked')")
+            # A reader sees no retry, and the server refuses one.
+            assert page.locator("#retry-parked").count() == 0
+            refused = page.request.post(f"{base}/callbacks/retry-parked")
+            assert refused.status == 403
+            assert "#retry-state" not in page.content()
             shot("callbacks")
             page.goto(f"{base}/")
             page.wait_for_selector("#parked:text-is('1')")  # Live: the audit view catches up.
+            assert "server process" in page.inner_text("#dispatcher")  # The dispatcher's lock.
+            # The charts count what happened this hour: 2 created, 2 completed.
+            # (Waited for, live: the status view may follow a moment behind the audit.)
+            page.wait_for_selector("svg[aria-label^='Executions created'][aria-label*=' 2 in ']")
+            page.wait_for_selector("svg[aria-label^='Executions completed'][aria-label*=' 2 in ']")
             shot("overview-parked")
 
             page.goto(f"{base}/projections")
@@ -164,11 +179,41 @@ def test_console_in_a_real_browser(
             page.goto(f"{base}/executions/{parked.id}")
             page.wait_for_selector("caption:text('Callback story')")
             shot("execution-phone")
+
+            # Temporal is back: a writer retries the parked callback from the page; the
+            # running dispatcher takes the request and it leaves the parked list.
+            with ThreadPoolExecutor(1) as starting:  # Playwright's loop runs in this thread.
+                starting.submit(temporal.start).result()
+            operator = browser.new_page(viewport={"width": 1280, "height": 800})
+            operator.set_default_timeout(TIMEOUT_MS)
+            operator.goto(f"{base}/login")
+            operator.fill("#token", writer)
+            operator.click("button[type=submit]")
+            operator.wait_for_selector("h1:text('Overview')")
+            operator.goto(f"{base}/callbacks")
+            operator.wait_for_selector(f"tr:has(a:text('{parked.id}')) .parked:text('parked')")
+            operator.wait_for_selector("#live:text('live')")
+            operator.click("#retry-parked")
+            operator.wait_for_selector("#retry-state:has-text('operator')")
+            operator.evaluate("window.__notReloaded = true")
+            operator.wait_for_selector(
+                f"tr:has(a:text('{parked.id}'))", state="detached", timeout=3 * TIMEOUT_MS
+            )
+            operator.wait_for_selector("#retry-state:has-text('done')", timeout=TIMEOUT_MS)
+            assert "1 parked callbacks called again" in operator.inner_text("#retry-state")
+            assert operator.evaluate("window.__notReloaded") is True
+            pages_html.append(operator.content())
+            operator.screenshot(path=str(screens / "callbacks-retried.png"), full_page=True)
+            operator.goto(f"{base}/")
+            operator.wait_for_selector(
+                "svg[aria-label^='Callbacks answered'][aria-label*=' 2 in ']"
+            )
+            assert operator.inner_text("#parked") == "0"
             browser.close()
         for html in pages_html:
             assert whole not in html and whole[:24] not in html
             assert "caller-task-token" not in html
-        assert len(list(screens.glob("*.png"))) == 7
+        assert len(list(screens.glob("*.png"))) == 8
         assert stop_process(processes[0]) == 0
     finally:
         ledger.close()

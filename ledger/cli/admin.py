@@ -24,6 +24,7 @@ def setup(url: UrlOption = None, as_json: JsonOption = False) -> None:
     (see `ledger roles`).
     """
     from projections.dispatch.log import DispatcherLog
+    from projections.dispatch.retry_requests import RetryRequests
     from projections.views import Views
 
     with errors():
@@ -34,6 +35,7 @@ def setup(url: UrlOption = None, as_json: JsonOption = False) -> None:
             _with_lock(config, lambda: Views(config)),
         ):
             closable.close()
+        RetryRequests(config).create()
     if as_json:
         print_json({"url": config.redacted_url, "set_up": True})
     else:

@@ -7,6 +7,7 @@ server-sent events and refresh the page's main part when something changed, so
 every page reads without JavaScript and updates live with it.
 
 - :mod:`~ledger.console.pages`: the pages, as HTML;
+- :mod:`~ledger.console.charts`: the overview's rate charts, as inline SVG;
 - :mod:`~ledger.console.server`: the HTTP server, its routes, authentication and the
   live stream.
 """

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from html import escape
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -42,6 +42,8 @@ form.filters label{margin-right:.75rem}.parked{color:#a00000;font-weight:600}
 .live{font-size:.85rem;color:#fff}
 h1{overflow-wrap:anywhere}main{box-sizing:border-box}
 pre{white-space:pre-wrap;overflow-wrap:anywhere}
+.charts{display:flex;flex-wrap:wrap;gap:1rem}figure.chart{margin:0;max-width:15rem}
+figure.chart svg{background:#f3f6fb}figcaption{font-size:.85rem}
 """
 
 SCRIPT = """
@@ -134,7 +136,13 @@ def lag_table(lags: Sequence[Any]) -> str:
     )
 
 
-def overview(counts: Mapping[str, int], lags: Sequence[Any], outcomes: Mapping[str, int]) -> Page:
+def overview(
+    counts: Mapping[str, int],
+    lags: Sequence[Any],
+    outcomes: Mapping[str, int],
+    dispatcher: str | None = None,
+    charts: str = "",
+) -> Page:
     phases = _table(
         "Executions by phase",
         ["phase", "executions"],
@@ -146,7 +154,19 @@ def overview(counts: Mapping[str, int], lags: Sequence[Any], outcomes: Mapping[s
         f'parked: <strong id="parked" class="{"parked" if parked else ""}">{parked}</strong> '
         '(<a href="/callbacks">see them</a>).</p>'
     )
-    return Page("Overview", "/", f"<h1>Overview</h1>{phases}{callbacks}{lag_table(lags)}")
+    main = f"<h1>Overview</h1>{phases}{callbacks}{_dispatcher(dispatcher)}{charts}{lag_table(lags)}"
+    return Page("Overview", "/", main)
+
+
+def _dispatcher(holder: str | None) -> str:
+    """The active dispatcher (the holder of its single-active lock), or none."""
+    if holder:
+        return f'<p>Active dispatcher: <strong id="dispatcher">{escape(holder)}</strong>.</p>'
+    return (
+        '<p>Active dispatcher: <strong id="dispatcher" class="parked">none</strong>: '
+        "completed executions wait, no caller is woken (start "
+        "<code>ledger dispatcher run</code>).</p>"
+    )
 
 
 def executions(rows: Sequence[Any], filters: Mapping[str, str], next_cursor: str | None) -> Page:
@@ -277,7 +297,15 @@ def execution(
     return Page(execution_id, "/executions", main)
 
 
-def callbacks(rows: Sequence[Any], outcomes: Mapping[str, int]) -> Page:
+def callbacks(
+    rows: Sequence[Any],
+    outcomes: Mapping[str, int],
+    *,
+    can_retry: bool = False,
+    request: Any = None,
+    dispatcher: str | None = None,
+    now: datetime | None = None,
+) -> Page:
     counts = _table(
         "Callbacks by outcome",
         ["outcome", "executions"],
@@ -299,10 +327,51 @@ def callbacks(rows: Sequence[Any], outcomes: Mapping[str, int]) -> Page:
         ],
     )
     note = (
-        "<p>A parked callback is retried by <code>ledger dispatcher retry-parked</code> "
-        "or when the dispatcher next starts.</p>"
+        "<p>A parked callback is retried by <code>ledger dispatcher retry-parked</code>, "
+        "when the dispatcher next starts, or from here by a writer.</p>"
     )
-    return Page("Callbacks", "/callbacks", f"<h1>Callbacks</h1>{counts}{pending}{note}")
+    retry = (
+        '<form method="post" action="/callbacks/retry-parked">'
+        '<button type="submit" id="retry-parked">Retry parked</button></form>'
+        if can_retry
+        else ""
+    )
+    main = (
+        f"<h1>Callbacks</h1>{counts}{pending}{retry}{_retry_state(request, dispatcher, now)}{note}"
+    )
+    return Page("Callbacks", "/callbacks", main)
+
+
+WAITING_AFTER = 10.0
+"""Seconds after which an open retry request is said to wait for a dispatcher."""
+
+
+def _retry_state(request: Any, dispatcher: str | None, now: datetime | None) -> str:
+    """How the last retry request fares (a :class:`RetryRequest` or None)."""
+    if request is None:
+        return ""
+    asked = f"Retry asked by {escape(request.requested_by)} at {_when(request.requested_at)}"
+    if request.done_at is not None:
+        text = (
+            f"{asked}: done at {_when(request.done_at)}, "
+            f"{request.retried} parked callbacks called again."
+        )
+    else:
+        now = now or datetime.now(UTC)
+        waited = (now - request.requested_at).total_seconds()
+        text = f"{asked}: waiting for the active dispatcher to take it"
+        if dispatcher is None:
+            text += (
+                " (no dispatcher runs now: the request waits for one, "
+                "<code>ledger dispatcher run</code>)"
+            )
+        elif waited > WAITING_AFTER:
+            text += (
+                f" (none has for {waited:.0f} s: is a dispatcher running? "
+                "The request waits for one: <code>ledger dispatcher run</code>)"
+            )
+        text += "."
+    return f'<p id="retry-state" role="status">{text}</p>'
 
 
 def projections(lags: Sequence[Any]) -> Page:

@@ -10,7 +10,11 @@ fetches its main part again (``?fragment=main``).
 Bound to a loopback address it needs no token. Bound elsewhere it needs the tokens
 file of ``ledger serve``: a browser signs in once with its token (kept in an
 HttpOnly, SameSite=Strict cookie; never in a page), a script may send
-``Authorization: Bearer``. Every token may read; nothing on the console writes.
+``Authorization: Bearer``. Every token may read; a writer token (or anyone, on a
+loopback address without tokens) may also ask for a retry of the parked callbacks
+(``POST /callbacks/retry-parked``): the console records the request and the active
+dispatcher answers it (:mod:`projections.dispatch.retry_requests`). A reader's POST
+is refused with 403, and so is a POST from another site (its ``Origin``).
 """
 
 from __future__ import annotations
@@ -28,9 +32,12 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from ledger.console import pages
+from ledger.console.charts import charts
 from ledger.contract.errors import ConfigurationError, LedgerError
-from ledger.server.auth import Authenticator, TokenEntry, read_tokens
+from ledger.server.auth import Authenticator, Role, TokenEntry, read_tokens
 from ledger.store.url import StoreConfig
+from projections.dispatch.leadership import active_holder
+from projections.dispatch.retry_requests import RetryRequests
 from projections.views import Views
 
 logger = logging.getLogger(__name__)
@@ -71,7 +78,9 @@ class ConsoleServer:
         self.authenticator = Authenticator(read_tokens(tokens)) if tokens is not None else None
         self.temporal_ui = temporal_ui
         self.namespace = namespace
+        self.config = config
         self.views = Views(config)
+        self.retry_requests = RetryRequests(config)
         self._lock = threading.Lock()
         """One store read at a time (the views' connections are shared)."""
         self._stop = threading.Event()
@@ -104,6 +113,13 @@ class ConsoleServer:
     def read(self, fn: Callable[[Views], Any]) -> Any:
         with self._lock:
             return fn(self.views)
+
+    def dispatcher(self) -> str | None:
+        """Who the active dispatcher is (None: none runs), or why it is not known."""
+        try:
+            return active_holder(self.config, "dispatcher")
+        except Exception as e:  # The store away: the page says so rather than fail.
+            return f"not known ({e})"
 
     def signature(self) -> tuple[int, ...]:
         """What the live stream compares: the logs' heads and the views' positions."""
@@ -173,7 +189,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
             return
         shown = "" if who is True else f"signed in: {who.name} ({who.role.value})"  # type: ignore[union-attr]
         try:
-            status, page = self._route(url.path, query)
+            status, page = self._route(url.path, query, who)
         except LedgerError as e:
             status, page = 503, pages.not_found(f"the store could not be read: {e}")
         if query.get("fragment") == "main":
@@ -182,7 +198,11 @@ class _RequestHandler(BaseHTTPRequestHandler):
             self._page(page, shown, status)
 
     def do_POST(self) -> None:
-        if urlsplit(self.path).path != "/login":
+        path = urlsplit(self.path).path
+        if path == "/callbacks/retry-parked":
+            self._retry_parked()
+            return
+        if path != "/login":
             self._send(404, "text/plain", b"not found\n")
             return
         length = min(int(self.headers.get("Content-Length") or 0), MAX_FORM_BYTES)
@@ -202,12 +222,19 @@ class _RequestHandler(BaseHTTPRequestHandler):
         jar[COOKIE]["path"] = "/"
         self._redirect("/", cookie=jar[COOKIE].OutputString())
 
-    def _route(self, path: str, query: dict[str, str]) -> tuple[int, pages.Page]:
+    def _route(
+        self, path: str, query: dict[str, str], who: TokenEntry | bool
+    ) -> tuple[int, pages.Page]:
         console = self.server_console
         if path == "/":
+            holder = console.dispatcher()
             return 200, console.read(
                 lambda v: pages.overview(
-                    v.status.counts_by_phase(), v.lag(), v.audit.outcome_counts()
+                    v.status.counts_by_phase(),
+                    v.lag(),
+                    v.audit.outcome_counts(),
+                    holder,
+                    charts(v, datetime.now(UTC)),
                 )
             )
         if path == "/executions":
@@ -216,7 +243,13 @@ class _RequestHandler(BaseHTTPRequestHandler):
             return self._execution(unquote(path[len("/executions/") :]))
         if path == "/callbacks":
             return 200, console.read(
-                lambda v: pages.callbacks(v.audit.pending(limit=200), v.audit.outcome_counts())
+                lambda v: pages.callbacks(
+                    v.audit.pending(limit=200),
+                    v.audit.outcome_counts(),
+                    can_retry=_may_act(who),
+                    request=console.retry_requests.latest(),
+                    dispatcher=console.dispatcher(),
+                )
             )
         if path == "/projections":
             return 200, console.read(lambda v: pages.projections(v.lag()))
@@ -262,6 +295,30 @@ class _RequestHandler(BaseHTTPRequestHandler):
             return 200, console.read(load)
         except LedgerError as e:
             return 404, pages.not_found(str(e))
+
+    def _retry_parked(self) -> None:
+        """Records a request to retry the parked callbacks (a writer only), then
+        back to the callbacks page, which tells how the request fares."""
+        self.rfile.read(min(int(self.headers.get("Content-Length") or 0), MAX_FORM_BYTES))
+        who = self._who()
+        if who is None:
+            self._send(401, "text/plain", b"sign in first\n")
+            return
+        origin = self.headers.get("Origin")
+        if origin and origin != "null" and urlsplit(origin).netloc != self.headers.get("Host"):
+            self._send(403, "text/plain", b"a request from another site\n")
+            return
+        if not _may_act(who):
+            self._send(403, "text/plain", b"a reader token may not retry callbacks\n")
+            return
+        by = "console" if who is True else who.name  # type: ignore[union-attr]
+        try:
+            self.server_console.retry_requests.request(by)
+        except Exception as e:  # The store away, or a role without the right: say so.
+            logger.warning("console: a retry request could not be recorded: %s", e)
+            self._page(pages.not_found(f"the request could not be recorded: {e}"), "", 503)
+            return
+        self._redirect("/callbacks")
 
     # The live stream.
 
@@ -320,3 +377,8 @@ class _RequestHandler(BaseHTTPRequestHandler):
         )
         self.end_headers()
         self.wfile.write(body)
+
+
+def _may_act(who: TokenEntry | bool) -> bool:
+    """Whether ``who`` may act: a writer token, or anyone when no token is needed."""
+    return who is True or (isinstance(who, TokenEntry) and who.role is Role.WRITER)

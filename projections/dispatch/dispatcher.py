@@ -32,7 +32,9 @@ waits for it (:mod:`~projections.dispatch.outage`).
 After a crash, it resumes after the recorded position: deliveries with an
 attempt but no outcome are attempted again (NOT_FOUND then reads
 ``stale_after_attempt``), and recorded ones are skipped. Parked deliveries are
-retried at start and by :meth:`Dispatcher.retry_parked`.
+retried at start, by :meth:`Dispatcher.retry_parked`, and, while a run is active,
+when an operator asks for it (the console: :mod:`~projections.dispatch.retry_requests`,
+looked at every ``lock_check_interval`` seconds).
 
 Nothing here ever resets the position or deletes a record. On a ledger that
 already has completions, a first start begins at position zero unless the
@@ -69,6 +71,7 @@ from projections.dispatch.outage import STORE_ERRORS, LockLostError, outlast_sto
 from projections.dispatch.outcome_book import OutcomeBook
 from projections.dispatch.preparation import PagePreparer, park_poisoned
 from projections.dispatch.reading import read_executions
+from projections.dispatch.retry_requests import RetryRequests
 from projections.subscription import PollingSubscription
 
 __all__ = ["STORE_ERRORS", "DispatchStats", "Dispatcher", "connect_client", "run_dispatcher"]
@@ -133,6 +136,9 @@ class Dispatcher:
             if watch_callers
             else None
         )
+        self.retry_requests = RetryRequests(config)
+        self._retrying = asyncio.Lock()
+        """One retry of the parked deliveries at a time (at start, asked, requested)."""
         self._stop = asyncio.Event()
         self._subscription: PollingSubscription | None = None
         self._preparing_stopped = False
@@ -205,6 +211,11 @@ class Dispatcher:
             if self.callers is not None and not until_caught_up
             else None
         )
+        requests = (
+            None
+            if until_caught_up
+            else asyncio.create_task(self._answer_retry_requests(callers_stop))
+        )
         try:
             await self._follow(until_caught_up=until_caught_up)
         except LockLostError:
@@ -221,6 +232,8 @@ class Dispatcher:
             callers_stop.set()
             if callers is not None:
                 await callers
+            if requests is not None:
+                await requests
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
@@ -237,6 +250,34 @@ class Dispatcher:
                 logger.exception("the caller watch failed; starting it again")
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), next(delays))
+
+    async def _answer_retry_requests(self, stop: asyncio.Event) -> None:
+        """While active, every ``lock_check_interval`` seconds: when operators asked
+        for a retry of the parked deliveries (:class:`RetryRequests`), retries them
+        once for all the open requests and marks those done. A failure is logged
+        (once while it lasts) and the requests stay open, answered at a later look."""
+        failing = False
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.leadership.check_interval)
+            if stop.is_set() or self._no_new_calls():
+                return
+            try:
+                ids = await asyncio.to_thread(self.retry_requests.open_ids)
+                failing = False
+                if not ids:
+                    continue
+                logger.info("an operator asked to retry the parked deliveries")
+                retried = await self._retry_parked(self._outlasting_store)
+                if self._no_new_calls():
+                    return  # Stopped or lost mid-retry: the requests stay open.
+                await asyncio.to_thread(self.retry_requests.done, ids, retried)
+            except LockLostError:
+                return
+            except Exception as e:  # The store away, most often: said once, tried again.
+                if not failing:
+                    logger.warning("cannot answer retry requests yet (%s); they stay open", e)
+                failing = True
 
     async def _follow(self, *, until_caught_up: bool) -> None:
         """Starts at the recorded position and calls for each completion, recording
@@ -351,7 +392,11 @@ class Dispatcher:
 
     async def _retry_parked(self, step: Callable[..., Awaitable[Any]]) -> int:
         """``step`` runs each blocking step: :func:`asyncio.to_thread` (a store error
-        ends the retry) or :meth:`_outlasting_store` (within a run)."""
+        ends the retry) or :meth:`_outlasting_store` (within a run). One at a time."""
+        async with self._retrying:
+            return await self._retry_parked_now(step)
+
+    async def _retry_parked_now(self, step: Callable[..., Awaitable[Any]]) -> int:
         parked: list[Delivery] = await step(self._parked_deliveries)
         if not parked:
             return 0

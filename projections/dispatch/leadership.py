@@ -230,3 +230,45 @@ class Leadership:
     def release(self) -> None:
         """Releases the lock (when the follower closes)."""
         self.lock.release()
+
+
+_HOLDER_SQL = """SELECT l.pid, s.application_name, s.client_addr, s.backend_start
+FROM pg_locks l LEFT JOIN pg_stat_activity s ON s.pid = l.pid
+WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+AND l.classid::bigint = ((hashtext(%(key)s)::bigint >> 32) & 4294967295)
+AND l.objid::bigint = (hashtext(%(key)s)::bigint & 4294967295)"""
+"""The session holding the advisory lock of ``key`` (the two halves of its bigint)."""
+
+
+def active_holder(config: StoreConfig, name: str) -> str | None:
+    """Who holds the :class:`SingleActive` lock of ``name`` on this store, said for an
+    operator (None: nobody, so no such follower is active). It never takes the lock
+    for more than a moment: on PostgreSQL it reads ``pg_locks``; on SQLite it tries a
+    shared ``flock`` on the lock file and lets it go at once."""
+    if config.is_postgres:
+        key = f"ledger-{name}:{config.env['POSTGRES_SCHEMA']}"
+        with connect(config) as connection:
+            row = connection.execute(_HOLDER_SQL, {"key": key}).fetchone()
+        if row is None:
+            return None
+        pid, application, address, since = row
+        where = f" from {address}" if address else ""
+        started = f", connected since {since:%Y-%m-%d %H:%M:%S %Z}" if since else ""
+        return f"server process {pid} ({application or 'unnamed'}){where}{started}"
+    if not config.is_sqlite or config.env["SQLITE_DBNAME"] == ":memory:":
+        return None
+    path = Path(config.component_env(name)["SQLITE_DBNAME"] + ".lock")
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return f"a process on this host (it holds {path.name})"
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
