@@ -10,8 +10,6 @@ lost and exactly one of two racing completions wins.
 from __future__ import annotations
 
 import contextlib
-import random
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -31,6 +29,7 @@ from eventsourcing.persistence import (
 )
 from google.protobuf.message import Message
 
+from ledger._writes import comparable, denied_or, retries, unreadable
 from ledger.contract.errors import (
     CreateConflictError,
     ExecutionDeletedError,
@@ -38,9 +37,7 @@ from ledger.contract.errors import (
     ImmutableFieldError,
     InvalidResourceError,
     MissingFieldError,
-    PermissionDeniedError,
     StoreUnavailableError,
-    UnreadableEventError,
     UserError,
     VersionConflictError,
 )
@@ -60,10 +57,6 @@ from ledger.store.keys import check_application_keys
 from ledger.store.transcodings import register_ledger_transcodings
 from ledger.store.url import StoreConfig, parse_url
 from ledger.store.vault import SecretVault
-
-WRITE_RETRY_SECONDS = 30.0
-"""How long a write without ``expected_version`` keeps re-reading and retrying after
-losing races (with a short random pause between tries) before it gives up."""
 
 
 @dataclass(frozen=True)
@@ -178,7 +171,7 @@ class Ledger(Application[str]):
         try:
             self.vault.seal(execution_id, spec)
         except ProgrammingError as e:
-            raise _denied_or(e, execution_id) from e
+            raise denied_or(e, execution_id) from e
         execution = Execution.create(execution_id, kind, values.metadata, spec, actor=actor)
         try:
             self._save(execution)
@@ -298,7 +291,7 @@ class Ledger(Application[str]):
             if values.HasField("spec") and values.spec.ByteSize():
                 current = self._as_record(execution).resource.spec
                 shredded = execution.phase.is_terminal
-                if _comparable(current, shredded) != _comparable(values.spec, shredded):
+                if comparable(current, shredded) != comparable(values.spec, shredded):
                     raise ImmutableFieldError(execution_id, "spec")
             for name in ("name", "slug", "org", "owner_scope", "version"):
                 if getattr(recorded.metadata, name) != getattr(metadata, name):
@@ -382,7 +375,7 @@ class Ledger(Application[str]):
         # The aggregate cache (when enabled) is only a hint: the store's version check
         # catches a stale one, and anything refused on cached state is re-decided fresh.
         fresh = False
-        for _ in _retries():
+        for _ in retries():
             execution = self._load(execution_id)
             try:
                 if expected_version is not None and execution.version != expected_version:
@@ -434,7 +427,7 @@ class Ledger(Application[str]):
         try:
             self.save(execution)
         except ProgrammingError as e:
-            raise _denied_or(e, execution.id) from e
+            raise denied_or(e, execution.id) from e
         except (OperationalError, InterfaceError) as e:
             raise StoreUnavailableError(
                 f"execution {execution.id!r}: the store is unavailable and did not confirm "
@@ -448,9 +441,9 @@ class Ledger(Application[str]):
         except AggregateNotFoundError:
             raise ExecutionNotFoundError(execution_id) from None
         except MapperDeserialisationError as e:
-            raise _unreadable(execution_id, e) from e
+            raise unreadable(execution_id, e) from e
         except ProgrammingError as e:
-            raise _denied_or(e, execution_id) from e
+            raise denied_or(e, execution_id) from e
         except (OperationalError, InterfaceError) as e:
             raise StoreUnavailableError(
                 f"execution {execution_id!r}: the store is unavailable: {e}"
@@ -471,7 +464,7 @@ class Ledger(Application[str]):
             for event in self.events.get(execution_id, gt=gt, lte=lte, limit=limit):
                 yield cast(Execution.Event, event)
         except MapperDeserialisationError as e:
-            raise _unreadable(execution_id, e) from e
+            raise unreadable(execution_id, e) from e
         except (OperationalError, InterfaceError) as e:
             raise StoreUnavailableError(
                 f"execution {execution_id!r}: the store is unavailable: {e}"
@@ -482,7 +475,7 @@ class Ledger(Application[str]):
             raise CreateConflictError(existing.id, f"kind ({existing.kind_name})")
         record = self._as_record(existing)
         shredded = existing.phase.is_terminal
-        if _comparable(record.resource.spec, shredded) != _comparable(spec, shredded):
+        if comparable(record.resource.spec, shredded) != comparable(spec, shredded):
             raise CreateConflictError(existing.id, "spec")
         return record
 
@@ -552,46 +545,6 @@ class ExecutionChanges:
     def is_terminal(self) -> bool:
         """Whether the last resource returned is in a terminal phase."""
         return self._execution is not None and self._execution.phase.is_terminal
-
-
-def _retries() -> Iterator[int]:
-    """Tries until :data:`WRITE_RETRY_SECONDS` pass, pausing randomly between them."""
-    deadline = time.monotonic() + WRITE_RETRY_SECONDS
-    attempt = 0
-    while True:
-        yield attempt
-        attempt += 1
-        if time.monotonic() > deadline:
-            return
-        time.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))  # noqa: S311
-
-
-def _denied_or(error: ProgrammingError, execution_id: str) -> Exception:
-    """A permission refusal as a :class:`PermissionDeniedError`; anything else unchanged."""
-    if "permission denied" in str(error):
-        return PermissionDeniedError(
-            f"execution {execution_id!r}: the store refused this role: {error}".strip()
-        )
-    return error
-
-
-def _unreadable(execution_id: str, error: Exception) -> UnreadableEventError:
-    return UnreadableEventError(
-        f"execution {execution_id!r}: a stored event cannot be decoded ({error}); "
-        "check LEDGER_CIPHER_KEY and LEDGER_CIPHER_OLD_KEYS"
-    )
-
-
-def _comparable(spec: Message, without_secrets: bool) -> bytes:
-    """The spec's bytes, with secret values left out once they are shredded."""
-    if without_secrets:
-        values: Any = type(spec)()
-        values.CopyFrom(spec)
-        for value in values.runtime_env.values():
-            if value.is_secret:
-                value.value = ""
-        spec = values
-    return spec.SerializeToString(deterministic=True)
 
 
 WRITER_CACHE = {"AGGREGATE_CACHE_MAXSIZE": "1000", "AGGREGATE_CACHE_FASTFORWARD": "n"}
