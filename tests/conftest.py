@@ -14,12 +14,15 @@ started once per session; nothing is downloaded.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from ledger.application import Ledger, open_ledger
+from ledger.store.url import parse_url
+from projections.views import Views
 from tests.support.servers import (
     POSTGRES_URL,
     fresh_schema,
@@ -118,3 +121,18 @@ def temporal_address(temporal_env: object) -> str:
 
     assert isinstance(temporal_env, WorkflowEnvironment)
     return address_of(temporal_env)
+
+
+@pytest.fixture
+def open_views(store_url: str) -> Iterator[Callable[..., Views]]:
+    """Opens the views of the test's store (a short poll), each closed after the test."""
+    opened: list[Views] = []
+
+    def open_(**kwargs: Any) -> Views:
+        views = Views(parse_url(store_url), poll_interval=0.05, **kwargs)
+        opened.append(views)
+        return views
+
+    yield open_
+    for views in opened:
+        views.close()

@@ -60,20 +60,6 @@ def ledger(store_url: str) -> Iterator[Ledger]:
     app.close()
 
 
-@pytest.fixture
-def open_views(store_url: str) -> Iterator[Callable[..., Views]]:
-    opened: list[Views] = []
-
-    def open_(**kwargs: Any) -> Views:
-        views = Views(parse_url(store_url), poll_interval=0.05, **kwargs)
-        opened.append(views)
-        return views
-
-    yield open_
-    for views in opened:
-        views.close()
-
-
 def signals(ledger: Ledger) -> dict[str, str]:
     """Executions that received each later event: cancel request, gone caller, label
     change, deletion (one of each, and one with all but the deletion)."""

@@ -80,20 +80,6 @@ def dispatcher_log(store_url: str) -> Iterator[DispatcherLog]:
     log.close()
 
 
-@pytest.fixture
-def open_views(store_url: str) -> Iterator[Callable[..., Views]]:
-    opened: list[Views] = []
-
-    def open_(**kwargs: Any) -> Views:
-        views = Views(parse_url(store_url), poll_interval=0.05, **kwargs)
-        opened.append(views)
-        return views
-
-    yield open_
-    for views in opened:
-        views.close()
-
-
 # Driving the ledger and the dispatcher's log.
 
 
