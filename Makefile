@@ -18,8 +18,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/ledger demo
 
+# The suite mostly waits on servers and processes, so it runs in two workers
+# (pytest-xdist; `make test PYTEST_WORKERS=0` runs it in one process). Each worker
+# starts its own Temporal dev server; every test has its own schema or files.
+PYTEST_WORKERS ?= 2
+
 test: $(STAMP) chromium
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 # Debian's Chromium, for the console's browser test (tests/test_console.py); as root
 # it is installed when missing, otherwise the test says how.

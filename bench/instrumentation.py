@@ -1,10 +1,10 @@
 """The cost of instrumentation: lifecycles per second with metrics and tracing on,
 beside the same ledger without them, in one run (target: at least 0.95).
 
-Three ledgers on PostgreSQL, each in a fresh schema, with the one-round-trip recorder
-and the writer cache (as ``open_ledger`` sets them up), run the lifecycle of
+One ledger on PostgreSQL, in a fresh schema, with the one-round-trip recorder and
+the writer cache (as ``open_ledger`` sets them up), runs the lifecycle of
 ``bench/lifecycles.py`` (create, three status updates, complete) in interleaved
-slices so that all see the same load:
+slices, its instrumentation switched at the start of each slice:
 
 - ``off``: no instrumentation;
 - ``metrics``: :func:`ledger.observability.commands.instrument_commands` with no
@@ -12,8 +12,11 @@ slices so that all see the same load:
   when no exporter endpoint is configured);
 - ``metrics + spans``: the same with an OpenTelemetry SDK tracer provider and no
   exporter: every command's span is built and ended, then dropped;
-- ``off, again``: a second uninstrumented ledger, whose ratio to the first shows how
-  far this machine's load moves two identical variants apart.
+- ``off, again``: no instrumentation again, in its own slices: its ratio to the
+  first shows how far this machine's load moves two identical variants apart.
+
+The same ledger for all four (its table, its cache, its connections): separate
+ledgers in separate schemas differed by up to 7% with nothing to tell them apart.
 
 Then the CPU each adds to one command, measured around a stand-in ledger whose
 commands return at once: a figure a loaded machine barely moves, unlike the ratios.
@@ -47,7 +50,7 @@ from lifecycles import (  # noqa: E402
 from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
 
 from ledger.application import open_ledger, open_ledger_with  # noqa: E402
-from ledger.observability.commands import instrument_commands  # noqa: E402
+from ledger.observability.commands import COMMAND_NAMES, instrument_commands  # noqa: E402
 from ledger.observability.tracing import TRACEPARENT  # noqa: E402
 
 OFF = "off"
@@ -97,6 +100,35 @@ def added_cpu_per_command(calls: int = 50_000, rounds: int = 5) -> dict[str, flo
     }
 
 
+class _Switch:
+    """Switches one ledger's instrumentation between the variants, at the first
+    lifecycle of a slice (``compare`` runs one variant at a time)."""
+
+    def __init__(self, ledger: Any) -> None:
+        self.ledger = ledger
+        self.mode = OFF
+        self.provider = TracerProvider()
+
+    def lifecycle(self, mode: str) -> Any:
+        run = ledger_lifecycle(self.ledger)
+
+        def switched() -> None:
+            if self.mode != mode:
+                self.switch(mode)
+            run()
+
+        return switched
+
+    def switch(self, mode: str) -> None:
+        for name in (*COMMAND_NAMES, "save", "_ledger_instrumented"):
+            self.ledger.__dict__.pop(name, None)  # Back to the class's own methods.
+        if mode == METRICS:
+            instrument_commands(self.ledger)
+        elif mode == SPANS:
+            instrument_commands(self.ledger, tracer_provider=self.provider)
+        self.mode = mode
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--seconds", type=float, default=15.0, help="per variant (default 15)")
@@ -104,28 +136,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--slices", type=int, default=15, help="interleaved slices (default 15)")
     parser.add_argument("--url", default=os.environ.get("LEDGER_BENCH_POSTGRES", DEFAULT_URL))
     args = parser.parse_args(argv)
-    base = "bench_" + uuid.uuid4().hex[:8]
-    names = [base + "_off", base + "_metrics", base + "_spans", base + "_off2"]
-    with schemas(args.url, names):
-        ledgers = [
-            open_ledger_with(ledger_config(args.url, name, FAST_ENV, fast=True)) for name in names
-        ]
+    schema = "bench_" + uuid.uuid4().hex[:8]
+    with schemas(args.url, [schema]):
+        ledger = open_ledger_with(ledger_config(args.url, schema, FAST_ENV, fast=True))
         try:
-            instrument_commands(ledgers[1])
-            instrument_commands(ledgers[2], tracer_provider=TracerProvider())
+            switch = _Switch(ledger)
             results = compare(
                 {
-                    OFF: [ledger_lifecycle(ledgers[0]) for _ in range(args.threads)],
-                    METRICS: [ledger_lifecycle(ledgers[1]) for _ in range(args.threads)],
-                    SPANS: [ledger_lifecycle(ledgers[2]) for _ in range(args.threads)],
-                    OFF_AGAIN: [ledger_lifecycle(ledgers[3]) for _ in range(args.threads)],
+                    mode: [switch.lifecycle(mode) for _ in range(args.threads)]
+                    for mode in (OFF, METRICS, SPANS, OFF_AGAIN)
                 },
                 args.seconds,
                 args.slices,
             )
         finally:
-            for ledger in ledgers:
-                ledger.close()
+            ledger.close()
     cpu = added_cpu_per_command()
     baseline = results[OFF].per_second
     load = os.getloadavg()[0]

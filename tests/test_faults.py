@@ -267,6 +267,7 @@ def test_dispatcher_following_through_a_postgres_outage_delivers_each_completion
             handle, execution_ids = await start_many(w, count)
             ids_file = tmp_path / "ids.txt"
             ids_file.write_text("\n".join(execution_ids))
+            go = tmp_path / "writer.go"  # Held after 10 (so alive at the outage) until then.
             dispatcher = start_dispatcher(
                 proxied, temporal_address, dispatcher_log, PGAPPNAME=dispatcher_name, **env
             )
@@ -279,6 +280,10 @@ def test_dispatcher_following_through_a_postgres_outage_delivers_each_completion
                 str(ids_file),
                 "--pause",
                 "0.1",
+                "--hold-after",
+                "10",
+                "--go-file",
+                str(go),
                 **env,
             )
             processes.append(writer)
@@ -297,6 +302,7 @@ def test_dispatcher_following_through_a_postgres_outage_delivers_each_completion
             pg_proxy.refuse()
             for name in (dispatcher_name, writer_name):
                 assert terminate_backends(postgres_server, name), f"no backend of {name}"
+            go.touch()  # The writer's other 20 completions meet the outage.
             if outage == "within_retries":
                 await asyncio.sleep(3)
             else:

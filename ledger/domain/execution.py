@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar, cast
 
 from eventsourcing.domain import BaseAggregate, CanInitAggregate
-from google.protobuf.json_format import MessageToDict, ParseDict, ParseError
+from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from google.protobuf.struct_pb2 import Struct
 
@@ -415,7 +415,7 @@ class Execution(BaseAggregate[str]):
             encoded.encode("utf-8")
             result: dict[str, Any] = json.loads(encoded)
             struct = _struct(result)
-        except (TypeError, ValueError, OverflowError, ParseError) as e:
+        except (TypeError, ValueError, OverflowError) as e:
             raise InvalidResourceError(
                 f"execution {self.id!r}: {field} is not a JSON object: {e}",
                 execution_id=self.id,
@@ -540,8 +540,11 @@ def _outcome_from_patch(phase: Phase, status: Any) -> dict[str, Any]:
 
 
 def _struct(value: Mapping[str, Any]) -> Struct:
+    """``value`` (JSON-compatible: it came through ``json.loads``) as a Struct.
+    ``Struct.update`` gives what ``ParseDict`` gives for such values, at a third of
+    its cost (the dispatcher builds one per completion it reads)."""
     struct = Struct()
-    ParseDict(dict(value), struct)
+    struct.update(value)
     return struct
 
 

@@ -314,6 +314,13 @@ def lifecycles_main(argv: Sequence[str]) -> int:
     parser.add_argument("--stop-file", required=True, type=Path)
     parser.add_argument("--complete", default="", help="file of execution ids to complete")
     parser.add_argument("--pause", type=float, default=0.0)
+    parser.add_argument(
+        "--hold-after",
+        type=int,
+        default=0,
+        help="with --complete: after this many ids, wait for --go-file before the rest",
+    )
+    parser.add_argument("--go-file", type=Path, default=None)
     args = parser.parse_args(argv)
     ids: list[str] = Path(args.complete).read_text().split() if args.complete else []
     steps = ("start", "finish") if ids else STEPS
@@ -340,6 +347,10 @@ def lifecycles_main(argv: Sequence[str]) -> int:
             if ids:
                 if n >= len(ids):
                     break
+                if args.go_file is not None and n == args.hold_after:
+                    # Held mid-list, its connections open, until the test says go.
+                    while not args.go_file.exists() and not stopping.is_set():
+                        time.sleep(0.05)
                 execution_id = ids[n]
             else:
                 execution_id = AGENT_EXECUTION.new_id()
