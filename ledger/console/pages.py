@@ -447,46 +447,44 @@ def _rebuild_section(name: str, state: Any, can_rebuild: bool, now: datetime) ->
             "that cannot be read (otherwise it becomes a dead letter)</label> "
             f'<button type="submit" id="rebuild-{name}">Rebuild {escape(name)}</button></form>'
         )
-    return f'<section aria-labelledby="rebuild-{name}-title">{title}{_rebuild_state(state, now)}{form}</section>'
+    state_html = _rebuild_state(state, now)
+    return f'<section aria-labelledby="rebuild-{name}-title">{title}{state_html}{form}</section>'
 
 
 def _rebuild_state(state: Any, now: datetime) -> str:
-    """How the last rebuild asked here fares: a progress bar with its text, or its end."""
+    """How the last rebuild asked here fares: a progress bar (indeterminate until its
+    first page) with its text, or how it ended."""
     if state is None:
         return "<p>Not rebuilt from this console since it started.</p>"
     name = escape(state.view)
     asked = f"asked by {escape(state.requested_by)} at {_when(state.started_at)}"
-    total = state.total
     if state.error is not None:
         return (
             f'<p id="rebuild-{name}-state" role="alert" class="parked">Rebuild failed at '
             f"{_when(state.finished_at)} ({asked}): {escape(state.error)}. The view answers "
             "from its old rows.</p>"
         )
-    if total is None or total == 0:
-        done, total = (1, 1) if not state.running else (0, 1)
-    else:
-        done = min(state.done, total)
-    percent = 100 * done // total
+    total = state.total or 0
+    done = min(state.done, total)
+    if not state.running:
+        done = total = max(total, 1)
+    percent = 100 * done // total if total else 0
     if state.running:
-        reached = (
-            f"{done:,} of {total:,} log positions ({percent}%)"
-            if state.total
-            else "starting"
-        )
-        if state.total and done == total:
-            reached += ", swapping in"
         elapsed = (now - state.started_at).total_seconds()
+        reached = f"{done:,} of {total:,} log positions ({percent}%)" if total else "starting"
+        if total and done == total:
+            reached += ", swapping in"
         text = f"Rebuilding: {reached}; {asked}, {elapsed:.0f} s ago."
     else:
         took = (state.finished_at - state.started_at).total_seconds()
         text = (
-            f"Rebuilt: done at {_when(state.finished_at)}, {state.events:,} events "
+            f"Rebuilt: done at {_when(state.finished_at)}, {state.events or 0:,} events "
             f"in {took:.1f} s ({asked}); the rebuilt view is live."
         )
+    value = f' value="{done}"' if total else ""  # No value: indeterminate.
     return (
         f'<p><label for="rebuild-{name}-progress">Rebuild of {name}</label> '
-        f'<progress id="rebuild-{name}-progress" max="{total}" value="{done}">'
+        f'<progress id="rebuild-{name}-progress" max="{max(total, 1)}"{value}>'
         f"{percent}%</progress> "
         f'<span id="rebuild-{name}-state" role="status">{text}</span></p>'
     )
