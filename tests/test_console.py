@@ -28,12 +28,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-
 from eventsourcing.persistence import StoredEvent
 
 from ledger.application import open_ledger
-from ledger.contract.names import CREATED_TOPICS
 from ledger.contract.kinds import AgentExecution, AgentExecutionSpec, AgentExecutionStatus
+from ledger.contract.names import CREATED_TOPICS
 from ledger.contract.phases import Phase
 from ledger.server.auth import Role, add_token
 from ledger.store.url import parse_url

@@ -103,9 +103,11 @@ def test_a_second_start_is_refused_while_one_runs(
     assert refused is not None and "already being rebuilt (asked here by operator" in refused
     assert rebuilds.refusal("audit") == refused
     # Another process's rebuild would be refused too: the console holds the lock.
-    with pytest.raises(RebuildInProgressError, match="already being rebuilt"):
-        with open_views().rebuild_lock("audit"):
-            pass
+    with (
+        pytest.raises(RebuildInProgressError, match="already being rebuilt"),
+        open_views().rebuild_lock("audit"),
+    ):
+        pass
     assert views.audit.snapshot() == before[1]  # The live view answers meanwhile.
     assert rebuilds.states()["audit"].running
     gate.set()
@@ -119,7 +121,7 @@ def test_a_second_start_is_refused_while_one_runs(
 def test_a_rebuild_held_off_by_another_process_is_refused_in_one_line(
     ledger: Ledger, console_views: tuple[Views, Rebuilds], open_views: Callable[..., Views]
 ) -> None:
-    views, rebuilds = console_views
+    _, rebuilds = console_views
     drive(ledger, 0, 3)
     with open_views().rebuild_lock("status"):  # As `ledger projections rebuild` holds it.
         refused = rebuilds.start("status", "operator")

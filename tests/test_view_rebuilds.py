@@ -1,5 +1,5 @@
-"""Status view schema 3 (its events per minute), schema versions, blue/green rebuilds and dead letters, on
-SQLite and PostgreSQL (``docs/READ_MODELS.md``).
+"""Status view schema 3 (its events per minute), schema versions, blue/green
+rebuilds and dead letters, on SQLite and PostgreSQL (``docs/READ_MODELS.md``).
 
 - every event of an execution reaches its row (cancel requests, gone callers, label
   changes, deletions), whether they arrive in one page or one per page;
@@ -23,8 +23,8 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import grpc

@@ -427,9 +427,7 @@ def projections(
         "never calls Temporal. From a shell: <code>ledger projections rebuild NAME</code>"
         " (one rebuild of a view at a time, wherever it was started).</p>"
     )
-    main = (
-        f"<h1>Projections</h1>{lag_table(lags)}{state}<h2>Rebuilds</h2>{alert}{note}{sections}"
-    )
+    main = f"<h1>Projections</h1>{lag_table(lags)}{state}<h2>Rebuilds</h2>{alert}{note}{sections}"
     return Page("Projections", "/projections", main)
 
 

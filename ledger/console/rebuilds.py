@@ -39,7 +39,7 @@ from projections.views import VIEW_NAMES, RebuildInProgressError, Views
 logger = logging.getLogger(__name__)
 
 
-class RebuildStopped(Exception):
+class RebuildStoppedError(Exception):
     """The console is stopping: its rebuild gives up at the next page."""
 
 
@@ -138,7 +138,7 @@ class Rebuilds:
 
         def progress(done: int, total: int) -> None:
             if self._stop.is_set():
-                raise RebuildStopped("the console stopped before the rebuild ended")
+                raise RebuildStoppedError("the console stopped before the rebuild ended")
             self._update(name, done=done, total=total)
 
         with lock:  # Held since the request; let go when the rebuild ends, however.
