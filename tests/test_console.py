@@ -5,11 +5,16 @@ Playwright (pointed at ``/usr/bin/chromium``: nothing is downloaded).
 browser signs in with a reader token, watches executions created through the API
 appear without a reload, opens one and reads its timeline and callback story, sees a
 callback parked after Temporal went away (a real dispatcher, a real dev server
-killed), cannot retry it (no button, and the server refuses the POST), and reads the
-projections; once Temporal is back a writer retries it from the page and the running
-dispatcher takes the request: it leaves the parked list without a reload. Each page
-is saved as a screenshot under the test's directory, and no page's HTML holds a whole
-token.
+killed), cannot retry it (no button, and the server refuses the POST), reads the
+charts (the commands chart counts the test's events) and the projections, and cannot
+rebuild a view (no button, a 403); once Temporal is back a writer retries it from the
+page and the running dispatcher takes the request: it leaves the parked list without
+a reload. The writer then rebuilds the status view from the projections page (the
+progress reaches done, the rows are still there), sees a rebuild asked elsewhere
+progress live, a rebuild held off by another process's lock refused in one line, and
+one stopped by a poisoned event fail in one line; a POST from another site is
+refused. Each page is saved as a screenshot under the test's directory, and no
+page's HTML holds a whole token.
 """
 
 from __future__ import annotations
@@ -23,11 +28,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from eventsourcing.persistence import StoredEvent
 
 from ledger.application import open_ledger
 from ledger.contract.kinds import AgentExecution, AgentExecutionSpec, AgentExecutionStatus
+from ledger.contract.names import CREATED_TOPICS
 from ledger.contract.phases import Phase
 from ledger.server.auth import Role, add_token
+from ledger.store.url import parse_url
+from projections.views import Views
 from tests.support.processes import kill_all, python_process, stop_process
 from tests.support.servers import TemporalDevServer, temporal_cli_path
 from tests.support.waiting import wait_for
@@ -167,11 +176,22 @@ def test_console_in_a_real_browser(
             # (Waited for, live: the status view may follow a moment behind the audit.)
             page.wait_for_selector("svg[aria-label^='Executions created'][aria-label*=' 2 in ']")
             page.wait_for_selector("svg[aria-label^='Executions completed'][aria-label*=' 2 in ']")
+            # Commands: every event the test's commands appended, counted in the hour.
+            events = sum(len(ledger.history(i)) for i in (created.id, parked.id))
+            assert events == 5  # Created, StatusChanged, Completed; Created, Completed.
+            page.wait_for_selector(
+                f"svg[aria-label^='Commands (events appended)'][aria-label*=' {events} in ']"
+            )
             shot("overview-parked")
 
             page.goto(f"{base}/projections")
             lag = page.inner_text("table")
             assert "status<-Ledger" in lag and "dispatcher<-Ledger" in lag
+            # A reader sees no rebuild, and the server refuses one.
+            assert page.locator("form[action='/projections/rebuild']").count() == 0
+            assert page.locator("#rebuild-status").count() == 0
+            refused = page.request.post(f"{base}/projections/rebuild", form={"view": "status"})
+            assert refused.status == 403
             shot("projections")
 
             # A phone's screen: the pages still read (the tables scroll, nothing hides).
@@ -209,11 +229,74 @@ def test_console_in_a_real_browser(
                 "svg[aria-label^='Callbacks answered'][aria-label*=' 2 in ']"
             )
             assert operator.inner_text("#parked") == "0"
+
+            # A writer rebuilds the status view from the projections page.
+            operator.goto(f"{base}/projections")
+            operator.wait_for_selector("#live:text('live')")
+            elsewhere = operator.request.post(
+                f"{base}/projections/rebuild",
+                form={"view": "status"},
+                headers={"Origin": "http://elsewhere.example"},
+            )
+            assert elsewhere.status == 403  # A request from another site.
+            assert "Not rebuilt from this console" in operator.inner_text("main")
+            operator.click("#rebuild-status")
+            operator.wait_for_selector("#rebuild-status-state:has-text('Rebuilt: done')")
+            bar = operator.locator("progress#rebuild-status-progress")
+            assert bar.get_attribute("value") == bar.get_attribute("max")
+            assert int(bar.get_attribute("max") or 0) >= events
+            assert operator.locator("label[for='rebuild-status-progress']").count() == 1
+            pages_html.append(operator.content())
+            operator.screenshot(path=str(screens / "projections-rebuilt.png"), full_page=True)
+            # A rebuild asked elsewhere (another tab) shows here live, without a reload.
+            operator.evaluate("window.__notReloaded = true")
+            asked = operator.request.post(f"{base}/projections/rebuild", form={"view": "audit"})
+            assert asked.ok
+            operator.wait_for_selector("#rebuild-audit-state:has-text('Rebuilt: done')")
+            assert operator.evaluate("window.__notReloaded") is True
+            # The views answered from their rows throughout, and still have them.
+            operator.goto(f"{base}/executions")
+            for execution_id in (created.id, parked.id):
+                operator.wait_for_selector(f"a:text('{execution_id}')")
+            operator.goto(f"{base}/")
+            operator.wait_for_selector(
+                f"svg[aria-label^='Commands (events appended)'][aria-label*=' {events} in ']"
+            )
+            assert operator.inner_text("#parked") == "0"
+
+            # Held off by another process's rebuild lock (as `ledger projections
+            # rebuild` holds it): refused in one line, nothing started.
+            with Views(parse_url(pg_url)) as other, other.rebuild_lock("status"):
+                operator.goto(f"{base}/projections")
+                operator.click("#rebuild-status")
+                operator.wait_for_selector(
+                    "#rebuild-refused:has-text('already being rebuilt by another process')"
+                )
+            # Stopped by a poisoned event ("stop on error"): one line, the old rows.
+            ledger.recorder.insert_events(
+                [StoredEvent("aex-poisoned", 1, CREATED_TOPICS[0], b"\xff not JSON")]
+            )
+            operator.goto(f"{base}/projections")
+            operator.wait_for_selector(  # Live: the status follower made it a dead letter.
+                "table:has(caption:text('dead letters')) tr:has(td:text-is('status')) "
+                "td:text-is('1')"
+            )
+            operator.check("#rebuild-status-strict")
+            operator.click("#rebuild-status")
+            operator.wait_for_selector("#rebuild-status-state:has-text('Rebuild failed')")
+            failed = operator.inner_text("#rebuild-status-state")
+            assert "aex-poisoned" in failed and "stop on error" in failed
+            assert "\n" not in failed
+            pages_html.append(operator.content())
+            operator.screenshot(path=str(screens / "projections-failed.png"), full_page=True)
+            operator.goto(f"{base}/executions")
+            for execution_id in (created.id, parked.id):
+                operator.wait_for_selector(f"a:text('{execution_id}')")
             browser.close()
         for html in pages_html:
             assert whole not in html and whole[:24] not in html
             assert "caller-task-token" not in html
-        assert len(list(screens.glob("*.png"))) == 8
+        assert len(list(screens.glob("*.png"))) == 10
         assert stop_process(processes[0]) == 0
     finally:
         ledger.close()

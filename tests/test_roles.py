@@ -237,3 +237,41 @@ def test_a_rebuild_by_the_owner_keeps_the_roles_grants(roles: Roles) -> None:
     assert refused.stderr.startswith("error: ") and "Traceback" not in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
     assert "owner" in refused.stderr
+
+
+def test_a_table_new_in_a_schema_version_gets_its_views_grants(roles: Roles) -> None:
+    """Upgrading a status view of schema 2 (no ``view_status_minutes``): the owner's
+    rebuild swaps the new table in with the grants of the view's tracking table, so
+    the follower writes it and the reader reads it without ``ledger roles`` again."""
+    from datetime import UTC, datetime, timedelta
+
+    from ledger.store.url import parse_url
+    from projections.views import Views
+
+    with _open(roles, "writer") as ledger:
+        ledger.create(_resource())
+    with psycopg.connect(roles.server, autocommit=True) as conn:  # The owner.
+        conn.execute(f'DROP TABLE "{roles.schema}".view_status_minutes')
+        conn.execute(
+            f'UPDATE "{roles.schema}".view_status_tracking SET notification_id = 2 '
+            "WHERE application_name = '__schema__'"
+        )
+    owner = Views(parse_url(roles.url))
+    try:
+        assert owner.stale(["status"]) == ["status"]
+        owner.rebuild("status")
+    finally:
+        owner.close()
+    with _open(roles, "writer") as ledger:
+        ledger.create(_resource())
+    since = datetime.now(UTC) - timedelta(minutes=5)
+    follower = Views(parse_url(roles.url_as("follower")))
+    try:
+        follower.catch_up(["status"])  # Writes view_status_minutes.
+    finally:
+        follower.close()
+    reader = Views(parse_url(roles.url_as("reader")))
+    try:
+        assert sum(reader.status.events_per_minute(since, 10)) == 2
+    finally:
+        reader.close()

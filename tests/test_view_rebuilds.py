@@ -1,5 +1,5 @@
-"""Status view schema 2, schema versions, blue/green rebuilds and dead letters, on
-SQLite and PostgreSQL (``docs/READ_MODELS.md``).
+"""Status view schema 3 (its events per minute), schema versions, blue/green
+rebuilds and dead letters, on SQLite and PostgreSQL (``docs/READ_MODELS.md``).
 
 - every event of an execution reaches its row (cancel requests, gone callers, label
   changes, deletions), whether they arrive in one page or one per page;
@@ -9,7 +9,9 @@ SQLite and PostgreSQL (``docs/READ_MODELS.md``).
   SIGKILLed midway, or stopped by a poisoned event, leaves the old view answering
   with its old rows; two rebuilds of one view never run at once;
 - a poisoned event becomes a dead letter (never with the token in its error) and the
-  follower carries on, unless it was told to stop on error.
+  follower carries on, unless it was told to stop on error;
+- the events per minute count each event once, in the minute of its own time, and a
+  rebuild counts the same; encrypted events too.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -148,7 +151,7 @@ def test_a_stale_view_says_so_and_run_rebuilds_it(
         views.status.list,
         views.status.counts_by_phase,
     ):
-        with pytest.raises(StaleViewError, match=r"stale .*schema 1.*schema 2.*rebuild status"):
+        with pytest.raises(StaleViewError, match=r"stale .*schema 1.*schema 3.*rebuild status"):
             read()
     views.catch_up(["audit"])  # The other view is current.
     code, message = status_of(StaleViewError("status", 1, 2))
@@ -311,5 +314,66 @@ def test_an_undecryptable_event_is_a_dead_letter(
         assert (letter.position, letter.event_id) == (position, "aex-sealed")
         assert letter.error
         assert [d.event_id for d in views.dead_letters(["audit"])] == ["aex-sealed"]
+    finally:
+        views.close()
+
+
+def at(moment: str, execution_id: str, version: int = 2) -> StoredEvent:
+    """A StatusChanged stored as the library writes it, at ``moment`` (of an execution
+    the view never saw created: it counts as an event all the same)."""
+    state = (
+        b'{"timestamp":{"_type_":"datetime_iso","_data_":"' + moment.encode() + b'"},'
+        b'"phase":2,"patch":null,"actor":""}'
+    )
+    return StoredEvent(execution_id, version, STATUS_CHANGED_TOPICS[0], state)
+
+
+def test_events_per_minute_count_each_event_in_its_own_minute(
+    ledger: Ledger, open_views: Callable[..., Views]
+) -> None:
+    ledger.recorder.insert_events(
+        [
+            at("2026-01-01T10:05:00+00:00", "aex-a", 2),
+            at("2026-01-01T10:05:59.999999+00:00", "aex-a", 3),
+            at("2026-01-01T11:06:00+01:00", "aex-b", 2),  # 10:06 UTC.
+            at("2026-01-01T10:20:00+00:00", "aex-c", 2),
+        ]
+    )
+    poison(ledger, "aex-poisoned", b"\xff not JSON", STATUS_CHANGED_TOPICS[0])
+    now = datetime.now(UTC)
+    ids = drive(ledger, 0, 5)
+    events_now = sum(len(ledger.history(i)) for i in ids)
+    views = open_views(page_size=3)  # Events of one minute across pages: added up.
+    views.catch_up(["status"])
+    per_minute = views.status.events_per_minute
+    ten_five = datetime(2026, 1, 1, 10, 5, 30)  # Naive: UTC; its minute is 10:05.
+    assert per_minute(ten_five, 3) == [2, 1, 0]
+    assert per_minute(ten_five - timedelta(minutes=1), 1) == [0]
+    assert per_minute(ten_five + timedelta(minutes=1), 15) == [1] + [0] * 13 + [1]
+    # The test's own commands, in the minutes they ran (the dead letter not counted).
+    assert sum(per_minute(now - timedelta(minutes=1), 62)) == events_now
+    assert [letter.event_id for letter in views.dead_letters(["status"])] == ["aex-poisoned"]
+    before = per_minute(ten_five, 16), per_minute(now - timedelta(minutes=1), 62)
+    views.rebuild("status")
+    assert (per_minute(ten_five, 16), per_minute(now - timedelta(minutes=1), 62)) == before
+    with pytest.raises(ValueError, match="minutes must be at least 1"):
+        per_minute(now, 0)
+
+
+def test_events_per_minute_of_an_encrypted_store(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from eventsourcing.cipher import AESCipher
+
+    monkeypatch.setenv("LEDGER_CIPHER_KEY", AESCipher.create_key(32))
+    now = datetime.now(UTC)
+    with open_ledger(store_url) as encrypted:
+        ids = drive(encrypted, 0, 4)
+        events = sum(len(encrypted.history(i)) for i in ids)
+    views = Views(parse_url(store_url))
+    try:
+        views.catch_up(["status"])
+        assert sum(views.status.events_per_minute(now - timedelta(minutes=1), 62)) == events
+        assert views.dead_letters(["status"]) == []
     finally:
         views.close()

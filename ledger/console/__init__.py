@@ -8,6 +8,8 @@ every page reads without JavaScript and updates live with it.
 
 - :mod:`~ledger.console.pages`: the pages, as HTML;
 - :mod:`~ledger.console.charts`: the overview's rate charts, as inline SVG;
+- :mod:`~ledger.console.rebuilds`: rebuilds of the views asked from the projections
+  page, each in a thread of the console, and their progress;
 - :mod:`~ledger.console.server`: the HTTP server, its routes, authentication and the
   live stream.
 """

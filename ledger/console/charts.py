@@ -1,10 +1,14 @@
-"""The overview's small charts: executions created, completed and their callbacks
-answered, per second, minute by minute over the last hour, as inline SVG (no script).
+"""The overview's small charts: commands (events appended to the ledger), executions
+created, completed and their callbacks answered, per second, minute by minute over the
+last hour, as inline SVG (no script).
 
-The figures come from what the views know: the status view's ``created_at`` (indexed),
-the audit view's ``completed_at`` (indexed) and ``delivered_at`` (the time an outcome
-was recorded, read among the completions of the last two hours). Each is one grouped
-query of at most 60 rows.
+The figures come from what the views know, never from the log itself (an event's time
+is inside its stored state, encrypted when the store is): the status view's events
+per minute (``view_status_minutes``, kept with its rows from each event's own time;
+every command appends one event or more, e.g. a terminal status patch two), its
+``created_at`` (indexed), the audit view's ``completed_at`` (indexed) and
+``delivered_at`` (the time an outcome was recorded, read among the completions of the
+last two hours). Each is one query of at most 60 rows on an index.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ def charts(views: Views, now: datetime) -> str:
     since = now.replace(second=0, microsecond=0) - timedelta(minutes=MINUTES - 1)
     status, audit = views.status.recorder, views.audit.recorder
     series = [
+        ("Commands (events appended)", views.status.events_per_minute(since, MINUTES)),
         ("Executions created", _per_minute(status, "status", "created_at", since)),
         ("Executions completed", _per_minute(audit, "audit", "completed_at", since)),
         (

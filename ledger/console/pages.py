@@ -4,7 +4,8 @@ Every value is escaped; a callback token shows as 20 characters and a length and
 secret value as ``***`` (:mod:`ledger.domain.redaction`), so no page ever holds a
 whole token. The layout is plain semantic HTML with one stylesheet (readable
 contrast, visible focus, a table that scrolls on a phone); the script only asks the
-server for the page again when the log moved.
+server for the page's main part again when the log, the views or a rebuild moved
+(keeping the boxes ticked and the focus where they were).
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ h1{overflow-wrap:anywhere}main{box-sizing:border-box}
 pre{white-space:pre-wrap;overflow-wrap:anywhere}
 .charts{display:flex;flex-wrap:wrap;gap:1rem}figure.chart{margin:0;max-width:15rem}
 figure.chart svg{background:#f3f6fb}figcaption{font-size:.85rem}
+progress{width:14rem;max-width:100%;height:1.1rem;vertical-align:middle;accent-color:#0b3d91}
+section{margin-bottom:1rem}button{font-size:1rem;padding:.25rem .75rem}
 """
 
 SCRIPT = """
@@ -56,7 +59,14 @@ SCRIPT = """
     fetch(url,{credentials:'same-origin'}).then(function(r){return r.ok?r.text():null;})
       .then(function(html){
         if(html===null){return;}
-        document.getElementById('main').innerHTML=html;
+        var main=document.getElementById('main'),kept={};
+        var focused=document.activeElement&&document.activeElement.id;
+        main.querySelectorAll('input[type=checkbox][id]').forEach(function(b){
+          kept[b.id]=b.checked;});
+        main.innerHTML=html;
+        Object.keys(kept).forEach(function(id){
+          var b=document.getElementById(id);if(b){b.checked=kept[id];}});
+        if(focused){var f=document.getElementById(focused);if(f){f.focus();}}
         if(live){live.textContent='updated '+new Date().toLocaleTimeString();}
       });
   });
@@ -374,12 +384,108 @@ def _retry_state(request: Any, dispatcher: str | None, now: datetime | None) -> 
     return f'<p id="retry-state" role="status">{text}</p>'
 
 
-def projections(lags: Sequence[Any]) -> Page:
-    note = (
-        "<p>Rebuild a view with <code>ledger projections rebuild NAME</code> "
-        "(it never calls Temporal).</p>"
+def projections(
+    lags: Sequence[Any],
+    *,
+    views: Sequence[str] = (),
+    stale: Sequence[str] = (),
+    dead_letters: Mapping[str, int] | None = None,
+    rebuilds: Mapping[str, Any] | None = None,
+    can_rebuild: bool = False,
+    refused: str | None = None,
+    now: datetime | None = None,
+) -> Page:
+    """Positions and lag; per view its schema state, dead letters, and its rebuild:
+    the last one asked here (a :class:`~ledger.console.rebuilds.RebuildState`) with
+    its progress, and for a writer a button starting one."""
+    dead = dead_letters or {}
+    state = _table(
+        "Views: schema and dead letters",
+        ["view", "schema", "dead letters"],
+        [
+            [
+                escape(name),
+                '<span class="parked">stale: rebuild it</span>' if name in stale else "current",
+                str(dead.get(name, 0)),
+            ]
+            for name in views
+        ],
     )
-    return Page("Projections", "/projections", f"<h1>Projections</h1>{lag_table(lags)}{note}")
+    alert = (
+        f'<p role="alert" id="rebuild-refused" class="parked">Not started: {escape(refused)}</p>'
+        if refused
+        else ""
+    )
+    sections = "".join(
+        _rebuild_section(name, (rebuilds or {}).get(name), can_rebuild, now or datetime.now(UTC))
+        for name in views
+    )
+    note = (
+        "<p>A rebuild replays the logs from position zero into tables beside the live "
+        "view and swaps them in, in one transaction, once caught up: until then the view "
+        "answers from its old rows, and a failed rebuild leaves them as they were. It "
+        "never calls Temporal. From a shell: <code>ledger projections rebuild NAME</code>"
+        " (one rebuild of a view at a time, wherever it was started).</p>"
+    )
+    main = f"<h1>Projections</h1>{lag_table(lags)}{state}<h2>Rebuilds</h2>{alert}{note}{sections}"
+    return Page("Projections", "/projections", main)
+
+
+def _rebuild_section(name: str, state: Any, can_rebuild: bool, now: datetime) -> str:
+    """One view's rebuild: its last state here, and the form (a writer only)."""
+    title = f'<h3 id="rebuild-{name}-title">The {escape(name)} view</h3>'
+    form = ""
+    if can_rebuild:
+        form = (
+            f'<form method="post" action="/projections/rebuild" '
+            f'aria-labelledby="rebuild-{name}-title">'
+            f'<input type="hidden" name="view" value="{escape(name)}">'
+            f'<label><input type="checkbox" id="rebuild-{name}-strict" name="stop_on_error" '
+            'value="1"> Stop at an event '
+            "that cannot be read (otherwise it becomes a dead letter)</label> "
+            f'<button type="submit" id="rebuild-{name}">Rebuild {escape(name)}</button></form>'
+        )
+    state_html = _rebuild_state(state, now)
+    return f'<section aria-labelledby="rebuild-{name}-title">{title}{state_html}{form}</section>'
+
+
+def _rebuild_state(state: Any, now: datetime) -> str:
+    """How the last rebuild asked here fares: a progress bar (indeterminate until its
+    first page) with its text, or how it ended."""
+    if state is None:
+        return "<p>Not rebuilt from this console since it started.</p>"
+    name = escape(state.view)
+    asked = f"asked by {escape(state.requested_by)} at {_when(state.started_at)}"
+    if state.error is not None:
+        return (
+            f'<p id="rebuild-{name}-state" role="alert" class="parked">Rebuild failed at '
+            f"{_when(state.finished_at)} ({asked}): {escape(state.error)}. The view answers "
+            "from its old rows.</p>"
+        )
+    total = state.total or 0
+    done = min(state.done, total)
+    if not state.running:
+        done = total = max(total, 1)
+    percent = 100 * done // total if total else 0
+    if state.running:
+        elapsed = (now - state.started_at).total_seconds()
+        reached = f"{done:,} of {total:,} log positions ({percent}%)" if total else "starting"
+        if total and done == total:
+            reached += ", swapping in"
+        text = f"Rebuilding: {reached}; {asked}, {elapsed:.0f} s ago."
+    else:
+        took = (state.finished_at - state.started_at).total_seconds()
+        text = (
+            f"Rebuilt: done at {_when(state.finished_at)}, {state.events or 0:,} events "
+            f"in {took:.1f} s ({asked}); the rebuilt view is live."
+        )
+    value = f' value="{done}"' if total else ""  # No value: indeterminate.
+    return (
+        f'<p><label for="rebuild-{name}-progress">Rebuild of {name}</label> '
+        f'<progress id="rebuild-{name}-progress" max="{max(total, 1)}"{value}>'
+        f"{percent}%</progress> "
+        f'<span id="rebuild-{name}-state" role="status">{text}</span></p>'
+    )
 
 
 def login(message: str = "") -> Page:

@@ -13,8 +13,11 @@ HttpOnly, SameSite=Strict cookie; never in a page), a script may send
 ``Authorization: Bearer``. Every token may read; a writer token (or anyone, on a
 loopback address without tokens) may also ask for a retry of the parked callbacks
 (``POST /callbacks/retry-parked``): the console records the request and the active
-dispatcher answers it (:mod:`projections.dispatch.retry_requests`). A reader's POST
-is refused with 403, and so is a POST from another site (its ``Origin``).
+dispatcher answers it (:mod:`projections.dispatch.retry_requests`); and start a
+blue/green rebuild of a view (``POST /projections/rebuild``), which runs in a thread
+of the console (:mod:`~ledger.console.rebuilds`) while the projections page shows its
+progress. A reader's POST is refused with 403, and so is a POST from another site
+(its ``Origin``).
 """
 
 from __future__ import annotations
@@ -23,22 +26,24 @@ import ipaddress
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 from http import cookies
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 from ledger.console import pages
 from ledger.console.charts import charts
+from ledger.console.rebuilds import Rebuilds
 from ledger.contract.errors import ConfigurationError, LedgerError
 from ledger.server.auth import Authenticator, Role, TokenEntry, read_tokens
 from ledger.store.url import StoreConfig
 from projections.dispatch.leadership import active_holder
 from projections.dispatch.retry_requests import RetryRequests
-from projections.views import Views
+from projections.views import VIEW_NAMES, Views
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +86,7 @@ class ConsoleServer:
         self.config = config
         self.views = Views(config)
         self.retry_requests = RetryRequests(config)
+        self.rebuilds = Rebuilds(config, self.views)
         self._lock = threading.Lock()
         """One store read at a time (the views' connections are shared)."""
         self._stop = threading.Event()
@@ -126,6 +132,7 @@ class ConsoleServer:
 
         def look(views: Views) -> tuple[int, ...]:
             return (
+                self.rebuilds.changes,
                 *(g.position for g in views.lag()),
                 views.ledger.recorder.max_notification_id() or 0,
                 views.dispatcher_log.recorder.max_notification_id() or 0,
@@ -141,6 +148,7 @@ class ConsoleServer:
         self._stop.set()
         self._http.shutdown()
         self._http.server_close()
+        self.rebuilds.close()
         for thread in self._threads:
             thread.join(timeout=30)
         self.views.close()
@@ -202,6 +210,9 @@ class _RequestHandler(BaseHTTPRequestHandler):
         if path == "/callbacks/retry-parked":
             self._retry_parked()
             return
+        if path == "/projections/rebuild":
+            self._rebuild()
+            return
         if path != "/login":
             self._send(404, "text/plain", b"not found\n")
             return
@@ -252,7 +263,19 @@ class _RequestHandler(BaseHTTPRequestHandler):
                 )
             )
         if path == "/projections":
-            return 200, console.read(lambda v: pages.projections(v.lag()))
+            refused = query.get("refused")
+            states = console.rebuilds.states()
+            return 200, console.read(
+                lambda v: pages.projections(
+                    v.lag(),
+                    views=VIEW_NAMES,
+                    stale=v.stale(),
+                    dead_letters=Counter(d.follower.partition("<-")[0] for d in v.dead_letters()),
+                    rebuilds=states,
+                    can_rebuild=_may_act(who),
+                    refused=console.rebuilds.refusal(refused) if refused else None,
+                )
+            )
         return 404, pages.not_found(f"no page at {path}")
 
     def _executions(self, query: dict[str, str]) -> tuple[int, pages.Page]:
@@ -296,20 +319,34 @@ class _RequestHandler(BaseHTTPRequestHandler):
         except LedgerError as e:
             return 404, pages.not_found(str(e))
 
-    def _retry_parked(self) -> None:
-        """Records a request to retry the parked callbacks (a writer only), then
-        back to the callbacks page, which tells how the request fares."""
-        self.rfile.read(min(int(self.headers.get("Content-Length") or 0), MAX_FORM_BYTES))
+    def _acting(self, what: str) -> TokenEntry | bool | None:
+        """Who sends this POST, when they may act; None when refused (answered here):
+        not signed in (401), from another site (403), a reader (403)."""
         who = self._who()
         if who is None:
             self._send(401, "text/plain", b"sign in first\n")
-            return
+            return None
         origin = self.headers.get("Origin")
         if origin and origin != "null" and urlsplit(origin).netloc != self.headers.get("Host"):
             self._send(403, "text/plain", b"a request from another site\n")
-            return
+            return None
         if not _may_act(who):
-            self._send(403, "text/plain", b"a reader token may not retry callbacks\n")
+            self._send(403, "text/plain", f"a reader token may not {what}\n".encode())
+            return None
+        return who
+
+    def _form(self) -> dict[str, str]:
+        """The POST's form fields (the body read up to MAX_FORM_BYTES), last value each."""
+        length = min(int(self.headers.get("Content-Length") or 0), MAX_FORM_BYTES)
+        form = parse_qs(self.rfile.read(length).decode("utf-8", "replace"))
+        return {k: v[-1] for k, v in form.items()}
+
+    def _retry_parked(self) -> None:
+        """Records a request to retry the parked callbacks (a writer only), then
+        back to the callbacks page, which tells how the request fares."""
+        self._form()
+        who = self._acting("retry callbacks")
+        if who is None:
             return
         by = "console" if who is True else who.name  # type: ignore[union-attr]
         try:
@@ -319,6 +356,28 @@ class _RequestHandler(BaseHTTPRequestHandler):
             self._page(pages.not_found(f"the request could not be recorded: {e}"), "", 503)
             return
         self._redirect("/callbacks")
+
+    def _rebuild(self) -> None:
+        """Starts a blue/green rebuild of the form's view (a writer only), then back to
+        the projections page, which shows its progress, or the one line saying why it
+        did not start (already being rebuilt, here or by another process)."""
+        form = self._form()
+        who = self._acting("rebuild views")
+        if who is None:
+            return
+        name = form.get("view", "")
+        by = "console" if who is True else who.name  # type: ignore[union-attr]
+        try:
+            refused = self.server_console.rebuilds.start(
+                name, by, stop_on_error=bool(form.get("stop_on_error"))
+            )
+        except ValueError as e:
+            self._send(400, "text/plain", f"{e}\n".encode())
+            return
+        if refused is not None:
+            self._redirect(f"/projections?{urlencode({'refused': name})}")
+            return
+        self._redirect("/projections")
 
     # The live stream.
 

@@ -39,7 +39,7 @@ from projections.dispatch.log import DispatcherLog
 from projections.views._dialects import ViewStore
 from projections.views._follower import DEFAULT_PAGE_SIZE, Follower, View, follow_live
 from projections.views._logs import LogReader, last_notification_id
-from projections.views._rebuild import rebuild
+from projections.views._rebuild import rebuild, rebuild_lock
 from projections.views._recorder import DeadLetter, RebuildInProgressError
 from projections.views.audit import AuditView
 from projections.views.status import StatusView
@@ -183,12 +183,19 @@ class Views:
             return
         follow_live(self._followers(names, listen=True), stop, self.poll_interval)
 
-    def rebuild(self, name: str, progress: Callable[[int, int], None] | None = None) -> int:
+    def rebuild(
+        self,
+        name: str,
+        progress: Callable[[int, int], None] | None = None,
+        *,
+        lock_held: bool = False,
+    ) -> int:
         """Rebuilds the view blue/green (see :mod:`projections.views._rebuild`): replays
         its logs from zero into tables beside the live ones, swaps them in once caught
         up. ``progress(done, total)`` is called after each page (log positions covered
         so far and in all: the heads when it started). Returns the events processed.
-        RebuildInProgressError if another process is rebuilding it.
+        RebuildInProgressError if another process is rebuilding it (unless
+        ``lock_held``: the caller holds :meth:`rebuild_lock` already).
         """
         return rebuild(
             self.config,
@@ -197,7 +204,14 @@ class Views:
             page_size=self.page_size,
             stop_on_error=self.stop_on_error,
             progress=progress,
+            lock_held=lock_held,
         )
+
+    def rebuild_lock(self, name: str) -> contextlib.AbstractContextManager[None]:
+        """The rebuild lock of view ``name`` (held while the block runs), or
+        RebuildInProgressError at once when another rebuild holds it. Not tied to a
+        thread: one thread may take it and another rebuild under it."""
+        return rebuild_lock(self.config, self.store, self.view(name).name)
 
     def dead_letters(self, names: Sequence[str] = VIEW_NAMES) -> list[DeadLetter]:
         """Every dead letter of the views in ``names``, by follower and position."""

@@ -108,11 +108,14 @@ class PostgresViewRecorder(PostgresTrackingRecorder, ViewRecorder):
 
     def _before_drop(self, tx: Tx, live: str, rebuilt: str) -> None:
         # Grants are per table: the rebuilt one gets those of the one it replaces
-        # (``ledger roles`` granted the follower and reader roles their rights).
+        # (``ledger roles`` granted the follower and reader roles their rights); a
+        # table new in this schema version (none to replace) gets those of the view's
+        # tracking table, which every follower writes and every reader reads.
+        source = live if self._table_exists(tx, live) else self.tracking_table_name
         tx.execute(
             "SELECT grantee, privilege_type FROM information_schema.role_table_grants "
             "WHERE table_schema = %s AND table_name = %s AND grantee <> current_user",
-            (self.datastore.schema, live),
+            (self.datastore.schema, source),
         )
         for grantee, privilege in tx.fetchall():
             if privilege in _PRIVILEGES:

@@ -75,13 +75,18 @@ def rebuild(
     page_size: int,
     stop_on_error: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    lock_held: bool = False,
 ) -> int:
     """Rebuilds ``view`` blue/green (see the module doc); returns the events processed.
 
     ``progress(done, total)`` is called after each page: log positions covered so far
     and in all (the heads when the rebuild started, summed over the logs followed).
+    ``lock_held``: the caller holds the view's :func:`rebuild_lock` already (taken
+    where a refusal is answered, e.g. the console's request, and held by the thread
+    that rebuilds), so it is not taken again here.
     """
-    with rebuild_lock(config, store, view.name):
+    locked = contextlib.nullcontext() if lock_held else rebuild_lock(config, store, view.name)
+    with locked:
         rebuilt_recorder = store.recorder(
             view.schema,
             suffix=NEXT_SUFFIX,

@@ -1,4 +1,4 @@
-"""The status view's tables (schema 2): their columns and DDL, a row as
+"""The status view's tables (schema 3): their columns and DDL, a row as
 :class:`ExecutionRow`, and the listing's cursors.
 
 - ``view_status``: id, kind, phase (the platform's spelling, e.g.
@@ -12,10 +12,17 @@
   execution's created_at, for listing by label.
 - ``view_status_counts``: executions not deleted per (kind, phase), kept in the same
   transactions as the rows, so counting never scans.
+- ``view_status_minutes``: events of the ledger per minute of their own time (the
+  minute as whole minutes since the Unix epoch, UTC), kept in the same transactions
+  as the rows: every command appends events, so this is the ledger's write rate,
+  read with one range of the primary key (the console's chart). Encrypted events
+  keep their time inside the ciphertext; the view holds it in the clear, as it
+  holds created_at.
 - ``view_status_dead_letters``: events the view could not decode.
 
 Schema 1 had neither cancel_requested_at, caller_gone_at nor deleted, and kept the
-labels of the create; its tables must be rebuilt.
+labels of the create; schema 2 had no ``view_status_minutes``. Tables of either
+must be rebuilt.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from functools import lru_cache
 from ledger.contract.phases import Phase
 from projections.views._recorder import as_utc
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -133,7 +140,16 @@ def ddl(postgres: bool) -> list[str]:
         "phase text NOT NULL, "
         "n {bigint} NOT NULL, "
         "PRIMARY KEY (kind, phase))",
+        "CREATE TABLE IF NOT EXISTS {minutes} ("
+        "minute {bigint} PRIMARY KEY, "
+        "events {bigint} NOT NULL)",
     ]
+
+
+def minute_of(moment: datetime) -> int:
+    """The ``view_status_minutes`` key of ``moment``: whole minutes since the Unix
+    epoch, UTC (naive datetimes are UTC)."""
+    return int(as_utc(moment).timestamp()) // 60
 
 
 def labels_json(labels: Mapping[str, str]) -> str:

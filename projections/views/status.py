@@ -50,6 +50,7 @@ from projections.views._status_rows import (
     decode_cursor,
     encode_cursor,
     labels_json,
+    minute_of,
     phase_name,
 )
 
@@ -71,6 +72,7 @@ class StatusView(View[dict[str, list[Fact]]]):
             "status": "view_status",
             "labels": "view_status_labels",
             "counts": "view_status_counts",
+            "minutes": "view_status_minutes",
             "dead": "view_status_dead_letters",
         },
         ddl=ddl,
@@ -114,6 +116,14 @@ class StatusView(View[dict[str, list[Fact]]]):
             (("kind", "text"), ("phase", "text"), ("n", "bigint")),
             "ON CONFLICT (kind, phase) DO UPDATE SET n = c.n + excluded.n",
         )
+        self._add_minutes = r.bulk(
+            "INSERT INTO {minutes} AS c",
+            (("minute", "bigint"), ("events", "bigint")),
+            "ON CONFLICT (minute) DO UPDATE SET events = c.events + excluded.events",
+        )
+        self._select_minutes = r.sql(
+            "SELECT minute, events FROM {minutes} WHERE minute >= %s AND minute < %s"
+        )
 
     @property
     def follows(self) -> Mapping[str, Sequence[str]]:
@@ -143,11 +153,14 @@ class StatusView(View[dict[str, list[Fact]]]):
         updates: list[tuple[Any, ...]] = []
         labels: list[tuple[Any, ...]] = []
         stale_labels: list[tuple[Any, ...]] = []
+        minutes: dict[int, int] = {}
         for execution_id in ids:
             row = rows.get(execution_id)
             before = (row.kind, row.phase) if row is not None and not row.deleted else None
             version = row.version if row is not None else 0
             for fact in prepared[execution_id]:
+                minute = minute_of(fact.timestamp)
+                minutes[minute] = minutes.get(minute, 0) + 1
                 row = apply_fact(row, fact, db_time)
             if row is None or row.version == version:
                 continue  # Nothing new (or events of an execution never created).
@@ -201,6 +214,7 @@ class StatusView(View[dict[str, list[Fact]]]):
         self._insert_labels(tx, labels)
         deltas = [(kind, PHASE_NAMES[phase], n) for (kind, phase), n in sorted(counts.items()) if n]
         self._add_counts(tx, deltas)
+        self._add_minutes(tx, sorted(minutes.items()))
 
     def _existing(self, tx: Tx, ids: Sequence[str]) -> dict[str, Row]:
         if not ids:
@@ -336,6 +350,22 @@ class StatusView(View[dict[str, list[Fact]]]):
             for phase in Phase
             if found.get(phase.proto_name)
         }
+
+    def events_per_minute(self, since: datetime, minutes: int) -> builtins.list[int]:
+        """Events of the ledger per minute (by each event's own time), for ``minutes``
+        minutes from the one ``since`` falls in (naive datetimes are UTC): one range of
+        the ``view_status_minutes`` primary key, at most ``minutes`` rows. An event
+        the view could not decode (a dead letter) is not counted."""
+        if minutes < 1:
+            raise ValueError(f"minutes must be at least 1 (got {minutes})")
+        self.check_current()
+        first = minute_of(since)
+        counts = [0] * minutes
+        with self.recorder.read() as tx:
+            tx.execute(self._select_minutes, (first, first + minutes))
+            for minute, events in tx.fetchall():
+                counts[int(minute) - first] = int(events)
+        return counts
 
     def snapshot(self) -> builtins.list[ExecutionRow]:
         """Every row, deleted ones too, by id (for checks and tests; not for large stores)."""
