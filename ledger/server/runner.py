@@ -41,7 +41,7 @@ from ledger.server.metrics import MetricsInterceptor
 from ledger.server.services import add_services
 from ledger.server.subscriptions import LogFollower
 from ledger.store.url import StoreConfig
-from projections.views import Views
+from projections.views import Views, freeze_startup_objects
 
 logger = logging.getLogger(__name__)
 
@@ -181,6 +181,10 @@ class LedgerServer:
         await server.start()
         for name in ("", *names):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        # Full collections otherwise traverse every start-up object (~64,000) while they
+        # hold the event loop: with 1,000 streams at load 10, full collections took
+        # 87-196 ms, 67-80 ms with these frozen (README, Benchmarks).
+        freeze_startup_objects()
         self.port = port
         return port
 

@@ -61,7 +61,7 @@ class LogFollower:
         self._ledger = ledger
         self._loop = loop
         self._poll_interval = poll_interval
-        self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._waiters: dict[str, set[Wakeup]] = {}
         self._signals: dict[str, int] = {}
         self._epoch = 0
         self._feeds: dict[str, _Feed] = {}
@@ -82,14 +82,14 @@ class LogFollower:
         if subscription is not None:
             subscription.wake()
 
-    def register(self, execution_id: str) -> asyncio.Event:
-        """An event set whenever ``execution_id`` may have new events (and at close)."""
-        event = asyncio.Event()
+    def register(self, execution_id: str) -> Wakeup:
+        """A wake-up set whenever ``execution_id`` may have new events (and at close)."""
+        event = Wakeup(self._loop)
         with self._lock:
             self._waiters.setdefault(execution_id, set()).add(event)
         return event
 
-    def unregister(self, execution_id: str, event: asyncio.Event) -> None:
+    def unregister(self, execution_id: str, event: Wakeup) -> None:
         with self._lock:
             waiting = self._waiters.get(execution_id)
             if waiting is not None:
@@ -171,7 +171,7 @@ class LogFollower:
         self,
         offers: dict[str, list[Notification]],
         position: int,
-        events: list[asyncio.Event],
+        events: list[Wakeup],
         everything: bool,
     ) -> None:
         """On the event loop: the signals and the feeds' events change together, so a
@@ -186,6 +186,46 @@ class LogFollower:
                     feed.offer(stored, (self._epoch, position))
         for event in events:
             event.set()
+
+
+class Wakeup:
+    """One subscription's wake-up, set on the event loop's thread (as an
+    ``asyncio.Event`` is, but waited for with a timeout without a task of its own:
+    ``asyncio.wait_for`` would start one per wait, and a loop hop more per change)."""
+
+    __slots__ = ("_future", "_loop", "is_set")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._future: asyncio.Future[None] | None = None
+        self.is_set = False
+
+    def set(self) -> None:
+        self.is_set = True
+        future = self._future
+        if future is not None and not future.done():
+            future.set_result(None)
+
+    def clear(self) -> None:
+        self.is_set = False
+
+    async def wait(self, timeout: float) -> bool:
+        """Until set (True) or until ``timeout`` seconds pass (False)."""
+        if self.is_set:
+            return True
+        future = self._future = self._loop.create_future()
+        timer = self._loop.call_later(timeout, _expire, future)
+        try:
+            await future
+        finally:
+            timer.cancel()
+            self._future = None
+        return self.is_set
+
+
+def _expire(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class ClosingError(Exception):
@@ -254,7 +294,10 @@ class _Feed:
                 self.terminal = self._changes.is_terminal
             if version < known and (not self._records or self._records[0].version > version + 1):
                 return None
-            return [r for r in self._records if r.version > version]
+            if not self._records or self._records[-1].version <= version:
+                return []
+            # Consecutive versions: the ones after ``version`` by position.
+            return self._records[max(0, version + 1 - self._records[0].version) :]
 
 
 async def follow_execution(
@@ -293,9 +336,6 @@ async def follow_execution(
             if terminal:  # Every reader stops at its reader's tip, which it has now sent.
                 return
             if not records:
-                try:
-                    await asyncio.wait_for(event.wait(), RECHECK_SECONDS)
-                except TimeoutError:
-                    recheck = True
+                recheck = not await event.wait(RECHECK_SECONDS)
     finally:
         follower.unregister(execution_id, event)
