@@ -10,7 +10,9 @@ zero) and the dispatcher (carrying on from its recorded position).
 
 from __future__ import annotations
 
+import json
 import shutil
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -26,7 +28,7 @@ from ledger.contract.names import (
 )
 from ledger.domain.execution import Execution
 from ledger.store.url import parse_url
-from projections.dispatch.delivery import Delivery
+from projections.dispatch.delivery import Call, Delivery, Outcome
 from projections.dispatch.log import DispatcherLog
 from projections.views import Views
 
@@ -122,3 +124,59 @@ def test_the_dispatcher_log_of_round_1_reads_back(round1_url: str) -> None:
     finally:
         log.close()
     assert DELIVERY_TOPIC != LEGACY_DELIVERY_TOPIC
+
+
+def test_a_delivery_stores_what_the_library_s_own_machinery_would() -> None:
+    """``Delivery`` builds its events without the library's ``_create`` and
+    ``trigger_event`` (cheaper); what it stores must be what those would store: same
+    topics, versions and state fields, and it must read back the same."""
+    log = DispatcherLog({"PERSISTENCE_MODULE": "eventsourcing.popo"})
+    completed_at = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
+    fields = {
+        "kind": "AgentExecution",
+        "phase": 4,
+        "completed_at": completed_at,
+        "has_callback": True,
+        "ledger_position": 7,
+    }
+
+    def ours() -> Delivery:
+        delivery = Delivery.open("aex-ours", **fields)  # type: ignore[arg-type]
+        delivery.attempt(Call.COMPLETE)
+        delivery.resolve(Outcome.PARKED, call="complete", grpc_status="UNAVAILABLE", reason="x")
+        delivery.attempt(Call.COMPLETE)
+        delivery.resolve(Outcome.DELIVERED, call="complete", grpc_status="OK")
+        return delivery
+
+    theirs = Delivery._create(Delivery.Opened, id="aex-ours", **fields)
+    theirs.trigger_event(Delivery.Attempted, attempt=1, call="complete")
+    theirs.trigger_event(
+        Delivery.Parked, call="complete", grpc_status="UNAVAILABLE", detail="", reason="x"
+    )
+    theirs.trigger_event(Delivery.Attempted, attempt=2, call="complete")
+    theirs.trigger_event(Delivery.Delivered, call="complete", grpc_status="OK", detail="")
+
+    def stored(delivery: Delivery) -> list[tuple[str, int, dict[str, object]]]:
+        rows = []
+        for event in delivery.collect_events():
+            s = log.mapper.to_stored_event(event)
+            state = json.loads(s.state)
+            state.pop("timestamp")  # When each was made: the one thing that differs.
+            rows.append((s.topic, s.originator_version, state))
+        return rows
+
+    assert stored(ours()) == stored(theirs)
+    log.save(ours())
+    again = log.delivery("aex-ours")
+    assert again is not None
+    assert (again.outcome, again.attempts, again.unconfirmed_attempts, again.version) == (
+        Outcome.DELIVERED,
+        2,
+        1,
+        5,
+    )
+    assert (again.kind, again.completed_at, again.ledger_position) == (
+        "AgentExecution",
+        completed_at,
+        7,
+    )

@@ -67,7 +67,14 @@ def observe_command(command: str, result: str, seconds: float) -> None:
 
 def count_delivery(outcome: str) -> None:
     """Counts one resolved delivery (with a call to Temporal or without: ``no_callback``)."""
-    DELIVERIES.labels(outcome).inc()
+    child = _DELIVERY_CHILDREN.get(outcome)
+    if child is None:  # ``labels()`` takes a lock and builds a key each time: once each.
+        child = _DELIVERY_CHILDREN[outcome] = DELIVERIES.labels(outcome)
+    child.inc()
+
+
+_DELIVERY_CHILDREN: dict[str, Counter] = {}
+"""``DELIVERIES``' child of each outcome counted so far in this process."""
 
 
 def observe_delivery_latency(completed_at: datetime | None) -> None:

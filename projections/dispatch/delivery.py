@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
-from typing import ClassVar
+from typing import Any, ClassVar, cast
 
 from eventsourcing.domain import BaseAggregate, CanInitAggregate
+from eventsourcing.utils import get_topic
 
 from ledger.contract.names import DELIVERY_TOPIC, LEGACY_DELIVERY_TOPIC
 from ledger.domain.events import TextIdEvent, register_topics
@@ -173,15 +174,22 @@ class Delivery(BaseAggregate[str]):
         has_callback: bool,
         ledger_position: int,
     ) -> Delivery:
-        return cls._create(
-            cls.Opened,
-            id=execution_id,
+        # What the library's ``_create`` does for a given text id, without its checks of
+        # what is fixed here (about a third of the cost): the event, then the aggregate.
+        opened: Delivery.Opened = cast(Any, cls.Opened)(  # A dataclass (the library's metaclass).
+            originator_topic=_DELIVERY_CLASS_TOPIC,
+            originator_id=execution_id,
+            originator_version=cls.INITIAL_VERSION,
+            timestamp=cls.Opened.create_timestamp(),
             kind=kind,
             phase=phase,
             completed_at=completed_at,
             has_callback=has_callback,
             ledger_position=ledger_position,
         )
+        delivery = cast(Delivery, opened.mutate(None))
+        delivery.pending_events.append(opened)
+        return delivery
 
     @property
     def is_final(self) -> bool:
@@ -192,7 +200,7 @@ class Delivery(BaseAggregate[str]):
         if self.is_final:
             msg = f"delivery {self.id!r} is final ({self.outcome}); it is never attempted again"
             raise RuntimeError(msg)
-        self.trigger_event(self.Attempted, attempt=self.attempts + 1, call=str(call))
+        self._trigger(self.Attempted, attempt=self.attempts + 1, call=str(call))
 
     def resolve(
         self,
@@ -209,12 +217,27 @@ class Delivery(BaseAggregate[str]):
             msg = f"delivery {self.id!r} is final ({self.outcome}) already"
             raise RuntimeError(msg)
         extra = {"reason": reason} if outcome is Outcome.PARKED else {}
-        self.trigger_event(
+        self._trigger(
             OUTCOME_EVENTS[outcome], call=call, grpc_status=grpc_status, detail=detail, **extra
         )
 
+    def _trigger(self, event_class: type[Delivery.Event], **fields: Any) -> None:
+        """The library's ``trigger_event`` without its per-call check of a class topic
+        (a delivery has none) and copy of the arguments: the next event (this id, the
+        next version, now), applied, then pending."""
+        event: Delivery.Event = cast(Any, event_class)(
+            originator_id=self.id,
+            originator_version=self.version + 1,
+            timestamp=event_class.create_timestamp(),
+            **fields,
+        )
+        event.mutate(self)
+        self.pending_events.append(event)
+
 
 register_topics(Delivery, DELIVERY_TOPIC, LEGACY_DELIVERY_TOPIC)
+_DELIVERY_CLASS_TOPIC = get_topic(Delivery)
+"""The ``originator_topic`` of an ``Opened`` event (the library's ``_create`` puts it)."""
 
 OUTCOME_EVENTS: dict[Outcome, type[Delivery.Resolved]] = {
     # The event that records each outcome.

@@ -117,12 +117,14 @@ class InFlightCalls:
             reason=reason,
         )
         self.stats.count(result.outcome)
-        log = logger.warning if result.outcome is Outcome.PARKED else logger.debug
-        log(
-            "callback %s for %s (token %s) after %d tries",
-            result.outcome.value,
-            job.execution.id,
-            redact_token(job.token),
-            result.tries,
-        )
+        level = logging.WARNING if result.outcome is Outcome.PARKED else logging.DEBUG
+        if logger.isEnabledFor(level):  # The token redacted only for a line written.
+            logger.log(
+                level,
+                "callback %s for %s (token %s) after %d tries",
+                result.outcome.value,
+                job.execution.id,
+                redact_token(job.token),
+                result.tries,
+            )
         self.book.resolve(job.delivery, job.position or None)

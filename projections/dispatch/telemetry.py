@@ -34,8 +34,9 @@ async def observed_delivery(
 ) -> None:
     """Awaits ``call`` (the delivery's call, which resolves ``delivery``) measured and,
     while tracing is on, inside the delivery's span."""
-    with DELIVERIES_IN_FLIGHT.track_inprogress():
-        if not enabled():
+    DELIVERIES_IN_FLIGHT.inc()  # Not ``track_inprogress()``: an object and a lock less.
+    try:
+        if not _tracing():
             await call
         else:
             parent = context_from(execution.resource.metadata.annotations)
@@ -48,8 +49,24 @@ async def observed_delivery(
                 span.set_attribute("ledger.attempts", delivery.attempts)
                 if delivery.outcome is Outcome.PARKED:
                     span.set_status(trace.Status(trace.StatusCode.ERROR, "parked"))
+    finally:
+        DELIVERIES_IN_FLIGHT.dec()
     if delivery.outcome is not Outcome.PENDING:
         observe_delivery_latency(delivery.completed_at)
+
+
+def _tracing() -> bool:
+    """:func:`~ledger.observability.tracing.enabled`, asked again only when the tracer
+    provider changes (asking imports the SDK and checks the provider's type: about 7 µs,
+    once a delivery otherwise)."""
+    provider = trace.get_tracer_provider()
+    if provider is not _seen[0]:  # Set once a process (OpenTelemetry refuses a second).
+        _seen[:] = [provider, enabled()]
+    return bool(_seen[1])
+
+
+_seen: list[object] = [None, False]
+"""The tracer provider last seen by :func:`_tracing`, and what ``enabled()`` said then."""
 
 
 def delivery_resolved(outcome: Outcome) -> None:
@@ -60,7 +77,7 @@ def delivery_resolved(outcome: Outcome) -> None:
 @contextlib.contextmanager
 def heartbeat_batch(count: int) -> Iterator[None]:
     """The span of one round of ``count`` heartbeats (none while tracing is off)."""
-    if not count or not enabled():
+    if not count or not _tracing():
         yield
         return
     with tracer().start_as_current_span("ledger.heartbeats") as span:
