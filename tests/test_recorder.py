@@ -26,6 +26,7 @@ from typing import Any, ClassVar, Literal
 import psycopg
 import pytest
 from eventsourcing.persistence import (
+    DataError,
     IntegrityError,
     OperationalError,
     ProcessRecorder,
@@ -421,6 +422,27 @@ class TestRecorderProperties(WithPostgresSchema):
         max_id = recorder.max_notification_id()
         assert max_id is not None
         self.assertEqual(seen, list(range(1, max_id + 1)))
+
+    def test_an_insert_survives_its_prepared_statement_being_deallocated(self) -> None:
+        """The one-event insert is prepared once per connection: a ``DEALLOCATE ALL``
+        on the connections (a pooler, an operator) makes it prepare again, not fail;
+        its conflicts and errors are still the library's."""
+        recorder = self.create_recorder()
+        self.resize_pool(1)  # One connection: the one the statement was prepared on.
+        self.assertEqual(recorder.insert_events([StoredEvent("aex-d", 1, "t", b"s")]), [1])
+        with self.datastore.get_connection() as conn:
+            conn.execute("DEALLOCATE ALL")
+            prepared = conn.execute("SELECT count(*) FROM pg_prepared_statements").fetchone()
+            self.assertEqual(prepared, {"count": 0})
+        self.assertEqual(recorder.insert_events([StoredEvent("aex-d", 2, "t", b"s")]), [2])
+        with self.assertRaises(IntegrityError):
+            recorder.insert_events([StoredEvent("aex-d", 2, "t", b"other")])
+        with self.assertRaises(DataError):  # PostgreSQL text holds no NUL character.
+            recorder.insert_events([StoredEvent("aex-\x00", 1, "t", b"s")])
+        stored = recorder.select_notifications(1, 10)
+        self.assertEqual(
+            [(n.originator_id, n.originator_version) for n in stored], [("aex-d", 1), ("aex-d", 2)]
+        )
 
     def test_lock_timeout(self) -> None:
         """POSTGRES_LOCK_TIMEOUT bounds the wait for the table lock."""

@@ -207,7 +207,8 @@ class Execution(BaseAggregate[str]):
 
     @property
     def phase(self) -> Phase:
-        return Phase(self.resource.status.phase)
+        value = self.resource.status.phase
+        return _PHASES.get(value) or Phase(value)
 
     @property
     def has_sealed_secrets(self) -> bool:
@@ -547,6 +548,9 @@ def _struct(value: Mapping[str, Any]) -> Struct:
     struct.update(value)
     return struct
 
+
+_PHASES: dict[int, Phase] = {int(p): p for p in Phase if p}
+"""Phases by number: a dict lookup, not an enum call, for the phase read on every command."""
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 

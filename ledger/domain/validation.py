@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from google.protobuf.struct_pb2 import ListValue, Struct, Value
 
@@ -166,8 +166,11 @@ def _struct_depths(message: Message, path: str) -> Iterable[tuple[str, int]]:
     if isinstance(message, (Struct, ListValue, Value)):
         yield path, _depth(message)
         return
+    holders = _struct_holders(message.DESCRIPTOR)
+    if not holders:
+        return
     for fd, value in message.ListFields():
-        if fd.type != FieldDescriptor.TYPE_MESSAGE:
+        if fd.name not in holders:
             continue
         sub = f"{path}.{fd.name}"
         if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
@@ -179,6 +182,41 @@ def _struct_depths(message: Message, path: str) -> Iterable[tuple[str, int]]:
                 yield from _struct_depths(item, f"{sub}[{index}]")
         else:
             yield from _struct_depths(value, sub)
+
+
+_STRUCT_TYPES = frozenset(
+    d.full_name for d in (Struct.DESCRIPTOR, ListValue.DESCRIPTOR, Value.DESCRIPTOR)
+)
+_holders: dict[str, frozenset[str]] = {}
+
+
+def _struct_holders(descriptor: Any) -> frozenset[str]:
+    """The names of the message fields of ``descriptor`` through which a Struct can be
+    reached (map values and repeated entries included), computed once per type."""
+    found = _holders.get(descriptor.full_name)
+    if found is None:
+        found = _holders[descriptor.full_name] = frozenset(
+            fd.name
+            for fd in descriptor.fields
+            if fd.type == FieldDescriptor.TYPE_MESSAGE
+            and fd.message_type is not None
+            and _reaches_struct(fd.message_type, set())
+        )
+    return found
+
+
+def _reaches_struct(descriptor: Descriptor, seen: set[str]) -> bool:
+    if descriptor.full_name in _STRUCT_TYPES:
+        return True
+    if descriptor.full_name in seen:
+        return False
+    seen.add(descriptor.full_name)
+    return any(
+        fd.type == FieldDescriptor.TYPE_MESSAGE
+        and fd.message_type is not None
+        and _reaches_struct(fd.message_type, seen)
+        for fd in descriptor.fields
+    )
 
 
 def _depth(value: Struct | ListValue | Value) -> int:

@@ -103,6 +103,7 @@ from ledger.store._insert_functions import (
     insert_one,
     track_then_insert,
 )
+from ledger.store._prepared import PreparedInsertOne, on_connection
 from ledger.store.horizon import ReadHorizon
 from ledger.store.wakeups import Wakeups
 
@@ -210,6 +211,18 @@ class LedgerPostgresApplicationRecorder(PostgresApplicationRecorder):
             SQL("%s::{id_type}, %s::bigint, %s::text, %s::bytea").format(id_type=id_type),
             many=False,
         )
+        self._insert_one: PreparedInsertOne | None = None
+        if self.datastore.originator_id_type == "text":  # Text ids: libpq's call (:meth:`_call`).
+            self._insert_one = PreparedInsertOne(
+                self.datastore,
+                SQL("SELECT {schema}.{function}($1::text, $2::text, $3::bigint, $4::text, {state})")
+                .format(
+                    schema=Identifier(self.datastore.schema),
+                    function=Identifier(self.insert_one_function_name),
+                    state=SQL("$5::bytea"),
+                )
+                .as_bytes(None),
+            )
         self.horizon = ReadHorizon(self.datastore, self.datastore.schema, self.events_table_name)
         """The readable head of this log, shared by every reader of the recorder."""
         self.wakeups = Wakeups(self.datastore, self.channel_name)
@@ -466,11 +479,22 @@ class LedgerPostgresApplicationRecorder(PostgresApplicationRecorder):
         )
 
     def _call(self, statement: bytes, params: tuple[Any, ...]) -> list[int]:
-        """One autocommit round trip: the prepared call of a db function."""
-        with self.datastore.get_connection() as conn:
+        """One autocommit round trip: the prepared call of a db function (the insert of
+        one event with a text id through libpq's own call, :mod:`ledger.store._prepared`)."""
+        insert_one = self._insert_one
+        if (
+            insert_one is not None
+            and statement is self.sql_call_insert_one_function
+            and type(params[1]) is str
+        ):
+            return [insert_one(*params)]
+
+        def call(conn: Any) -> list[int]:
             cursor = conn.cursor(row_factory=tuple_row)
             cursor.execute(statement, params, prepare=True)
             return [row[0] for row in cursor.fetchall()]
+
+        return on_connection(self.datastore, call)
 
 
 class LedgerPostgresProcessRecorder(LedgerPostgresApplicationRecorder, PostgresProcessRecorder):

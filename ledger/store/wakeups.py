@@ -21,7 +21,9 @@ import logging
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from ledger.store._prepared import PreparedStatement, on_connection
 
 if TYPE_CHECKING:
     from eventsourcing.postgres import PostgresDatastore
@@ -33,7 +35,7 @@ logger = logging.getLogger(__name__)
 WAKE_INTERVAL = 0.005
 """Seconds between two wake-ups sent by one process for one log, at least."""
 
-_SEND = b"SELECT set_config('synchronous_commit', 'off', true), pg_notify(%s, '')"
+_SEND = b"SELECT set_config('synchronous_commit', 'off', true), pg_notify($1::text, '')"
 
 
 class Wakeups:
@@ -48,6 +50,7 @@ class Wakeups:
         self._pending = False
         self._poked = threading.Event()
         self._thread: threading.Thread | None = None
+        self._statement = PreparedStatement(datastore, _SEND)
 
     def poke(self) -> None:
         """Something was committed: a wake-up is sent soon (cheap; never blocks)."""
@@ -71,11 +74,17 @@ class Wakeups:
 
     def _send(self) -> None:
         try:
-            with self.datastore.get_connection() as conn:
-                conn.execute(_SEND, (self.channel,), prepare=True)
+            on_connection(self.datastore, self._execute)
             self.sent += 1
         except Exception as e:  # A hint only: followers poll anyway.
             logger.debug("wake-up on %s not sent: %s", self.channel, e)
+
+    def _execute(self, conn: Any) -> None:
+        channel = self.channel.encode(self._statement.encoding(conn))
+        self._statement.execute(conn, [channel], _TEXT_1)
+
+
+_TEXT_1 = [0]
 
 
 def _flush_at_exit(ref: weakref.ref[Wakeups]) -> None:
