@@ -37,7 +37,9 @@ TRACES_FILE = "LEDGER_TRACES_FILE"
 """The variable naming a file that receives every span as a line of JSON."""
 
 _PROPAGATOR = TraceContextTextMapPropagator()
-_state: dict[str, bool] = {"enabled": False}
+_state: dict[str, Any] = {"enabled": False, "provider": None}
+"""Whether spans are recorded, and the tracer provider :func:`enabled` last found
+not to be an SDK one (asked again only when the global provider changes)."""
 
 
 def tracer() -> trace.Tracer:
@@ -50,11 +52,14 @@ def enabled() -> bool:
     exporter, or the application set an SDK tracer provider of its own."""
     if _state["enabled"]:
         return True
+    provider = trace.get_tracer_provider()
+    if provider is _state["provider"]:  # Asked once a command or delivery: cheap.
+        return False
     from opentelemetry.sdk.trace import TracerProvider
 
-    if isinstance(trace.get_tracer_provider(), TracerProvider):
-        _state["enabled"] = True
-    return _state["enabled"]
+    _state["enabled"] = isinstance(provider, TracerProvider)
+    _state["provider"] = provider
+    return bool(_state["enabled"])
 
 
 def configure_tracing(service_name: str, env: Mapping[str, str] | None = None) -> bool:

@@ -36,7 +36,7 @@ async def observed_delivery(
     while tracing is on, inside the delivery's span."""
     DELIVERIES_IN_FLIGHT.inc()  # Not ``track_inprogress()``: an object and a lock less.
     try:
-        if not _tracing():
+        if not enabled():
             await call
         else:
             parent = context_from(execution.resource.metadata.annotations)
@@ -55,20 +55,6 @@ async def observed_delivery(
         observe_delivery_latency(delivery.completed_at)
 
 
-def _tracing() -> bool:
-    """:func:`~ledger.observability.tracing.enabled`, asked again only when the tracer
-    provider changes (asking imports the SDK and checks the provider's type: about 7 µs,
-    once a delivery otherwise)."""
-    provider = trace.get_tracer_provider()
-    if provider is not _seen[0]:  # Set once a process (OpenTelemetry refuses a second).
-        _seen[:] = [provider, enabled()]
-    return bool(_seen[1])
-
-
-_seen: list[object] = [None, False]
-"""The tracer provider last seen by :func:`_tracing`, and what ``enabled()`` said then."""
-
-
 def delivery_resolved(outcome: Outcome) -> None:
     """Counts one delivery resolved with ``outcome``."""
     count_delivery(outcome.value)
@@ -77,7 +63,7 @@ def delivery_resolved(outcome: Outcome) -> None:
 @contextlib.contextmanager
 def heartbeat_batch(count: int) -> Iterator[None]:
     """The span of one round of ``count`` heartbeats (none while tracing is off)."""
-    if not count or not _tracing():
+    if not count or not enabled():
         yield
         return
     with tracer().start_as_current_span("ledger.heartbeats") as span:
