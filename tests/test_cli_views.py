@@ -167,13 +167,6 @@ def count_notifications(url: str, component: str | None, topics: tuple[str, ...]
 
 
 @pytest.fixture
-def ledger(store_url: str) -> Iterator[Ledger]:
-    app = open_ledger(store_url)
-    yield app
-    app.close()
-
-
-@pytest.fixture
 def sqlite_ledger(sqlite_url: str) -> Iterator[Ledger]:
     app = open_ledger(sqlite_url)
     yield app

@@ -18,24 +18,14 @@ from typing import Any
 
 import pytest
 
-from ledger.application import Ledger, open_ledger
+from ledger.application import Ledger
 from ledger.console.rebuilds import Rebuilds, RebuildState
 from projections.views import RebuildInProgressError, Views
 from tests.support.waiting import wait_for
 from tests.test_view_rebuilds import next_position, poison
 from tests.test_views import drive, snapshots
 
-
-@pytest.fixture(autouse=True)
-def small_pools(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("POSTGRES_POOL_SIZE", "1")
-
-
-@pytest.fixture
-def ledger(store_url: str) -> Iterator[Ledger]:
-    app = open_ledger(store_url)
-    yield app
-    app.close()
+pytestmark = pytest.mark.usefixtures("small_pools")  # Several applications a test.
 
 
 @pytest.fixture

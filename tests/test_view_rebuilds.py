@@ -22,7 +22,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -51,16 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TOKEN = base64.b64encode(b"\x0a\x24 a distinctive task token for dead letters 0123456789").decode()
 
 
-@pytest.fixture(autouse=True)
-def small_pools(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("POSTGRES_POOL_SIZE", "1")
-
-
-@pytest.fixture
-def ledger(store_url: str) -> Iterator[Ledger]:
-    app = open_ledger(store_url)
-    yield app
-    app.close()
+pytestmark = pytest.mark.usefixtures("small_pools")  # Several applications a test.
 
 
 def signals(ledger: Ledger) -> dict[str, str]:

@@ -60,17 +60,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ORGS = ("org-a", "org-b", "org-c")
 
 
-@pytest.fixture(autouse=True)
-def small_pools(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Few connections per pool: each test opens several applications at once."""
-    monkeypatch.setenv("POSTGRES_POOL_SIZE", "1")
-
-
-@pytest.fixture
-def ledger(store_url: str) -> Iterator[Ledger]:
-    app = open_ledger(store_url)
-    yield app
-    app.close()
+pytestmark = pytest.mark.usefixtures("small_pools")  # Several applications a test.
 
 
 @pytest.fixture
