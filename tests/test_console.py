@@ -31,10 +31,10 @@ import pytest
 from eventsourcing.persistence import StoredEvent
 
 from ledger.application import open_ledger
+from ledger.cli.grpc_server.auth import Role, add_token
 from ledger.contract.kinds import AgentExecution, AgentExecutionSpec, AgentExecutionStatus
 from ledger.contract.names import CREATED_TOPICS
 from ledger.contract.phases import Phase
-from ledger.server.auth import Role, add_token
 from ledger.store.url import parse_url
 from projections.views import Views
 from tests.support.processes import kill_all, python_process, stop_process

@@ -1,4 +1,4 @@
-"""The console's rebuilds (:mod:`ledger.console.rebuilds`), on SQLite and PostgreSQL,
+"""The console's rebuilds (:mod:`ledger.cli.web_console.rebuilds`), on SQLite and PostgreSQL,
 without a browser (``tests/test_console.py`` clicks the button in one):
 
 - a rebuild started there runs in a thread, reports its progress up to the heads it
@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from ledger.application import Ledger
-from ledger.console.rebuilds import Rebuilds, RebuildState
+from ledger.cli.web_console.rebuilds import Rebuilds, RebuildState
 from projections.views import RebuildInProgressError, Views
 from tests.support.waiting import wait_for
 from tests.test_view_rebuilds import next_position, poison

@@ -1,4 +1,4 @@
-"""``ledger serve``'s status view follower (``ledger/server/runner.py``), in process:
+"""``ledger serve``'s status view follower (``ledger/cli/grpc_server/runner.py``), in process:
 an unexpected error stops it for a moment, never for good (``list`` would lag
 silently ever after)."""
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from ledger.server.runner import LedgerServer
+from ledger.cli.grpc_server.runner import LedgerServer
 from tests.support.waiting import wait_for
 
 

@@ -26,13 +26,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ledger.api.agentexecution.v1 import api_pb2 as agent_api
 from ledger.api.workflowexecution.v1 import api_pb2 as workflow_api
+from ledger.cli.grpc_server.auth import Role, add_token
 from ledger.grpc.agentexecution.v1 import command_pb2_grpc as agent_command
 from ledger.grpc.agentexecution.v1 import io_pb2 as agent_io
 from ledger.grpc.agentexecution.v1 import query_pb2_grpc as agent_query
 from ledger.grpc.workflowexecution.v1 import command_pb2_grpc as workflow_command
 from ledger.grpc.workflowexecution.v1 import io_pb2 as workflow_io
 from ledger.grpc.workflowexecution.v1 import query_pb2_grpc as workflow_query
-from ledger.server.auth import Role, add_token
 from tests.test_wire import blob, msg, text, uint
 
 ROOT = Path(__file__).resolve().parent.parent

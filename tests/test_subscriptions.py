@@ -1,4 +1,4 @@
-"""``subscribe``'s shared feeds (``ledger/server/subscriptions.py``), in process.
+"""``subscribe``'s shared feeds (``ledger/cli/grpc_server/subscriptions.py``), in process.
 
 The subscriptions of one execution share one reader of its changes; one that falls
 behind the feed's window reads the store alone, and every one of them still sees
@@ -14,8 +14,8 @@ import pytest
 
 from ledger import AgentExecution, AgentExecutionSpec, AgentExecutionStatus, Ledger
 from ledger.api.agentexecution.v1 import enum_pb2 as agent_enum
-from ledger.server import subscriptions
-from ledger.server.subscriptions import LogFollower, follow_execution
+from ledger.cli.grpc_server import subscriptions
+from ledger.cli.grpc_server.subscriptions import LogFollower, follow_execution
 
 Seen = tuple[int, int]
 """What a subscriber saw of one resource: its message count and phase."""

@@ -32,8 +32,8 @@ import pytest
 from eventsourcing.persistence import StoredEvent
 
 from ledger.application import Ledger, open_ledger
+from ledger.cli.grpc_server.errors import status_of
 from ledger.contract.names import CREATED_TOPICS, STATUS_CHANGED_TOPICS
-from ledger.server.errors import status_of
 from ledger.store.url import parse_url
 from projections.views import (
     DeadLetter,

@@ -17,7 +17,7 @@ order ``ledger --help`` lists them):
 - :mod:`ledger.cli.views`: ``projections status|run|rebuild``;
 - :mod:`ledger.cli.dispatcher`: ``dispatcher run|retry-parked|parked``;
 - :mod:`ledger.cli.keys`: ``keys list|add|encrypt``;
-- :mod:`ledger.cli.console`: ``console`` (:mod:`ledger.console`);
+- :mod:`ledger.cli.console`: ``console`` (:mod:`ledger.cli.web_console`);
 - :mod:`ledger.cli._input`, :mod:`ledger.cli._render`, :mod:`ledger.cli._logging`:
   reading documents, printing results, logging of the long-running commands.
 """

@@ -1,4 +1,4 @@
-"""``ledger console``: the live operator console in the browser (:mod:`ledger.console`).
+"""``ledger console``: the live operator console in the browser (:mod:`ledger.cli.web_console`).
 
 Registers its command on the CLI's Typer ``app``; :mod:`ledger.cli` imports this
 module so it is there.
@@ -50,7 +50,7 @@ def console(
 ) -> None:
     """Serve the operator console (overview, executions, callbacks, projections) until
     SIGTERM or Ctrl-C; prints ``console on http://HOST:PORT/`` on stderr."""
-    from ledger.console.server import ConsoleServer
+    from ledger.cli.web_console.server import ConsoleServer
     from ledger.observability.exposition import parse_address
 
     with errors():

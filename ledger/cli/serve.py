@@ -2,7 +2,7 @@
 
 Registers its commands on the CLI's Typer ``app`` (:mod:`ledger.cli._app`);
 :mod:`ledger.cli` imports this module so they are there. The server itself is
-:mod:`ledger.server`; docs/GRPC.md shows it at work with grpcurl.
+:mod:`ledger.cli.grpc_server`; docs/GRPC.md shows it at work with grpcurl.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def serve(
 
     Needs --tokens FILE (bearer tokens) or --no-auth. SIGTERM stops gracefully.
     """
-    from ledger.server import ServeOptions, run
+    from ledger.cli.grpc_server import ServeOptions, run
     from ledger.store.url import parse_url
 
     if tokens is None and not no_auth:
@@ -106,7 +106,7 @@ def token_add(
     ] = "writer",
 ) -> None:
     """Add a token: prints it once; the file keeps only its SHA-256."""
-    from ledger.server.auth import Role, add_token
+    from ledger.cli.grpc_server.auth import Role, add_token
 
     try:
         chosen = Role(role)

@@ -1,6 +1,6 @@
 """The console's HTTP server: routes, token authentication, and the live stream.
 
-One :class:`ConsoleServer` serves the pages of :mod:`~ledger.console.pages` from a
+One :class:`ConsoleServer` serves the pages of :mod:`~ledger.cli.web_console.pages` from a
 :class:`~projections.views.Views` of its own (the status and audit views, the lag,
 and the ledger for one execution's history), with the standard library's threading
 HTTP server. ``/live`` is a server-sent-events stream that says ``change`` whenever
@@ -15,7 +15,7 @@ loopback address without tokens) may also ask for a retry of the parked callback
 (``POST /callbacks/retry-parked``): the console records the request and the active
 dispatcher answers it (:mod:`projections.dispatch.retry_requests`); and start a
 blue/green rebuild of a view (``POST /projections/rebuild``), which runs in a thread
-of the console (:mod:`~ledger.console.rebuilds`) while the projections page shows its
+of the console (:mod:`~ledger.cli.web_console.rebuilds`) while the projections page shows its
 progress. A reader's POST is refused with 403, and so is a POST from another site
 (its ``Origin``).
 """
@@ -35,11 +35,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
-from ledger.console import pages
-from ledger.console.charts import charts
-from ledger.console.rebuilds import Rebuilds
+from ledger.cli.grpc_server.auth import Authenticator, Role, TokenEntry, read_tokens
+from ledger.cli.web_console import pages
+from ledger.cli.web_console.charts import charts
+from ledger.cli.web_console.rebuilds import Rebuilds
 from ledger.contract.errors import ConfigurationError, LedgerError
-from ledger.server.auth import Authenticator, Role, TokenEntry, read_tokens
 from ledger.store.url import StoreConfig
 from projections.dispatch.leadership import active_holder
 from projections.dispatch.retry_requests import RetryRequests

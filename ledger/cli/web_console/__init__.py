@@ -6,10 +6,10 @@ from the views and the ledger; a few lines of JavaScript follow the log with
 server-sent events and refresh the page's main part when something changed, so
 every page reads without JavaScript and updates live with it.
 
-- :mod:`~ledger.console.pages`: the pages, as HTML;
-- :mod:`~ledger.console.charts`: the overview's rate charts, as inline SVG;
-- :mod:`~ledger.console.rebuilds`: rebuilds of the views asked from the projections
+- :mod:`~ledger.cli.web_console.pages`: the pages, as HTML;
+- :mod:`~ledger.cli.web_console.charts`: the overview's rate charts, as inline SVG;
+- :mod:`~ledger.cli.web_console.rebuilds`: rebuilds of the views asked from the projections
   page, each in a thread of the console, and their progress;
-- :mod:`~ledger.console.server`: the HTTP server, its routes, authentication and the
+- :mod:`~ledger.cli.web_console.server`: the HTTP server, its routes, authentication and the
   live stream.
 """

@@ -22,12 +22,12 @@ from google.protobuf.message import Message
 from grpc import aio
 
 from ledger.application import ExecutionRecord, Ledger
+from ledger.cli.grpc_server.auth import Authenticator, Role
+from ledger.cli.grpc_server.errors import status_of
+from ledger.cli.grpc_server.subscriptions import LogFollower
+from ledger.cli.grpc_server.wire import check_known_fields
 from ledger.contract.errors import InvalidResourceError
 from ledger.contract.kinds import Resource, copy_resource
-from ledger.server.auth import Authenticator, Role
-from ledger.server.errors import status_of
-from ledger.server.subscriptions import LogFollower
-from ledger.server.wire import check_known_fields
 
 T = TypeVar("T")
 

@@ -396,7 +396,7 @@ def projections(
     now: datetime | None = None,
 ) -> Page:
     """Positions and lag; per view its schema state, dead letters, and its rebuild:
-    the last one asked here (a :class:`~ledger.console.rebuilds.RebuildState`) with
+    the last one asked here (a :class:`~ledger.cli.web_console.rebuilds.RebuildState`) with
     its progress, and for a writer a button starting one."""
     dead = dead_letters or {}
     state = _table(

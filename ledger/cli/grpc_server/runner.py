@@ -1,9 +1,9 @@
 """``ledger serve``: builds the gRPC server, runs it, stops it gracefully.
 
 grpcio's asyncio server, with the four execution controllers
-(:mod:`ledger.server.services`), the standard health service
+(:mod:`ledger.cli.grpc_server.services`), the standard health service
 (``grpc.health.v1.Health``: SERVING while up, NOT_SERVING while stopping) and
-server reflection. Bearer-token authentication (:mod:`ledger.server.auth`), TLS
+server reflection. Bearer-token authentication (:mod:`ledger.cli.grpc_server.auth`), TLS
 and mutual TLS are options. SIGTERM or SIGINT stop it gracefully: health turns
 NOT_SERVING, new calls are refused, open ``subscribe`` streams end with
 ``UNAVAILABLE`` (resume with ``x-from-version``), unary calls in flight finish
@@ -32,14 +32,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ledger.application import Ledger, open_ledger_with
+from ledger.cli.grpc_server.auth import Authenticator, AuthInterceptor, read_tokens
+from ledger.cli.grpc_server.core import Core
+from ledger.cli.grpc_server.metrics import MetricsInterceptor
+from ledger.cli.grpc_server.services import add_services
+from ledger.cli.grpc_server.subscriptions import LogFollower
 from ledger.contract.errors import ConfigurationError
 from ledger.domain.validation import MAX_STATUS_PATCH_BYTES
 from ledger.observability.commands import instrument_commands
-from ledger.server.auth import Authenticator, AuthInterceptor, read_tokens
-from ledger.server.core import Core
-from ledger.server.metrics import MetricsInterceptor
-from ledger.server.services import add_services
-from ledger.server.subscriptions import LogFollower
 from ledger.store.url import StoreConfig
 from projections.views import Views, freeze_startup_objects
 

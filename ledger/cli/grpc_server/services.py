@@ -17,6 +17,18 @@ from typing import Any
 import grpc
 from google.protobuf.message import Message
 
+from ledger.cli.grpc_server.core import (
+    FROM_VERSION,
+    NEXT_PAGE_TOKEN,
+    VERSION,
+    Context,
+    Core,
+    abort,
+    for_caller,
+    version_metadata,
+)
+from ledger.cli.grpc_server.listing import Lister, Query
+from ledger.cli.grpc_server.subscriptions import ClosingError, follow_execution
 from ledger.contract.errors import InvalidIdError
 from ledger.contract.ids import check_id
 from ledger.contract.kinds import AGENT_EXECUTION, WORKFLOW_EXECUTION, Kind
@@ -30,18 +42,6 @@ from ledger.grpc.workflowexecution.v1 import command_pb2_grpc as workflow_comman
 from ledger.grpc.workflowexecution.v1 import io_pb2 as workflow_io
 from ledger.grpc.workflowexecution.v1 import query_pb2 as workflow_query_pb2
 from ledger.grpc.workflowexecution.v1 import query_pb2_grpc as workflow_query
-from ledger.server.core import (
-    FROM_VERSION,
-    NEXT_PAGE_TOKEN,
-    VERSION,
-    Context,
-    Core,
-    abort,
-    for_caller,
-    version_metadata,
-)
-from ledger.server.listing import Lister, Query
-from ledger.server.subscriptions import ClosingError, follow_execution
 
 # The service descriptors, for reflection (the *_pb2_grpc modules import only the
 # messages' modules, not their own file's).

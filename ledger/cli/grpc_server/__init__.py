@@ -15,6 +15,6 @@ reports to the ledger by pointing at it. Modules:
 See docs/GRPC.md.
 """
 
-from ledger.server.runner import LedgerServer, ServeOptions, run, serve
+from ledger.cli.grpc_server.runner import LedgerServer, ServeOptions, run, serve
 
 __all__ = ["LedgerServer", "ServeOptions", "run", "serve"]
