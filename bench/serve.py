@@ -31,6 +31,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -68,13 +69,13 @@ def _percentiles(latencies: list[float]) -> tuple[float, float]:
     )
 
 
-def _start(args: list[str], pattern: str) -> tuple[subprocess.Popen[str], int]:
+def _start(args: list[str], pattern: str, cwd: Path = ROOT) -> tuple[subprocess.Popen[str], int]:
     process = subprocess.Popen(
         [sys.executable, *args],
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         text=True,
-        cwd=ROOT,
+        cwd=cwd,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     assert process.stderr is not None
@@ -247,11 +248,23 @@ def _watch(port: int, ids: list[str], changes: int, *, bare: bool) -> None:
         print(f"{execution_id} {step} {at!r}")
 
 
+@dataclass
+class FanOut:
+    """One fan-out round: each delivery's latency (s), how long the writes took, and
+    what :func:`fanout_trace.breakdown` needs."""
+
+    latencies: list[float]
+    writing: float
+    receipts: list[tuple[str, int, float]]
+    commits: dict[tuple[str, int], tuple[float, int]]
+    began: float
+
+
 def _fan_out(
     port: int, url: str, streams: int, changes: int, watchers: int, *, bare_port: int = 0
-) -> list[float]:
-    """Latency from a status change's write returning to each stream receiving it (0 when
-    a stream had it before the writer's call returned). The streams are spread over
+) -> FanOut:
+    """Latency from a status change's commit (the writer's insert returned; for the bare
+    service, the publish call returned) to each stream receiving it. The streams are spread over
     ``watchers`` processes, as watchers are in a platform: one client process's event
     loop would otherwise be what is measured.
 
@@ -286,21 +299,39 @@ def _fan_out(
             if process.stdout.readline().strip() != "ready":
                 raise SystemExit("a watcher process did not start")
         written: dict[tuple[str, int], float] = {}
+        versions: dict[tuple[str, int], int] = {}
         channel = grpc.insecure_channel(f"127.0.0.1:{bare_port}")
         publish: Any = channel.unary_unary("/bench.Echo/Publish")
         resources: dict[str, Any] = {i: ledger.read(i).resource for i in ids}
+        # The moment a write committed, as the writer knows it: its insert returned.
+        recorder: Any = ledger.recorder
+        insert_events = recorder.insert_events
+        acknowledged = [0.0]
+
+        def timed_insert(*args: Any, **kwargs: Any) -> Any:
+            result = insert_events(*args, **kwargs)
+            acknowledged[0] = time.monotonic()
+            return result
+
+        recorder.insert_events = timed_insert
+        began = time.monotonic()
         for step in range(1, changes + 1):
             for execution_id in ids:
                 if bare_port:
                     resource = resources[execution_id]
                     resource.status.messages.append(_patch(step).messages[0])
                     publish(execution_id.encode() + b"\0" + resource.SerializeToString())
+                    acknowledged[0] = time.monotonic()
                 else:
-                    ledger.update_status(execution_id, _patch(step))
-                written[(execution_id, step)] = time.monotonic()
+                    record = ledger.update_status(execution_id, _patch(step))
+                    versions[(execution_id, step)] = record.version
+                written[(execution_id, step)] = acknowledged[0]
             time.sleep(0.02)
+        writing = time.monotonic() - began
+        recorder.insert_events = insert_events
         channel.close()
         received: list[float] = []
+        receipts: list[tuple[str, int, float]] = []
         for process in processes:
             try:
                 out, _ = process.communicate(timeout=300)
@@ -311,8 +342,10 @@ def _fan_out(
                 ) from None
             for line in out.splitlines():
                 stream_id, step_text, at = line.split()
-                received.append(max(0.0, float(at) - written[(stream_id, int(step_text))]))
-    return received
+                received.append(float(at) - written[(stream_id, int(step_text))])
+                receipts.append((stream_id, int(step_text), float(at)))
+    commits = {k: (t, versions.get(k, 0)) for k, t in written.items()}
+    return FanOut(received, writing, receipts, commits, began)
 
 
 def main() -> None:
@@ -323,6 +356,16 @@ def main() -> None:
     parser.add_argument("--changes", type=int, default=5, help="changes per execution")
     parser.add_argument("--fan-out-only", action="store_true")
     parser.add_argument("--rounds", type=int, default=2, help="alternating fan-out rounds")
+    parser.add_argument(
+        "--trace", metavar="FILE", help="time each stage in the server (bench/fanout_trace.py)"
+    )
+    parser.add_argument("--no-bare", action="store_true", help="fan out from ledger serve only")
+    parser.add_argument(
+        "--compare",
+        metavar="DIR",
+        type=Path,
+        help="also fan out from the ledger serve of another checkout (alternating rounds)",
+    )
     parser.add_argument("--echo", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--watch", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--watch-bare", nargs="+", help=argparse.SUPPRESS)
@@ -341,10 +384,17 @@ def main() -> None:
             execution_id="aex-" + "0" * 26, status=_patch(1)
         ).SerializeToString()
     )
-    serve, port = _start(
-        ["-m", "ledger", "serve", "--url", url, "--address", "127.0.0.1:0", "--no-auth"],
-        r"serving on [\d.]+:(\d+)",
-    )
+    serve_args = ["serve", "--url", url, "--address", "127.0.0.1:0", "--no-auth"]
+    launcher = ["-m", "ledger"]
+    if args.trace:
+        launcher = [str(Path(__file__).parent / "fanout_trace.py"), args.trace]
+    serve, port = _start([*launcher, *serve_args], r"serving on [\d.]+:(\d+)")
+    servers = [serve]
+    if args.compare:
+        other, other_port = _start(
+            ["-m", "ledger", *serve_args], r"serving on [\d.]+:(\d+)", args.compare.resolve()
+        )
+        servers.append(other)
     echo, echo_port = _start([str(Path(__file__)), "--echo"], r"echo serving on [\d.]+:(\d+)")
     load = os.getloadavg()
     print(
@@ -377,27 +427,51 @@ def main() -> None:
         print(
             f"subscribe fan-out: {args.streams} streams over 50 executions in "
             f"{args.watchers} watcher processes, {args.changes} changes each, a round of 50 "
-            f"then 20 ms; latency from the write returning to each stream's receipt"
+            f"then 20 ms; latency from the write's commit (its insert returned in the "
+            f"writer) to each stream's receipt"
         )
+        traced: list[FanOut] = []
+        variants = [("ledger serve", port, 0)]
+        if args.compare:
+            variants.append((args.compare.name[:13], other_port, 0))
+        if not args.no_bare:
+            variants.append(("bare grpcio", 0, echo_port))
         for _ in range(args.rounds):
-            for name, bare_port in (("ledger serve", 0), ("bare grpcio", echo_port)):
-                received = _fan_out(
-                    port, url, args.streams, args.changes, args.watchers, bare_port=bare_port
+            for name, serve_port, bare_port in variants:
+                fan_out = _fan_out(
+                    serve_port, url, args.streams, args.changes, args.watchers, bare_port=bare_port
                 )
+                received = fan_out.latencies
                 p50, p99 = _percentiles(received)
+                early = sum(1 for r in received if r < 0)
                 print(
                     f"  {name:<13} {len(received)} deliveries, p50 {p50:6.1f} ms, "
                     f"p99 {p99:6.1f} ms (mean "
-                    f"{statistics.fmean(received) * 1000 if received else 0:.1f} ms), "
-                    f"load average {os.getloadavg()[0]:.2f}"
+                    f"{statistics.fmean(received) * 1000 if received else 0:.1f} ms, "
+                    f"{early} before the writer saw its commit), writes over "
+                    f"{fan_out.writing:.2f} s ({len(received) / fan_out.writing:.0f} "
+                    f"deliveries/s offered), load average {os.getloadavg()[0]:.2f}"
                 )
+                if serve_port == port:
+                    traced.append(fan_out)
     finally:
-        for process in (serve, echo):
+        for process in (*servers, echo):
             process.terminate()
             try:
                 process.wait(30)
             except subprocess.TimeoutExpired:
                 process.kill()
+    if args.trace:
+        import json
+
+        from fanout_trace import breakdown
+
+        trace = json.loads(Path(args.trace).read_text())
+        for n, fan_out in enumerate(traced, 1):
+            print(f"  where the time went, ledger serve round {n}:")
+            until = max((at for _, _, at in fan_out.receipts), default=fan_out.began)
+            for line in breakdown(trace, fan_out.commits, fan_out.receipts, fan_out.began, until):
+                print(line)
         with psycopg.connect(POSTGRES, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
 
