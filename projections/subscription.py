@@ -23,10 +23,16 @@ from eventsourcing.persistence import ApplicationRecorder, Notification, Subscri
 from eventsourcing.postgres import PostgresApplicationRecorder
 
 from ledger.store.backoff import Backoff
+from ledger.store.committed import select_committed
+from ledger.store.horizon import ReadHorizon
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_PAGE_SIZE = 500
+
+MAX_PASSED = 10_000
+"""Ids an :class:`EagerSubscription` keeps asking for, at most; beyond, it reads up to
+the readable head (in order) until they are resolved."""
 
 RECONNECT_BACKOFF = Backoff(initial=0.1, maximum=5.0)
 """Waits between tries to reconnect a lost LISTEN connection (polling goes on meanwhile)."""
@@ -132,3 +138,72 @@ class PollingSubscription(Subscription[ApplicationRecorder]):
                 self._woken.set()  # Poll now: a notification may have been missed.
                 tries += 1
                 threading.Event().wait(RECONNECT_BACKOFF.delay(tries))
+
+
+class EagerSubscription(PollingSubscription):
+    """A :class:`PollingSubscription` that does not wait for the readable head: each
+    event once, as soon as it is committed, but **not always in notification id
+    order** (on PostgreSQL, where ids commit out of order).
+
+    Each read returns what is committed now above the last id returned, and the ids
+    it passed on the way that were not committed yet
+    (:func:`~ledger.store.committed.select_committed`).
+    A passed id is asked for again at every read until it is returned or the
+    readable head (:mod:`ledger.store.horizon`) is at or beyond it after a read that
+    did not return it: it was rolled back, or never drawn by a writer. So every
+    committed event is returned exactly once; one whose transaction commits late comes
+    after events with higher ids. For a follower that orders events itself (``ledger
+    serve``'s ``subscribe`` orders each execution's by version). Elsewhere (SQLite,
+    memory: one writer at a time) it reads as :class:`PollingSubscription`.
+    """
+
+    def __init__(self, recorder: ApplicationRecorder, gt: int | None = None, **kwargs: Any) -> None:
+        super().__init__(recorder, gt, **kwargs)
+        if self._topics:
+            raise ValueError("an eager subscription reads every topic")
+        horizon = getattr(recorder, "horizon", None)
+        self._horizon: ReadHorizon | None = horizon if isinstance(horizon, ReadHorizon) else None
+        self._passed: set[int] = set()
+
+    @property
+    def position(self) -> int:
+        """Every id up to it has been returned or will never be (a restart from it
+        misses nothing)."""
+        last = self._last_notification_id or 0
+        return min(self._passed) - 1 if self._passed else last
+
+    @property
+    def passed(self) -> int:
+        """Ids passed and asked for again at each read (not committed when passed)."""
+        return len(self._passed)
+
+    def _select(self) -> list[Notification]:
+        horizon = self._horizon
+        if horizon is None:
+            return super()._select()
+        readable = 0
+        if self._passed:
+            horizon.observe()  # Moves the readable head on: passed ids become final.
+            readable = horizon.readable or 0
+        last = self._last_notification_id or 0
+        notifications = select_committed(self._recorder, last, self.page_size, self._passed)
+        passed = self._passed
+        expected = last + 1
+        for n, notification in enumerate(notifications):
+            if notification.id in passed:
+                passed.discard(notification.id)
+            elif notification.id > last:
+                if len(passed) + notification.id - expected > MAX_PASSED:
+                    # Too far to pass: the rest as the readable head allows, in order.
+                    del notifications[n:]
+                    if expected > last + 1:
+                        self._last_notification_id = expected - 1
+                    return notifications + super()._select()
+                passed.update(range(expected, notification.id))
+                expected = notification.id + 1
+        if passed and readable:
+            # Not returned by a read that began after they became final: gone for good.
+            passed.difference_update([i for i in passed if i <= readable])
+        if expected > last + 1:
+            self._last_notification_id = expected - 1
+        return notifications

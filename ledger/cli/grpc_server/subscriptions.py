@@ -1,8 +1,10 @@
 """``subscribe``: every change of one execution, read from the ledger's log.
 
 One :class:`LogFollower` per server process follows the ledger's notification log
-(:class:`~projections.subscription.PollingSubscription`: LISTEN/NOTIFY wake-ups
-on PostgreSQL, polling everywhere) from the head it found at start, and for each
+(:class:`~projections.subscription.EagerSubscription`: LISTEN/NOTIFY wake-ups
+on PostgreSQL, polling everywhere; each event as soon as it is committed, without
+waiting for the transactions running elsewhere in the cluster, so not always in
+notification id order) from the head it found at start, and for each
 page, wakes the subscriptions of the executions in it, in one call onto the event
 loop, handing each execution's events to its :class:`_Feed`. The subscriptions of
 one execution share that feed: it applies the follower's events when they follow on
@@ -39,7 +41,7 @@ from eventsourcing.persistence import InterfaceError, Notification, OperationalE
 
 from ledger.application import ExecutionChanges, ExecutionRecord, Ledger
 from ledger.contract.kinds import Resource
-from projections.subscription import PollingSubscription
+from projections.subscription import EagerSubscription
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +69,8 @@ class LogFollower:
         self._feeds: dict[str, _Feed] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._subscription: PollingSubscription | None = None
+        self._subscription: EagerSubscription | None = None
+        self._pages = 0
         self._thread = threading.Thread(target=self._follow, name="ledger-serve-log", daemon=True)
         self.closing = False
         """Set when the server stops: open streams end with UNAVAILABLE."""
@@ -132,15 +135,17 @@ class LogFollower:
         backoff = 0.1
         while not self._stop.is_set():
             try:
-                with PollingSubscription(
+                with EagerSubscription(
                     self._ledger.recorder, gt=self._position, poll_interval=self._poll_interval
                 ) as subscription:
                     self._subscription = subscription
                     while not self._stop.is_set():
                         page = subscription.next_page()
                         if page:
-                            self._notify(page, page[-1].id)
-                            self._position = page[-1].id
+                            self._pages += 1
+                            self._notify(page, self._pages)
+                        # Every event up to it was handed over (or never will be).
+                        self._position = subscription.position
                         backoff = 0.1
             except (OperationalError, InterfaceError) as e:
                 logger.warning("following the log: %s; retrying in %.1fs", e, backoff)
