@@ -129,9 +129,10 @@ def _install(trace: Trace) -> None:
 
     def on_gc(phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
-            collecting[:] = [now()]
+            collecting[:] = [now(), time.thread_time()]
         elif collecting:
-            trace["gcs"].append([info["generation"], collecting[0], now()])
+            cpu = time.thread_time() - collecting[1]
+            trace["gcs"].append([info["generation"], collecting[0], now(), cpu])
 
     gc.callbacks.append(on_gc)
 
@@ -241,12 +242,13 @@ def breakdown(
     for name, values in stages.items():
         lines.append(f"    {name:<32} {_percentiles(values)}  ({len(values)})")
     lags = [lag for at, lag in trace["lags"] if since <= at <= until]
-    gcs = [(g, end - start) for g, start, end in trace["gcs"] if since <= start <= until]
+    gcs = [(g, end - start, cpu) for g, start, end, cpu in trace["gcs"] if since <= start <= until]
     lines.append(
         f"    loop 5 ms sleep overrun: {_percentiles(lags)}; collections: "
         + ", ".join(
-            f"gen{g} x{sum(1 for x, _ in gcs if x == g)} max "
-            f"{max((d for x, d in gcs if x == g), default=0) * 1000:.1f} ms"
+            f"gen{g} x{sum(1 for x, _, _ in gcs if x == g)} max "
+            f"{max((d for x, d, _ in gcs if x == g), default=0) * 1000:.1f} ms (CPU "
+            f"{max((c for x, _, c in gcs if x == g), default=0) * 1000:.1f} ms)"
             for g in (0, 1, 2)
         )
     )

@@ -248,6 +248,17 @@ def _watch(port: int, ids: list[str], changes: int, *, bare: bool) -> None:
         print(f"{execution_id} {step} {at!r}")
 
 
+def _cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds of process ``pid`` and of its main thread (the event loop's)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+
+    def read(path: str) -> float:
+        fields = Path(path).read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+
+    return read(f"/proc/{pid}/stat"), read(f"/proc/{pid}/task/{pid}/stat")
+
+
 @dataclass
 class FanOut:
     """One fan-out round: each delivery's latency (s), how long the writes took, and
@@ -258,10 +269,20 @@ class FanOut:
     receipts: list[tuple[str, int, float]]
     commits: dict[tuple[str, int], tuple[float, int]]
     began: float
+    cpu: tuple[float, float] = (0.0, 0.0)
+    """The server's CPU seconds (process, event loop's thread) from the first write
+    until every watcher had every change and ended its streams."""
 
 
 def _fan_out(
-    port: int, url: str, streams: int, changes: int, watchers: int, *, bare_port: int = 0
+    port: int,
+    url: str,
+    streams: int,
+    changes: int,
+    watchers: int,
+    *,
+    bare_port: int = 0,
+    server_pid: int = 0,
 ) -> FanOut:
     """Latency from a status change's commit (the writer's insert returned; for the bare
     service, the publish call returned) to each stream receiving it. The streams are spread over
@@ -314,6 +335,7 @@ def _fan_out(
             return result
 
         recorder.insert_events = timed_insert
+        cpu_before = _cpu(server_pid) if server_pid else (0.0, 0.0)
         began = time.monotonic()
         for step in range(1, changes + 1):
             for execution_id in ids:
@@ -344,8 +366,11 @@ def _fan_out(
                 stream_id, step_text, at = line.split()
                 received.append(float(at) - written[(stream_id, int(step_text))])
                 receipts.append((stream_id, int(step_text), float(at)))
+        time.sleep(0.5)  # The streams' ends.
+        cpu_after = _cpu(server_pid) if server_pid else (0.0, 0.0)
     commits = {k: (t, versions.get(k, 0)) for k, t in written.items()}
-    return FanOut(received, writing, receipts, commits, began)
+    cpu = (cpu_after[0] - cpu_before[0], cpu_after[1] - cpu_before[1])
+    return FanOut(received, writing, receipts, commits, began, cpu)
 
 
 def main() -> None:
@@ -431,15 +456,21 @@ def main() -> None:
             f"writer) to each stream's receipt"
         )
         traced: list[FanOut] = []
-        variants = [("ledger serve", port, 0)]
+        variants = [("ledger serve", port, 0, serve.pid)]
         if args.compare:
-            variants.append((args.compare.name[:13], other_port, 0))
+            variants.append((args.compare.name[:13], other_port, 0, servers[1].pid))
         if not args.no_bare:
-            variants.append(("bare grpcio", 0, echo_port))
+            variants.append(("bare grpcio", 0, echo_port, echo.pid))
         for _ in range(args.rounds):
-            for name, serve_port, bare_port in variants:
+            for name, serve_port, bare_port, pid in variants:
                 fan_out = _fan_out(
-                    serve_port, url, args.streams, args.changes, args.watchers, bare_port=bare_port
+                    serve_port,
+                    url,
+                    args.streams,
+                    args.changes,
+                    args.watchers,
+                    bare_port=bare_port,
+                    server_pid=pid,
                 )
                 received = fan_out.latencies
                 p50, p99 = _percentiles(received)
@@ -450,7 +481,10 @@ def main() -> None:
                     f"{statistics.fmean(received) * 1000 if received else 0:.1f} ms, "
                     f"{early} before the writer saw its commit), writes over "
                     f"{fan_out.writing:.2f} s ({len(received) / fan_out.writing:.0f} "
-                    f"deliveries/s offered), load average {os.getloadavg()[0]:.2f}"
+                    f"deliveries/s offered), server CPU per delivery "
+                    f"{fan_out.cpu[0] / len(received) * 1e6:.0f} us (loop thread "
+                    f"{fan_out.cpu[1] / len(received) * 1e6:.0f} us), "
+                    f"load average {os.getloadavg()[0]:.2f}"
                 )
                 if serve_port == port:
                     traced.append(fan_out)

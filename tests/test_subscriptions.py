@@ -137,3 +137,22 @@ def test_subscriptions_at_the_tip_read_the_store_once_per_signal(
     assert all(one == expected for one in seen)
     # One read when the feed starts; the changes came with the follower's pages.
     assert len(reads) == 1, reads
+
+
+def test_a_wakeup_ends_its_wait_when_set_or_after_its_timeout() -> None:
+    """Waits share one timer per second of deadline; each ends once, and leaves nothing
+    behind in the timers' bookkeeping."""
+
+    async def scenario() -> tuple[bool, bool, bool, int]:
+        loop = asyncio.get_running_loop()
+        expiries = subscriptions._Expiries(loop)
+        idle, woken, early = (subscriptions.Wakeup(loop, expiries) for _ in range(3))
+        early.set()
+        loop.call_later(0.05, woken.set)
+        results = await asyncio.gather(idle.wait(0.01), woken.wait(600), early.wait(600))
+        left = sum(len(due) for due in expiries._due.values())
+        return results[0], results[1], results[2], left
+
+    expired, set_later, set_before, left = asyncio.run(scenario())
+    assert (expired, set_later, set_before) == (False, True, True)
+    assert left == 0

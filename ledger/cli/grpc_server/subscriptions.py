@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
@@ -67,6 +68,7 @@ class LogFollower:
         self._signals: dict[str, int] = {}
         self._epoch = 0
         self._feeds: dict[str, _Feed] = {}
+        self._expiries = _Expiries(loop)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._subscription: EagerSubscription | None = None
@@ -87,7 +89,7 @@ class LogFollower:
 
     def register(self, execution_id: str) -> Wakeup:
         """A wake-up set whenever ``execution_id`` may have new events (and at close)."""
-        event = Wakeup(self._loop)
+        event = Wakeup(self._loop, self._expiries)
         with self._lock:
             self._waiters.setdefault(execution_id, set()).add(event)
         return event
@@ -193,17 +195,49 @@ class LogFollower:
             event.set()
 
 
-class Wakeup:
-    """One subscription's wake-up, set on the event loop's thread (as an
-    ``asyncio.Event`` is, but waited for with a timeout without a task of its own:
-    ``asyncio.wait_for`` would start one per wait, and a loop hop more per change)."""
+class _Expiries:
+    """When waits end without a wake-up: one loop timer per second of deadline for all
+    the waits due then (a timer per wait costs a heap push and a cancellation on every
+    change of every stream). A wait ends up to a second after its timeout."""
 
-    __slots__ = ("_future", "_loop", "is_set")
+    __slots__ = ("_due", "_loop")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
+        self._due: dict[int, set[Wakeup]] = {}
+
+    def add(self, wakeup: Wakeup, timeout: float) -> int:
+        second = math.ceil(self._loop.time() + timeout)
+        due = self._due.get(second)
+        if due is None:
+            due = self._due[second] = set()
+            self._loop.call_at(second, self._expire, second)
+        due.add(wakeup)
+        return second
+
+    def discard(self, wakeup: Wakeup, second: int) -> None:
+        due = self._due.get(second)
+        if due is not None:
+            due.discard(wakeup)
+
+    def _expire(self, second: int) -> None:
+        for wakeup in self._due.pop(second, ()):
+            wakeup.expire()
+
+
+class Wakeup:
+    """One subscription's wake-up, set on the event loop's thread (as an
+    ``asyncio.Event`` is, but waited for with a timeout without a task or a timer of
+    its own: ``asyncio.wait_for`` would start a task per wait, a loop hop more per
+    change; see :class:`_Expiries`)."""
+
+    __slots__ = ("_expiries", "_future", "_loop", "is_set")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, expiries: _Expiries | None = None) -> None:
+        self._loop = loop
         self._future: asyncio.Future[None] | None = None
         self.is_set = False
+        self._expiries = expiries if expiries is not None else _Expiries(loop)
 
     def set(self) -> None:
         self.is_set = True
@@ -214,23 +248,24 @@ class Wakeup:
     def clear(self) -> None:
         self.is_set = False
 
+    def expire(self) -> None:
+        """Ends the current wait (not set)."""
+        future = self._future
+        if future is not None and not future.done():
+            future.set_result(None)
+
     async def wait(self, timeout: float) -> bool:
-        """Until set (True) or until ``timeout`` seconds pass (False)."""
+        """Until set (True) or until ``timeout`` seconds (up to one more) pass (False)."""
         if self.is_set:
             return True
         future = self._future = self._loop.create_future()
-        timer = self._loop.call_later(timeout, _expire, future)
+        second = self._expiries.add(self, timeout)
         try:
             await future
         finally:
-            timer.cancel()
+            self._expiries.discard(self, second)
             self._future = None
         return self.is_set
-
-
-def _expire(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 class ClosingError(Exception):
@@ -263,6 +298,19 @@ class _Feed:
         the next subscription at the feed's tip applies them without a query."""
         self._offered = (self._offered + stored)[-WINDOW:]
         self._offered_at = signal
+
+    def nothing_after(self, version: int) -> bool:
+        """Whether :meth:`after` would return [] without a read (``version`` is the feed's
+        tip, nothing new was offered or signalled): a subscription that has just sent
+        the tip learns so without the feed's lock."""
+        changes = self._changes
+        return (
+            changes is not None
+            and changes.version == version
+            and not self._offered
+            and not self._lock.locked()
+            and self._read_at == self._signal(self._execution_id)
+        )
 
     async def after(
         self, version: int, run: Callable[..., Awaitable[Any]], *, recheck: bool = False
@@ -324,7 +372,10 @@ async def follow_execution(
                 raise ClosingError
             event.clear()
             feed = follower.feed(execution_id)
-            shared = None if own is not None else await feed.after(sent, run, recheck=recheck)
+            if own is None and not recheck and feed.nothing_after(sent):
+                shared: list[ExecutionRecord] | None = []
+            else:
+                shared = None if own is not None else await feed.after(sent, run, recheck=recheck)
             recheck = False
             if shared is None:
                 if own is None:
