@@ -31,7 +31,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -272,6 +272,8 @@ class FanOut:
     cpu: tuple[float, float] = (0.0, 0.0)
     """The server's CPU seconds (process, event loop's thread) from the first write
     until every watcher had every change and ended its streams."""
+    offsets: list[float] = field(default_factory=list)
+    """When each change was written (committed), from the first, in the order written."""
 
 
 def _fan_out(
@@ -283,6 +285,7 @@ def _fan_out(
     *,
     bare_port: int = 0,
     server_pid: int = 0,
+    schedule: list[float] | None = None,
 ) -> FanOut:
     """Latency from a status change's commit (the writer's insert returned; for the bare
     service, the publish call returned) to each stream receiving it. The streams are spread over
@@ -337,18 +340,28 @@ def _fan_out(
         recorder.insert_events = timed_insert
         cpu_before = _cpu(server_pid) if server_pid else (0.0, 0.0)
         began = time.monotonic()
+        pending: list[Any] = []
         for step in range(1, changes + 1):
             for execution_id in ids:
                 if bare_port:
                     resource = resources[execution_id]
                     resource.status.messages.append(_patch(step).messages[0])
-                    publish(execution_id.encode() + b"\0" + resource.SerializeToString())
-                    acknowledged[0] = time.monotonic()
+                    message = execution_id.encode() + b"\0" + resource.SerializeToString()
+                    if schedule is None:
+                        publish(message)
+                        acknowledged[0] = time.monotonic()
+                    else:  # At the ledger round's pace, without waiting for the server.
+                        time.sleep(max(0.0, began + schedule[len(written)] - time.monotonic()))
+                        acknowledged[0] = time.monotonic()
+                        pending.append(publish.future(message))
                 else:
                     record = ledger.update_status(execution_id, _patch(step))
                     versions[(execution_id, step)] = record.version
                 written[(execution_id, step)] = acknowledged[0]
-            time.sleep(0.02)
+            if schedule is None:
+                time.sleep(0.02)
+        for future in pending:
+            future.result()
         writing = time.monotonic() - began
         recorder.insert_events = insert_events
         channel.close()
@@ -369,8 +382,9 @@ def _fan_out(
         time.sleep(0.5)  # The streams' ends.
         cpu_after = _cpu(server_pid) if server_pid else (0.0, 0.0)
     commits = {k: (t, versions.get(k, 0)) for k, t in written.items()}
+    offsets = [t - began for t in written.values()]  # In the order written.
     cpu = (cpu_after[0] - cpu_before[0], cpu_after[1] - cpu_before[1])
-    return FanOut(received, writing, receipts, commits, began, cpu)
+    return FanOut(received, writing, receipts, commits, began, cpu, offsets)
 
 
 def main() -> None:
@@ -385,6 +399,12 @@ def main() -> None:
         "--trace", metavar="FILE", help="time each stage in the server (bench/fanout_trace.py)"
     )
     parser.add_argument("--no-bare", action="store_true", help="fan out from ledger serve only")
+    parser.add_argument(
+        "--bare-paced",
+        action="store_true",
+        help="publish to the bare service at the pace of the ledger round before, without "
+        "waiting for each publish call (the same offered load)",
+    )
     parser.add_argument(
         "--compare",
         metavar="DIR",
@@ -461,6 +481,7 @@ def main() -> None:
             variants.append((args.compare.name[:13], other_port, 0, servers[1].pid))
         if not args.no_bare:
             variants.append(("bare grpcio", 0, echo_port, echo.pid))
+        schedule: list[float] | None = None
         for _ in range(args.rounds):
             for name, serve_port, bare_port, pid in variants:
                 fan_out = _fan_out(
@@ -471,7 +492,10 @@ def main() -> None:
                     args.watchers,
                     bare_port=bare_port,
                     server_pid=pid,
+                    schedule=schedule if bare_port and args.bare_paced else None,
                 )
+                if not bare_port:
+                    schedule = fan_out.offsets
                 received = fan_out.latencies
                 p50, p99 = _percentiles(received)
                 early = sum(1 for r in received if r < 0)
