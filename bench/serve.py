@@ -286,6 +286,7 @@ def _fan_out(
     bare_port: int = 0,
     server_pid: int = 0,
     schedule: list[float] | None = None,
+    rate: float = 0.0,
 ) -> FanOut:
     """Latency from a status change's commit (the writer's insert returned; for the bare
     service, the publish call returned) to each stream receiving it. The streams are spread over
@@ -355,10 +356,12 @@ def _fan_out(
                         acknowledged[0] = time.monotonic()
                         pending.append(publish.future(message))
                 else:
+                    if rate:  # A change every 1/rate s at most (the floor of a schedule).
+                        time.sleep(max(0.0, began + len(written) / rate - time.monotonic()))
                     record = ledger.update_status(execution_id, _patch(step))
                     versions[(execution_id, step)] = record.version
                 written[(execution_id, step)] = acknowledged[0]
-            if schedule is None:
+            if schedule is None and not rate:
                 time.sleep(0.02)
         for future in pending:
             future.result()
@@ -399,6 +402,13 @@ def main() -> None:
         "--trace", metavar="FILE", help="time each stage in the server (bench/fanout_trace.py)"
     )
     parser.add_argument("--no-bare", action="store_true", help="fan out from ledger serve only")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="changes per second written at most (default: a round of 50 as fast as the "
+        "ledger takes them, then 20 ms); with --bare-paced the same offered load for all",
+    )
     parser.add_argument(
         "--bare-paced",
         action="store_true",
@@ -493,6 +503,7 @@ def main() -> None:
                     bare_port=bare_port,
                     server_pid=pid,
                     schedule=schedule if bare_port and args.bare_paced else None,
+                    rate=args.rate,
                 )
                 if not bare_port:
                     schedule = fan_out.offsets
