@@ -403,6 +403,9 @@ def main() -> None:
     )
     parser.add_argument("--no-bare", action="store_true", help="fan out from ledger serve only")
     parser.add_argument(
+        "--serve-arg", action="append", default=[], help="an argument of ledger serve (repeat)"
+    )
+    parser.add_argument(
         "--rate",
         type=float,
         default=0.0,
@@ -439,7 +442,7 @@ def main() -> None:
             execution_id="aex-" + "0" * 26, status=_patch(1)
         ).SerializeToString()
     )
-    serve_args = ["serve", "--url", url, "--address", "127.0.0.1:0", "--no-auth"]
+    serve_args = ["serve", "--url", url, "--address", "127.0.0.1:0", "--no-auth", *args.serve_arg]
     launcher = ["-m", "ledger"]
     if args.trace:
         launcher = [str(Path(__file__).parent / "fanout_trace.py"), args.trace]
