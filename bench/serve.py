@@ -259,6 +259,11 @@ def _cpu(pid: int) -> tuple[float, float]:
     return read(f"/proc/{pid}/stat"), read(f"/proc/{pid}/task/{pid}/stat")
 
 
+def _cpu_of(pids: list[int]) -> tuple[float, float]:
+    each = [_cpu(pid) for pid in pids]
+    return sum(c[0] for c in each), sum(c[1] for c in each)
+
+
 @dataclass
 class FanOut:
     """One fan-out round: each delivery's latency (s), how long the writes took, and
@@ -277,14 +282,14 @@ class FanOut:
 
 
 def _fan_out(
-    port: int,
+    port: int | list[int],
     url: str,
     streams: int,
     changes: int,
     watchers: int,
     *,
     bare_port: int = 0,
-    server_pid: int = 0,
+    server_pid: int | list[int] = 0,
     schedule: list[float] | None = None,
     rate: float = 0.0,
 ) -> FanOut:
@@ -309,7 +314,7 @@ def _fan_out(
                     sys.executable,
                     str(Path(__file__)),
                     watch,
-                    str(bare_port or port),
+                    str(bare_port or (port[w % len(port)] if isinstance(port, list) else port)),
                     str(changes),
                     *streams_of[w::watchers],
                 ],
@@ -339,7 +344,8 @@ def _fan_out(
             return result
 
         recorder.insert_events = timed_insert
-        cpu_before = _cpu(server_pid) if server_pid else (0.0, 0.0)
+        pids = server_pid if isinstance(server_pid, list) else [server_pid] if server_pid else []
+        cpu_before = _cpu_of(pids)
         began = time.monotonic()
         pending: list[Any] = []
         for step in range(1, changes + 1):
@@ -383,7 +389,7 @@ def _fan_out(
                 received.append(float(at) - written[(stream_id, int(step_text))])
                 receipts.append((stream_id, int(step_text), float(at)))
         time.sleep(0.5)  # The streams' ends.
-        cpu_after = _cpu(server_pid) if server_pid else (0.0, 0.0)
+        cpu_after = _cpu_of(pids)
     commits = {k: (t, versions.get(k, 0)) for k, t in written.items()}
     offsets = [t - began for t in written.values()]  # In the order written.
     cpu = (cpu_after[0] - cpu_before[0], cpu_after[1] - cpu_before[1])
@@ -402,6 +408,12 @@ def main() -> None:
         "--trace", metavar="FILE", help="time each stage in the server (bench/fanout_trace.py)"
     )
     parser.add_argument("--no-bare", action="store_true", help="fan out from ledger serve only")
+    parser.add_argument(
+        "--split",
+        action="store_true",
+        help="with --compare, also rounds whose watchers are split between the two servers "
+        "(each following the log itself: two event loops sending)",
+    )
     parser.add_argument(
         "--serve-arg", action="append", default=[], help="an argument of ledger serve (repeat)"
     )
@@ -489,9 +501,12 @@ def main() -> None:
             f"writer) to each stream's receipt"
         )
         traced: list[FanOut] = []
-        variants = [("ledger serve", port, 0, serve.pid)]
+        variants: list[tuple[str, Any, int, Any]] = [("ledger serve", port, 0, serve.pid)]
         if args.compare:
             variants.append((args.compare.name[:13], other_port, 0, servers[1].pid))
+            if args.split:
+                pids = [serve.pid, servers[1].pid]
+                variants.append(("2 servers", [port, other_port], 0, pids))
         if not args.no_bare:
             variants.append(("bare grpcio", 0, echo_port, echo.pid))
         schedule: list[float] | None = None
