@@ -573,8 +573,13 @@ def test_projections_status_and_rebuild(store_url: str, ledger: Ledger) -> None:
     assert caught_up["audit<-Ledger"]["lag"] == 0
     assert caught_up["audit<-Dispatcher"]["lag"] == 0
     assert caught_up["audit<-Dispatcher"]["position"] == fresh["audit<-Dispatcher"]["head"]
-    # The views never move the dispatcher's position.
-    assert caught_up["dispatcher<-Ledger"] == fresh["dispatcher<-Ledger"]
+    # The views never move the dispatcher's position. (Its held_back/held_by say
+    # which transaction of the cluster holds followers back at that moment: on a
+    # server shared with other work they may differ between two reads.)
+    moment = ("held_back", "held_by")
+    assert {k: v for k, v in caught_up["dispatcher<-Ledger"].items() if k not in moment} == {
+        k: v for k, v in fresh["dispatcher<-Ledger"].items() if k not in moment
+    }
 
     # Different views: their rebuilds may run side by side.
     text, summary = parallel(
