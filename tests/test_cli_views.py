@@ -339,6 +339,7 @@ def test_in_process_reads_print_what_the_process_prints(
         (("history", made[3].id), "80"),
         (("audit", made[0].id), "200"),
         (("audit", "--pending", "--json"), "200"),
+        (("list", "--help"), "80"),
     ]
     for args, columns in calls:
         assert cli.reads_only(args), args

@@ -12,7 +12,7 @@ code taken from its ``SystemExit``, and any exception that would escape it writt
 to stderr as the traceback a process would print (exit code 1), so "no traceback"
 checks keep their meaning.
 
-Only :data:`READ_COMMANDS` run in-process: they open the store, read, print and
+Only :data:`READ_COMMANDS` and ``--help`` run in-process: they open the store, read, print and
 close it; they install no signal handler, configure no logging and start no
 thread that outlives them. Every other command (writes, ``run``, ``rebuild``,
 ``setup``, ``serve`` ...) is a subprocess, and so is every test that checks the
@@ -60,8 +60,9 @@ def _command(args: Sequence[str]) -> tuple[str, ...]:
 
 
 def reads_only(args: Sequence[str]) -> bool:
-    """Whether ``ledger <args>`` is one of :data:`READ_COMMANDS`."""
-    return _command(args) in READ_COMMANDS
+    """Whether ``ledger <args>`` is one of :data:`READ_COMMANDS`, or asks for help
+    (``--help`` prints the usage and exits before any command runs)."""
+    return "--help" in args or _command(args) in READ_COMMANDS
 
 
 def run(
