@@ -660,6 +660,21 @@ def _completed_with_tokens(url: str, count: int) -> list[str]:
         return ids
 
 
+def _readable_completions(url: str, count: int) -> list[Any]:
+    """The log's first ``count`` completions, once a follower can read them all (a
+    transaction open elsewhere in the cluster holds the readable head back meanwhile:
+    :mod:`ledger.store.horizon`)."""
+    page: list[Any] = []
+
+    def readable() -> bool:
+        with contextlib.closing(open_ledger(url)) as ledger:
+            page[:] = ledger.recorder.select_notifications(1, 100, topics=list(COMPLETED_TOPICS))
+        return len(page) >= count
+
+    wait_for(readable, message=lambda: f"{count} completions readable (read {len(page)})")
+    return page
+
+
 def _dispatcher(url: str) -> Dispatcher:
     dispatcher = Dispatcher(parse_url(url), cast(Client, None), poll_interval=0.05)
     dispatcher.sender = _NoCallSender()
@@ -683,8 +698,7 @@ def test_outcomes_resolved_while_a_flush_runs_are_recorded_before_its_position(
     ids = _completed_with_tokens(pg_url, 1)
     crashed = _dispatcher(pg_url)
     try:
-        with contextlib.closing(open_ledger(pg_url)) as ledger:
-            page = ledger.recorder.select_notifications(1, 100, topics=list(COMPLETED_TOPICS))
+        page = _readable_completions(pg_url, len(ids))
         (job,) = crashed.preparer.prepare(page)
         watermark = crashed.book.watermark
         calls = InFlightCalls(crashed.sender, crashed.book, crashed.stats)
@@ -706,8 +720,7 @@ def test_completions_being_prepared_are_not_covered_by_a_concurrent_flush(pg_url
     ids = _completed_with_tokens(pg_url, 2)
     crashed = _dispatcher(pg_url)
     try:
-        with contextlib.closing(open_ledger(pg_url)) as ledger:
-            page = ledger.recorder.select_notifications(1, 100, topics=list(COMPLETED_TOPICS))
+        page = _readable_completions(pg_url, len(ids))
         delivery = crashed.log.delivery
 
         def flushed_meanwhile(execution_id: str) -> Delivery | None:

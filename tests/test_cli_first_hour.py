@@ -1,7 +1,9 @@
 """Issue 13, the first hour of a new operator: the example files, every spelling of
 a phase, idempotent re-runs that say so, tables that fit 80 columns in a pipe, JSON
 on every read command, ``--version``, ``watch`` and ``tail``, and commands that wait
-having deadlines. Through the real ``ledger`` entry point, in subprocesses."""
+having deadlines. Through the real ``ledger`` entry point: in subprocesses, except
+the commands that only read and print (``list``, ``show``, ``audit`` ...), which call
+it in-process (:mod:`tests.support.cli`: their output is what is tested here)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from tests.support import cli
+
 LEDGER = str(Path(sys.executable).parent / "ledger")
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 AGENT_ID = "aex-example-q3-summary"
@@ -30,15 +34,8 @@ def run(
     stdin: str | None = None,
     env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [LEDGER, *args],
-        check=False,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "LEDGER_URL": url, "COLUMNS": str(columns), **(env or {})},
-        timeout=120,
-    )
+    environment = {**os.environ, "LEDGER_URL": url, "COLUMNS": str(columns), **(env or {})}
+    return cli.run(args, environment, stdin=stdin, timeout=120)
 
 
 def ok(url: str, *args: str, **kwargs: Any) -> str:

@@ -16,24 +16,49 @@ POSTGRES_PARAM = re.compile(r"\[(?:[^\]]*-)?postgres(?:-[^\]]*)?\]$")
 """A test id run with the ``postgres`` param of ``store_url`` (alone or among others)."""
 
 
-def collect(*args: str) -> list[str]:
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return [line for line in result.stdout.splitlines() if "::" in line]
+TOTAL = re.compile(r"^(\d+)/(\d+) tests? collected \((\d+) deselected\)", re.MULTILINE)
+"""The summary line of a collection narrowed by ``-m``: selected/collected (deselected)."""
+
+
+def collect(*expressions: str) -> list[tuple[list[str], int]]:
+    """The test ids each ``-m expression`` selects, with the number of tests collected
+    before the selection (the whole suite): one collection per expression, run side
+    by side."""
+    runs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                *("-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"),
+                *("tests", "-m", expression),
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for expression in expressions
+    ]
+    results = []
+    for run in runs:
+        stdout, stderr = run.communicate(timeout=300)
+        assert run.returncode == 0, stdout[-3000:] + stderr[-3000:]
+        total = TOTAL.search(stdout)
+        assert total is not None, stdout[-3000:]
+        selected = [line for line in stdout.splitlines() if "::" in line]
+        assert len(selected) == int(total[1]), (len(selected), total[0])
+        assert int(total[1]) + int(total[3]) == int(total[2]), total[0]
+        results.append((selected, int(total[2])))
+    return results
 
 
 def test_not_postgres_deselects_every_test_that_needs_it() -> None:
-    everything = collect("tests")
-    without = collect("tests", "-m", "not postgres")
-    with_postgres = collect("tests", "-m", "postgres")
-    assert sorted(without + with_postgres) == sorted(everything)
+    (without, everything), (with_postgres, also_everything) = collect("not postgres", "postgres")
+    # Together they are the whole suite, each test once: no id in both, none twice,
+    # and as many as were collected (each run lists only ids it collected).
+    assert everything == also_everything
+    assert len(set(without)) == len(without) and len(set(with_postgres)) == len(with_postgres)
+    assert not set(without) & set(with_postgres)
+    assert len(without) + len(with_postgres) == everything
     # Not one store_url test with the postgres param, nor a test using pg_url.
     assert [i for i in without if POSTGRES_PARAM.search(i)] == []
     assert "tests/test_roles.py::test_the_reader_reads_and_cannot_write" not in without
