@@ -30,9 +30,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -40,7 +42,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -80,6 +82,24 @@ class Side:
     """The share of the calls' window with every slot busy."""
     idle: float
     """The share of the calls' window with no call in flight."""
+    first_ms: float = 0.0
+    """From the start to the first call starting, in ms."""
+    store_cpu_ms: float = 0.0
+    """The PostgreSQL server's CPU time per completion (all its processes: other
+    sessions' work too, when the machine is shared), in ms."""
+
+
+def _store_cpu() -> float:
+    """CPU seconds used so far by the processes named ``postgres`` (0 if none)."""
+    ticks = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with suppress(OSError):
+            text = stat.read_text()
+            name, rest = text[text.index("(") + 1 : text.rindex(")")], text[text.rindex(")") + 2 :]
+            if name == "postgres":
+                fields = rest.split()
+                ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 class Occupancy:
@@ -88,7 +108,19 @@ class Occupancy:
     def __init__(self) -> None:
         self.in_flight = 0
         self.samples: list[int] = []
+        self.started = time.perf_counter()
+        self.first = 0.0
+        """When the first call started."""
         self._task = asyncio.create_task(self._sample())
+
+    def enter(self) -> None:
+        if not self.first:
+            self.first = time.perf_counter()
+        self.in_flight += 1
+
+    @property
+    def first_ms(self) -> float:
+        return 1000 * (self.first - self.started)
 
     async def _sample(self) -> None:
         while True:
@@ -101,6 +133,51 @@ class Occupancy:
         count = max(1, len(self.samples))
         full = sum(1 for s in self.samples if s >= IN_FLIGHT) / count
         return full, sum(1 for s in self.samples if s == 0) / count
+
+
+class Spy:
+    """``py-spy record`` of this process over one side's calls (``--spy``): collapsed
+    stacks (``--format raw``), threads apart, held-GIL samples (or all, idle too,
+    with ``--spy-idle``). Off unless asked."""
+
+    folder: Path | None = None
+    binary = "py-spy"
+    idle = False
+
+    def __init__(self, name: str) -> None:
+        self._process: subprocess.Popen[bytes] | None = None
+        if self.folder is None:
+            return
+        out = self.folder / f"{name}-{time.strftime('%H%M%S')}.txt"
+        mode = "--idle" if self.idle else "--gil"
+        self._process = subprocess.Popen(
+            [
+                self.binary,
+                "record",
+                "--pid",
+                str(os.getpid()),
+                mode,
+                "--threads",
+                "--rate",
+                "250",
+                "--nonblocking",
+                "--format",
+                "raw",
+                "--output",
+                str(out),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        time.sleep(0.3)  # Attached before the window starts.
+
+    def stop(self) -> None:
+        """Ends the record (written in the background: :meth:`wait`)."""
+        if self._process is not None and self._process.returncode is None:
+            self._process.send_signal(signal.SIGINT)
+
+    def wait(self) -> None:
+        if self._process is not None:
+            self._process.wait(timeout=60)
 
 
 # The worker process: the callers' workflows and activities, apart from the measured one.
@@ -138,7 +215,16 @@ def _start_worker(url: str, address: str, queues: list[str]) -> subprocess.Popen
     assert worker.stdout is not None
     line = worker.stdout.readline()
     assert line.strip() == "ready", f"the worker did not start: {line!r}"
+    # Whatever it writes later (Temporal's core logs to the console, stdout, unless
+    # forwarded) is passed on: a pipe nobody reads fills at 64 KiB and stalls the
+    # worker on its next write, its workflow tasks with it.
+    threading.Thread(target=_pass_on, args=(worker.stdout,), daemon=True).start()
     return worker
+
+
+def _pass_on(stream: IO[str]) -> None:
+    for line in stream:
+        sys.stderr.write(f"[worker] {line}")
 
 
 def _stop_worker(worker: subprocess.Popen[str]) -> None:
@@ -233,24 +319,28 @@ async def _dispatcher_side(url: str, address: str, client: Client, queue: str, n
     send = dispatcher.sender.send
 
     async def counted(execution: Execution, token: bytes, **kwargs: Any) -> CallbackResult:
-        occupancy.in_flight += 1
+        occupancy.enter()
         try:
             return await send(execution, token, **kwargs)
         finally:
             occupancy.in_flight -= 1
 
     dispatcher.sender.send = counted  # type: ignore[method-assign]
-    cpu = time.process_time()
-    started = time.perf_counter()
+    spy = Spy("dispatcher")
+    cpu, store_cpu = time.process_time(), _store_cpu()
+    started = occupancy.started = time.perf_counter()
     running = asyncio.create_task(dispatcher.run())
 
     async def calls_done() -> bool:
         done = sum(dispatcher.stats.outcomes.values()) >= n
         if done and not occupied:
             occupied.extend(occupancy.stop())
+            spy.stop()
+            store_cpu_used.append(_store_cpu() - store_cpu)
         return done
 
     occupied: list[float] = []
+    store_cpu_used: list[float] = []
 
     async def recorded() -> bool:
         return dispatcher.book.recorded_position >= head
@@ -265,12 +355,22 @@ async def _dispatcher_side(url: str, address: str, client: Client, queue: str, n
     (t_calls, t_woken), t_recorded = await asyncio.gather(calls_then_woken(), _until(recorded))
     times = (t_calls, t_recorded, t_woken)
     cpu = time.process_time() - cpu
+    spy.wait()
     dispatcher.stop()
     await running
     await asyncio.to_thread(dispatcher.close)
     assert dispatcher.stats.outcomes.get("delivered") == n, dispatcher.stats.outcomes
     t_calls, t_recorded, t_woken = (t - started for t in times)
-    return Side(n / t_calls, n / t_woken, n / t_recorded, 1000 * cpu / n, *occupied)
+    return Side(
+        n / t_calls,
+        n / t_woken,
+        n / t_recorded,
+        1000 * cpu / n,
+        occupied[0],
+        occupied[1],
+        occupancy.first_ms,
+        1000 * store_cpu_used[0] / n,
+    )
 
 
 async def _raw_side(
@@ -278,12 +378,13 @@ async def _raw_side(
 ) -> Side:
     own = client
     occupancy = Occupancy()
-    cpu = time.process_time()
-    started = time.perf_counter()
+    spy = Spy("raw")
+    cpu, store_cpu = time.process_time(), _store_cpu()
+    started = occupancy.started = time.perf_counter()
 
     async def complete(token: bytes, payload: Any) -> None:
         handle = own.get_async_activity_handle(task_token=token)
-        occupancy.in_flight += 1
+        occupancy.enter()
         try:
             await handle.complete(payload, rpc_timeout=RPC_TIMEOUT)
         finally:
@@ -298,17 +399,30 @@ async def _raw_side(
             ],
         )
         occupied.extend(occupancy.stop())
+        spy.stop()
+        store_cpu_used.append(_store_cpu() - store_cpu)
         return time.perf_counter()
 
     occupied: list[float] = []
+    store_cpu_used: list[float] = []
 
     async def woken() -> bool:
         return await _completed_workflows(client, queue) >= n
 
     times = (await calls(), await _until(woken, every=0.05))
     cpu = time.process_time() - cpu
+    spy.wait()
     t_calls, t_woken = (t - started for t in times)
-    return Side(n / t_calls, n / t_woken, None, 1000 * cpu / n, *occupied)
+    return Side(
+        n / t_calls,
+        n / t_woken,
+        None,
+        1000 * cpu / n,
+        occupied[0],
+        occupied[1],
+        occupancy.first_ms,
+        1000 * store_cpu_used[0] / n,
+    )
 
 
 async def _round(url: str, address: str, n: int, number: int, raw_first: bool) -> tuple[Side, Side]:
@@ -421,9 +535,11 @@ def _bench(store: str, n: int, rounds: int, latency: int) -> None:
                 f"  round {number} (load {load:.2f}): "
                 f"dispatcher {d.calls:5.0f} calls/s, {d.recorded or 0:5.0f} recorded/s, "
                 f"{d.woken:5.0f} woken/s, {d.cpu_ms:.2f} ms CPU/completion, "
-                f"full {d.full:.0%} idle {d.idle:.0%} | "
+                f"full {d.full:.0%} idle {d.idle:.0%}, first call {d.first_ms:.0f} ms, "
+                f"store {d.store_cpu_ms:.2f} ms CPU/completion | "
                 f"raw {r.calls:5.0f} calls/s, {r.woken:5.0f} woken/s, "
-                f"{r.cpu_ms:.2f} ms CPU/completion, full {r.full:.0%} idle {r.idle:.0%} | "
+                f"{r.cpu_ms:.2f} ms CPU/completion, full {r.full:.0%} idle {r.idle:.0%}, "
+                f"first call {r.first_ms:.0f} ms, store {r.store_cpu_ms:.2f} ms | "
                 f"ratio calls {ratios[-1][0]:.2f}, woken {ratios[-1][1]:.2f}"
             )
         if ratios:
@@ -461,7 +577,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--in-flight", type=int, default=64)
     parser.add_argument("--latency", type=int, default=200)
+    parser.add_argument("--spy", type=Path, help="py-spy each side's calls into this folder")
+    parser.add_argument("--spy-bin", default="py-spy")
+    parser.add_argument("--spy-idle", action="store_true", help="all samples, not held GIL")
     args = parser.parse_args()
+    Spy.folder, Spy.binary, Spy.idle = args.spy, args.spy_bin, args.spy_idle
+    if os.environ.get("BENCH_SWITCH_INTERVAL"):
+        sys.setswitchinterval(float(os.environ["BENCH_SWITCH_INTERVAL"]))
     IN_FLIGHT = args.in_flight
     stores = ["sqlite", "postgres"] if args.store == "both" else [args.store]
     for store in stores:
