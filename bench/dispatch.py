@@ -87,19 +87,28 @@ class Side:
     store_cpu_ms: float = 0.0
     """The PostgreSQL server's CPU time per completion (all its processes: other
     sessions' work too, when the machine is shared), in ms."""
+    delays: str = ""
+    """The calls' durations and the event loop's delays (:meth:`Occupancy.delays`)."""
 
 
-def _store_cpu() -> float:
-    """CPU seconds used so far by the processes named ``postgres`` (0 if none)."""
-    ticks = 0
+def _store_cpu() -> dict[str, int]:
+    """CPU ticks used so far by each process named ``postgres``, by pid."""
+    ticks: dict[str, int] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
-        with suppress(OSError):
+        with suppress(OSError, ValueError):
             text = stat.read_text()
             name, rest = text[text.index("(") + 1 : text.rindex(")")], text[text.rindex(")") + 2 :]
             if name == "postgres":
                 fields = rest.split()
-                ticks += int(fields[11]) + int(fields[12])  # utime, stime
-    return ticks / os.sysconf("SC_CLK_TCK")
+                ticks[stat.parent.name] = int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks
+
+
+def _store_cpu_since(before: dict[str, int]) -> float:
+    """CPU seconds the ``postgres`` processes used since ``before`` (those that ended
+    meanwhile are not counted: other sessions' connections, on a shared machine)."""
+    after = _store_cpu()
+    return sum(t - before.get(p, 0) for p, t in after.items()) / os.sysconf("SC_CLK_TCK")
 
 
 class Occupancy:
@@ -111,12 +120,24 @@ class Occupancy:
         self.started = time.perf_counter()
         self.first = 0.0
         """When the first call started."""
+        self.durations: list[float] = []
+        """Each call's duration, from this process's view (event loop delays included)."""
+        self.lags: list[float] = []
+        """How late each 5 ms sample came: the event loop's delay."""
         self._task = asyncio.create_task(self._sample())
 
-    def enter(self) -> None:
+    def enter(self) -> float:
+        """A call starts; returns when (for :meth:`leave`)."""
+        now = time.perf_counter()
         if not self.first:
-            self.first = time.perf_counter()
+            self.first = now
         self.in_flight += 1
+        return now
+
+    def leave(self, entered: float) -> None:
+        """A call that started at ``entered`` ended."""
+        self.in_flight -= 1
+        self.durations.append(time.perf_counter() - entered)
 
     @property
     def first_ms(self) -> float:
@@ -125,7 +146,9 @@ class Occupancy:
     async def _sample(self) -> None:
         while True:
             self.samples.append(self.in_flight)
+            before = time.perf_counter()
             await asyncio.sleep(0.005)
+            self.lags.append(time.perf_counter() - before - 0.005)
 
     def stop(self) -> tuple[float, float]:
         """The shares of samples at the limit and at zero."""
@@ -133,6 +156,13 @@ class Occupancy:
         count = max(1, len(self.samples))
         full = sum(1 for s in self.samples if s >= IN_FLIGHT) / count
         return full, sum(1 for s in self.samples if s == 0) / count
+
+    def delays(self) -> str:
+        """The calls' durations and the event loop's delays (p50, p90, in ms)."""
+        return (
+            f"call p50 {_p(self.durations, 0.5):.0f} ms p90 {_p(self.durations, 0.9):.0f}, "
+            f"loop lag p50 {_p(self.lags, 0.5):.1f} ms p90 {_p(self.lags, 0.9):.1f}"
+        )
 
 
 class Spy:
@@ -319,11 +349,11 @@ async def _dispatcher_side(url: str, address: str, client: Client, queue: str, n
     send = dispatcher.sender.send
 
     async def counted(execution: Execution, token: bytes, **kwargs: Any) -> CallbackResult:
-        occupancy.enter()
+        entered = occupancy.enter()
         try:
             return await send(execution, token, **kwargs)
         finally:
-            occupancy.in_flight -= 1
+            occupancy.leave(entered)
 
     dispatcher.sender.send = counted  # type: ignore[method-assign]
     spy = Spy("dispatcher")
@@ -336,7 +366,7 @@ async def _dispatcher_side(url: str, address: str, client: Client, queue: str, n
         if done and not occupied:
             occupied.extend(occupancy.stop())
             spy.stop()
-            store_cpu_used.append(_store_cpu() - store_cpu)
+            store_cpu_used.append(_store_cpu_since(store_cpu))
         return done
 
     occupied: list[float] = []
@@ -370,6 +400,7 @@ async def _dispatcher_side(url: str, address: str, client: Client, queue: str, n
         occupied[1],
         occupancy.first_ms,
         1000 * store_cpu_used[0] / n,
+        occupancy.delays(),
     )
 
 
@@ -384,11 +415,11 @@ async def _raw_side(
 
     async def complete(token: bytes, payload: Any) -> None:
         handle = own.get_async_activity_handle(task_token=token)
-        occupancy.enter()
+        entered = occupancy.enter()
         try:
             await handle.complete(payload, rpc_timeout=RPC_TIMEOUT)
         finally:
-            occupancy.in_flight -= 1
+            occupancy.leave(entered)
 
     async def calls() -> float:
         await _gather_limited(
@@ -400,7 +431,7 @@ async def _raw_side(
         )
         occupied.extend(occupancy.stop())
         spy.stop()
-        store_cpu_used.append(_store_cpu() - store_cpu)
+        store_cpu_used.append(_store_cpu_since(store_cpu))
         return time.perf_counter()
 
     occupied: list[float] = []
@@ -422,6 +453,7 @@ async def _raw_side(
         occupied[1],
         occupancy.first_ms,
         1000 * store_cpu_used[0] / n,
+        occupancy.delays(),
     )
 
 
@@ -542,6 +574,7 @@ def _bench(store: str, n: int, rounds: int, latency: int) -> None:
                 f"first call {r.first_ms:.0f} ms, store {r.store_cpu_ms:.2f} ms | "
                 f"ratio calls {ratios[-1][0]:.2f}, woken {ratios[-1][1]:.2f}"
             )
+            print(f"    dispatcher {d.delays} | raw {r.delays}")
         if ratios:
             calls = sorted(c for c, _ in ratios)
             woken = sorted(w for _, w in ratios)
