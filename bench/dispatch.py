@@ -615,8 +615,6 @@ def main() -> None:
     parser.add_argument("--spy-idle", action="store_true", help="all samples, not held GIL")
     args = parser.parse_args()
     Spy.folder, Spy.binary, Spy.idle = args.spy, args.spy_bin, args.spy_idle
-    if os.environ.get("BENCH_SWITCH_INTERVAL"):
-        sys.setswitchinterval(float(os.environ["BENCH_SWITCH_INTERVAL"]))
     IN_FLIGHT = args.in_flight
     stores = ["sqlite", "postgres"] if args.store == "both" else [args.store]
     for store in stores:
