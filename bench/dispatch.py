@@ -30,9 +30,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -40,7 +42,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -80,6 +82,33 @@ class Side:
     """The share of the calls' window with every slot busy."""
     idle: float
     """The share of the calls' window with no call in flight."""
+    first_ms: float = 0.0
+    """From the start to the first call starting, in ms."""
+    store_cpu_ms: float = 0.0
+    """The PostgreSQL server's CPU time per completion (all its processes: other
+    sessions' work too, when the machine is shared), in ms."""
+    delays: str = ""
+    """The calls' durations and the event loop's delays (:meth:`Occupancy.delays`)."""
+
+
+def _store_cpu() -> dict[str, int]:
+    """CPU ticks used so far by each process named ``postgres``, by pid."""
+    ticks: dict[str, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with suppress(OSError, ValueError):
+            text = stat.read_text()
+            name, rest = text[text.index("(") + 1 : text.rindex(")")], text[text.rindex(")") + 2 :]
+            if name == "postgres":
+                fields = rest.split()
+                ticks[stat.parent.name] = int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks
+
+
+def _store_cpu_since(before: dict[str, int]) -> float:
+    """CPU seconds the ``postgres`` processes used since ``before`` (those that ended
+    meanwhile are not counted: other sessions' connections, on a shared machine)."""
+    after = _store_cpu()
+    return sum(t - before.get(p, 0) for p, t in after.items()) / os.sysconf("SC_CLK_TCK")
 
 
 class Occupancy:
@@ -88,12 +117,38 @@ class Occupancy:
     def __init__(self) -> None:
         self.in_flight = 0
         self.samples: list[int] = []
+        self.started = time.perf_counter()
+        self.first = 0.0
+        """When the first call started."""
+        self.durations: list[float] = []
+        """Each call's duration, from this process's view (event loop delays included)."""
+        self.lags: list[float] = []
+        """How late each 5 ms sample came: the event loop's delay."""
         self._task = asyncio.create_task(self._sample())
+
+    def enter(self) -> float:
+        """A call starts; returns when (for :meth:`leave`)."""
+        now = time.perf_counter()
+        if not self.first:
+            self.first = now
+        self.in_flight += 1
+        return now
+
+    def leave(self, entered: float) -> None:
+        """A call that started at ``entered`` ended."""
+        self.in_flight -= 1
+        self.durations.append(time.perf_counter() - entered)
+
+    @property
+    def first_ms(self) -> float:
+        return 1000 * (self.first - self.started)
 
     async def _sample(self) -> None:
         while True:
             self.samples.append(self.in_flight)
+            before = time.perf_counter()
             await asyncio.sleep(0.005)
+            self.lags.append(time.perf_counter() - before - 0.005)
 
     def stop(self) -> tuple[float, float]:
         """The shares of samples at the limit and at zero."""
@@ -101,6 +156,58 @@ class Occupancy:
         count = max(1, len(self.samples))
         full = sum(1 for s in self.samples if s >= IN_FLIGHT) / count
         return full, sum(1 for s in self.samples if s == 0) / count
+
+    def delays(self) -> str:
+        """The calls' durations and the event loop's delays (p50, p90, in ms)."""
+        return (
+            f"call p50 {_p(self.durations, 0.5):.0f} ms p90 {_p(self.durations, 0.9):.0f}, "
+            f"loop lag p50 {_p(self.lags, 0.5):.1f} ms p90 {_p(self.lags, 0.9):.1f}"
+        )
+
+
+class Spy:
+    """``py-spy record`` of this process over one side's calls (``--spy``): collapsed
+    stacks (``--format raw``), threads apart, held-GIL samples (or all, idle too,
+    with ``--spy-idle``). Off unless asked."""
+
+    folder: Path | None = None
+    binary = "py-spy"
+    idle = False
+
+    def __init__(self, name: str) -> None:
+        self._process: subprocess.Popen[bytes] | None = None
+        if self.folder is None:
+            return
+        out = self.folder / f"{name}-{time.strftime('%H%M%S')}.txt"
+        mode = "--idle" if self.idle else "--gil"
+        self._process = subprocess.Popen(
+            [
+                self.binary,
+                "record",
+                "--pid",
+                str(os.getpid()),
+                mode,
+                "--threads",
+                "--rate",
+                "250",
+                "--nonblocking",
+                "--format",
+                "raw",
+                "--output",
+                str(out),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        time.sleep(0.3)  # Attached before the window starts.
+
+    def stop(self) -> None:
+        """Ends the record (written in the background: :meth:`wait`)."""
+        if self._process is not None and self._process.returncode is None:
+            self._process.send_signal(signal.SIGINT)
+
+    def wait(self) -> None:
+        if self._process is not None:
+            self._process.wait(timeout=60)
 
 
 # The worker process: the callers' workflows and activities, apart from the measured one.
@@ -138,7 +245,16 @@ def _start_worker(url: str, address: str, queues: list[str]) -> subprocess.Popen
     assert worker.stdout is not None
     line = worker.stdout.readline()
     assert line.strip() == "ready", f"the worker did not start: {line!r}"
+    # Whatever it writes later (Temporal's core logs to the console, stdout, unless
+    # forwarded) is passed on: a pipe nobody reads fills at 64 KiB and stalls the
+    # worker on its next write, its workflow tasks with it.
+    threading.Thread(target=_pass_on, args=(worker.stdout,), daemon=True).start()
     return worker
+
+
+def _pass_on(stream: IO[str]) -> None:
+    for line in stream:
+        sys.stderr.write(f"[worker] {line}")
 
 
 def _stop_worker(worker: subprocess.Popen[str]) -> None:
@@ -233,24 +349,28 @@ async def _dispatcher_side(url: str, address: str, client: Client, queue: str, n
     send = dispatcher.sender.send
 
     async def counted(execution: Execution, token: bytes, **kwargs: Any) -> CallbackResult:
-        occupancy.in_flight += 1
+        entered = occupancy.enter()
         try:
             return await send(execution, token, **kwargs)
         finally:
-            occupancy.in_flight -= 1
+            occupancy.leave(entered)
 
     dispatcher.sender.send = counted  # type: ignore[method-assign]
-    cpu = time.process_time()
-    started = time.perf_counter()
+    spy = Spy("dispatcher")
+    cpu, store_cpu = time.process_time(), _store_cpu()
+    started = occupancy.started = time.perf_counter()
     running = asyncio.create_task(dispatcher.run())
 
     async def calls_done() -> bool:
         done = sum(dispatcher.stats.outcomes.values()) >= n
         if done and not occupied:
             occupied.extend(occupancy.stop())
+            spy.stop()
+            store_cpu_used.append(_store_cpu_since(store_cpu))
         return done
 
     occupied: list[float] = []
+    store_cpu_used: list[float] = []
 
     async def recorded() -> bool:
         return dispatcher.book.recorded_position >= head
@@ -265,12 +385,23 @@ async def _dispatcher_side(url: str, address: str, client: Client, queue: str, n
     (t_calls, t_woken), t_recorded = await asyncio.gather(calls_then_woken(), _until(recorded))
     times = (t_calls, t_recorded, t_woken)
     cpu = time.process_time() - cpu
+    spy.wait()
     dispatcher.stop()
     await running
     await asyncio.to_thread(dispatcher.close)
     assert dispatcher.stats.outcomes.get("delivered") == n, dispatcher.stats.outcomes
     t_calls, t_recorded, t_woken = (t - started for t in times)
-    return Side(n / t_calls, n / t_woken, n / t_recorded, 1000 * cpu / n, *occupied)
+    return Side(
+        n / t_calls,
+        n / t_woken,
+        n / t_recorded,
+        1000 * cpu / n,
+        occupied[0],
+        occupied[1],
+        occupancy.first_ms,
+        1000 * store_cpu_used[0] / n,
+        occupancy.delays(),
+    )
 
 
 async def _raw_side(
@@ -278,16 +409,17 @@ async def _raw_side(
 ) -> Side:
     own = client
     occupancy = Occupancy()
-    cpu = time.process_time()
-    started = time.perf_counter()
+    spy = Spy("raw")
+    cpu, store_cpu = time.process_time(), _store_cpu()
+    started = occupancy.started = time.perf_counter()
 
     async def complete(token: bytes, payload: Any) -> None:
         handle = own.get_async_activity_handle(task_token=token)
-        occupancy.in_flight += 1
+        entered = occupancy.enter()
         try:
             await handle.complete(payload, rpc_timeout=RPC_TIMEOUT)
         finally:
-            occupancy.in_flight -= 1
+            occupancy.leave(entered)
 
     async def calls() -> float:
         await _gather_limited(
@@ -298,17 +430,31 @@ async def _raw_side(
             ],
         )
         occupied.extend(occupancy.stop())
+        spy.stop()
+        store_cpu_used.append(_store_cpu_since(store_cpu))
         return time.perf_counter()
 
     occupied: list[float] = []
+    store_cpu_used: list[float] = []
 
     async def woken() -> bool:
         return await _completed_workflows(client, queue) >= n
 
     times = (await calls(), await _until(woken, every=0.05))
     cpu = time.process_time() - cpu
+    spy.wait()
     t_calls, t_woken = (t - started for t in times)
-    return Side(n / t_calls, n / t_woken, None, 1000 * cpu / n, *occupied)
+    return Side(
+        n / t_calls,
+        n / t_woken,
+        None,
+        1000 * cpu / n,
+        occupied[0],
+        occupied[1],
+        occupancy.first_ms,
+        1000 * store_cpu_used[0] / n,
+        occupancy.delays(),
+    )
 
 
 async def _round(url: str, address: str, n: int, number: int, raw_first: bool) -> tuple[Side, Side]:
@@ -421,11 +567,14 @@ def _bench(store: str, n: int, rounds: int, latency: int) -> None:
                 f"  round {number} (load {load:.2f}): "
                 f"dispatcher {d.calls:5.0f} calls/s, {d.recorded or 0:5.0f} recorded/s, "
                 f"{d.woken:5.0f} woken/s, {d.cpu_ms:.2f} ms CPU/completion, "
-                f"full {d.full:.0%} idle {d.idle:.0%} | "
+                f"full {d.full:.0%} idle {d.idle:.0%}, first call {d.first_ms:.0f} ms, "
+                f"store {d.store_cpu_ms:.2f} ms CPU/completion | "
                 f"raw {r.calls:5.0f} calls/s, {r.woken:5.0f} woken/s, "
-                f"{r.cpu_ms:.2f} ms CPU/completion, full {r.full:.0%} idle {r.idle:.0%} | "
+                f"{r.cpu_ms:.2f} ms CPU/completion, full {r.full:.0%} idle {r.idle:.0%}, "
+                f"first call {r.first_ms:.0f} ms, store {r.store_cpu_ms:.2f} ms | "
                 f"ratio calls {ratios[-1][0]:.2f}, woken {ratios[-1][1]:.2f}"
             )
+            print(f"    dispatcher {d.delays} | raw {r.delays}")
         if ratios:
             calls = sorted(c for c, _ in ratios)
             woken = sorted(w for _, w in ratios)
@@ -461,7 +610,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--in-flight", type=int, default=64)
     parser.add_argument("--latency", type=int, default=200)
+    parser.add_argument("--spy", type=Path, help="py-spy each side's calls into this folder")
+    parser.add_argument("--spy-bin", default="py-spy")
+    parser.add_argument("--spy-idle", action="store_true", help="all samples, not held GIL")
     args = parser.parse_args()
+    Spy.folder, Spy.binary, Spy.idle = args.spy, args.spy_bin, args.spy_idle
     IN_FLIGHT = args.in_flight
     stores = ["sqlite", "postgres"] if args.store == "both" else [args.store]
     for store in stores:

@@ -76,8 +76,11 @@ class PollingSubscription(Subscription[ApplicationRecorder]):
         super().stop()
         self._woken.set()
 
-    def next_page(self, timeout: float | None = None) -> list[Notification]:
-        """The next page after :attr:`position`; waits up to ``timeout`` when caught up.
+    def next_page(
+        self, timeout: float | None = None, *, limit: int | None = None
+    ) -> list[Notification]:
+        """The next page after :attr:`position` (at most ``limit`` notifications, default
+        :attr:`page_size`); waits up to ``timeout`` when caught up.
 
         Returns an empty list when nothing new arrived within the timeout (default:
         the poll interval) or when the subscription is stopped.
@@ -85,14 +88,14 @@ class PollingSubscription(Subscription[ApplicationRecorder]):
         if self._buffer:
             page, self._buffer = self._buffer, []
             return page
-        page = self._select()
+        page = self._select(limit)
         if page or self._has_been_stopped:
             return page
         self._woken.wait(self.poll_interval if timeout is None else timeout)
         self._woken.clear()
         if self._has_been_stopped:
             return []
-        return self._select()
+        return self._select(limit)
 
     def __next__(self) -> Notification:
         while not self._buffer:
@@ -106,10 +109,10 @@ class PollingSubscription(Subscription[ApplicationRecorder]):
         if self._listener is not None:
             self._listener.join(timeout=5)
 
-    def _select(self) -> list[Notification]:
+    def _select(self, limit: int | None = None) -> list[Notification]:
         notifications = self._recorder.select_notifications(
             start=self._last_notification_id or 0,
-            limit=self.page_size,
+            limit=limit or self.page_size,
             topics=self._topics,
             inclusive_of_start=False,
         )

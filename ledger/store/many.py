@@ -59,21 +59,25 @@ def select_events_of(
 
 
 def _postgres_rows(recorder: PostgresAggregateRecorder, ids: list[str]) -> list[Any]:
+    from psycopg.rows import tuple_row
     from psycopg.sql import SQL, Identifier
 
     statement = SQL(
         "SELECT originator_id, originator_version, topic, state FROM {schema}.{table} "
-        "WHERE originator_id = ANY(%s) ORDER BY originator_id, originator_version"
+        "WHERE originator_id = ANY(%b::{id_type}[]) ORDER BY originator_id, originator_version"
     ).format(
         schema=Identifier(recorder.datastore.schema),
         table=Identifier(recorder.events_table_name),
+        id_type=Identifier(recorder.datastore.originator_id_type),
     )
-    with recorder.datastore.get_connection() as conn, conn.cursor() as curs:
-        curs.execute(statement, (ids,), prepare=True)
-        return [
-            (r["originator_id"], r["originator_version"], r["topic"], r["state"])
-            for r in curs.fetchall()
-        ]
+    with (
+        recorder.datastore.get_connection() as conn,
+        conn.cursor(row_factory=tuple_row) as curs,
+    ):
+        # Binary: the ids go as one array without quoting each, the states come back
+        # as they are stored (no hex round trip).
+        curs.execute(statement, (ids,), prepare=True, binary=True)
+        return curs.fetchall()
 
 
 def _sqlite_rows(recorder: SQLiteAggregateRecorder, ids: list[str]) -> list[Any]:

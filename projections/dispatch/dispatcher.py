@@ -50,7 +50,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from eventsourcing.persistence import Tracking
+from eventsourcing.persistence import Notification, Tracking
 from temporalio.client import Client
 
 from ledger.application import open_ledger_with
@@ -352,10 +352,17 @@ class Dispatcher:
         taken: asyncio.Semaphore,
     ) -> None:
         """Reads and prepares pages in order, one page ahead of the calls: the next
-        is read once the last one was taken. Ends the queue with ``None``."""
+        is read once the last one was taken. Ends the queue with ``None``.
+
+        The first page after a start or a wait holds at most ``max_in_flight``
+        completions, and each next one twice as many, up to ``page_size``: the first
+        calls start after a small page is prepared, and the larger ones are prepared
+        while calls are in flight."""
+        limit = self.max_in_flight
         try:
             while not self._no_new_calls() and not self._preparing_stopped:
-                page = await self._outlasting_store(subscription.next_page, self.poll_interval)
+                page = await self._outlasting_store(self._next_page, subscription, limit)
+                limit = min(2 * limit, self.page_size) if page else self.max_in_flight
                 if not page:
                     if until_caught_up:
                         return
@@ -466,6 +473,9 @@ class Dispatcher:
         return await outlast_store(step, *args, stop=self._stop, lost=self.leadership.lost)
 
     # Blocking steps (run in a worker thread).
+
+    def _next_page(self, subscription: PollingSubscription, limit: int) -> list[Notification]:
+        return subscription.next_page(self.poll_interval, limit=min(limit, self.page_size))
 
     def _parked_deliveries(self) -> list[Delivery]:
         return self.log.deliveries_to_retry(self.log.position() or 0)
