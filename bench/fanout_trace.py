@@ -63,14 +63,16 @@ def _install(trace: Trace) -> None:
         cap_done[threading.get_ident()] = now()
         return result
 
-    def next_page(self: Any, timeout: float | None = None) -> list[Any]:
+    def next_page(
+        self: Any, timeout: float | None = None, *, limit: int | None = None
+    ) -> list[Any]:
         # PollingSubscription.next_page, with timestamps.
         started = now()
         if self._buffer:
             page, self._buffer = self._buffer, []
             return list(page)
         cap_done.pop(threading.get_ident(), None)
-        page = self._select()
+        page = self._select(limit)
         woken = None
         if not page and not self._has_been_stopped:
             self._woken.wait(self.poll_interval if timeout is None else timeout)
@@ -79,7 +81,7 @@ def _install(trace: Trace) -> None:
             if self._has_been_stopped:
                 return []
             cap_done.pop(threading.get_ident(), None)
-            page = self._select()
+            page = self._select(limit)
         if page and threading.current_thread().name == "ledger-serve-log":
             awake = woken if woken is not None else started
             trace["pages"].append(

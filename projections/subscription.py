@@ -180,16 +180,18 @@ class EagerSubscription(PollingSubscription):
         """Ids passed and asked for again at each read (not committed when passed)."""
         return len(self._passed)
 
-    def _select(self) -> list[Notification]:
+    def _select(self, limit: int | None = None) -> list[Notification]:
         horizon = self._horizon
         if horizon is None:
-            return super()._select()
+            return super()._select(limit)
         readable = 0
         if self._passed:
             horizon.observe()  # Moves the readable head on: passed ids become final.
             readable = horizon.readable or 0
         last = self._last_notification_id or 0
-        notifications = select_committed(self._recorder, last, self.page_size, self._passed)
+        notifications = select_committed(
+            self._recorder, last, limit or self.page_size, self._passed
+        )
         passed = self._passed
         expected = last + 1
         for n, notification in enumerate(notifications):
@@ -201,7 +203,7 @@ class EagerSubscription(PollingSubscription):
                     del notifications[n:]
                     if expected > last + 1:
                         self._last_notification_id = expected - 1
-                    return notifications + super()._select()
+                    return notifications + super()._select(limit)
                 passed.update(range(expected, notification.id))
                 expected = notification.id + 1
         if passed and readable:
