@@ -71,6 +71,7 @@ from ledger.contract.kinds import (
 from ledger.contract.names import COMPLETED_TOPICS
 from ledger.contract.phases import Phase
 from ledger.domain.execution import Execution
+from ledger.store.recorder import LedgerPostgresApplicationRecorder
 from ledger.store.url import parse_url
 from ledger.temporal.caller import ExecutionActivities, execution_id_for
 from ledger.temporal.workflow import execute_agent_execution, execute_workflow_execution
@@ -323,9 +324,21 @@ def ledger_events(url: str) -> tuple[dict[str, list[str]], dict[str, tuple[str, 
 
 
 def delivery_events(url: str) -> dict[str, list[str]]:
-    """The dispatcher's log: event types per execution, in order."""
+    """The dispatcher's log: event types per execution, in order (all that is
+    committed: a transaction elsewhere in the cluster, another test's, may hold the
+    readable head back for a while)."""
     log = DispatcherLog(parse_url(url).component_env("dispatcher"))
     try:
+        recorder = log.recorder
+        if isinstance(recorder, LedgerPostgresApplicationRecorder):
+            horizon = recorder.horizon
+            committed = recorder.committed_head()
+
+            def readable() -> bool:
+                horizon.observe()
+                return (horizon.readable or 0) >= committed
+
+            wait_for(readable, message=f"the dispatcher's log readable up to {committed}")
         events: dict[str, list[str]] = defaultdict(list)
         start = 1
         while True:

@@ -359,12 +359,20 @@ class Dispatcher:
         calls start after a small page is prepared, and the larger ones are prepared
         while calls are in flight."""
         limit = self.max_in_flight
+        target = await self._outlasting_store(self._committed_head) if until_caught_up else 0
+        readable = False
         try:
             while not self._no_new_calls() and not self._preparing_stopped:
+                # Caught up: a read that finds nothing, begun once every event committed
+                # before the run started was readable (a transaction elsewhere in the
+                # cluster holds the readable head back for a while: wait for it).
+                readable = readable or (
+                    until_caught_up and await self._outlasting_store(self._readable_reaches, target)
+                )
                 page = await self._outlasting_store(self._next_page, subscription, limit)
                 limit = min(2 * limit, self.page_size) if page else self.max_in_flight
                 if not page:
-                    if until_caught_up:
+                    if readable:
                         return
                     continue
                 if self._preparing_stopped:
@@ -473,6 +481,20 @@ class Dispatcher:
         return await outlast_store(step, *args, stop=self._stop, lost=self.leadership.lost)
 
     # Blocking steps (run in a worker thread).
+
+    def _committed_head(self) -> int:
+        """The ledger's largest committed notification id, readable or not (0 on a
+        store without a readable head: there, what is committed is readable)."""
+        head = getattr(self.ledger.recorder, "committed_head", None)
+        return int(head()) if head is not None else 0
+
+    def _readable_reaches(self, target: int) -> bool:
+        """Whether the ledger's readable head is at ``target`` or beyond."""
+        horizon = getattr(self.ledger.recorder, "horizon", None)
+        if horizon is None or target == 0:
+            return True
+        horizon.observe()
+        return (horizon.readable or 0) >= target
 
     def _next_page(self, subscription: PollingSubscription, limit: int) -> list[Notification]:
         return subscription.next_page(self.poll_interval, limit=min(limit, self.page_size))

@@ -53,7 +53,8 @@ SCRIPT = """
 (function(){
   if(!window.EventSource){return;}
   var live=document.getElementById('live');
-  var source=new EventSource('/live');
+  var since=live?live.getAttribute('data-since'):'';
+  var source=new EventSource('/live'+(since?'?since='+encodeURIComponent(since):''));
   source.addEventListener('change',function(){
     var url=new URL(window.location.href);url.searchParams.set('fragment','main');
     fetch(url,{credentials:'same-origin'}).then(function(r){return r.ok?r.text():null;})
@@ -91,8 +92,9 @@ class Page:
     main: str
 
 
-def document(page: Page, *, who: str) -> str:
-    """The whole HTML document of ``page``."""
+def document(page: Page, *, who: str, since: str = "") -> str:
+    """The whole HTML document of ``page``; ``since``: the live stream's signature
+    when the page was read (its stream tells a change after it at once)."""
     current = ' aria-current="page"'
     links = " ".join(
         f'<a href="{href}"{current if href == page.section else ""}>{escape(label)}</a>'
@@ -103,7 +105,8 @@ def document(page: Page, *, who: str) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{escape(page.title)} · execution ledger</title><style>{STYLE}</style></head>"
         f'<body><header><nav aria-label="Sections">{links}</nav>'
-        f'<span class="live" id="live" role="status" aria-live="polite"></span>'
+        f'<span class="live" id="live" role="status" aria-live="polite"'
+        f' data-since="{escape(since)}"></span>'
         f'<span class="live"> {escape(who)}</span></header>'
         f'<main id="main">{page.main}</main><script>{SCRIPT}</script></body></html>'
     )

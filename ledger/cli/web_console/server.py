@@ -193,17 +193,22 @@ class _RequestHandler(BaseHTTPRequestHandler):
                 self._redirect("/login")
             return
         if url.path == "/live":
-            self._live()
+            self._live(query.get("since"))
             return
         shown = "" if who is True else f"signed in: {who.name} ({who.role.value})"  # type: ignore[union-attr]
+        since = ""
         try:
+            if query.get("fragment") != "main":
+                # Taken before the page is read: a change after it (before the page's
+                # live stream starts) is then told at once, not missed.
+                since = _signature_text(self.server_console.signature())
             status, page = self._route(url.path, query, who)
         except LedgerError as e:
             status, page = 503, pages.not_found(f"the store could not be read: {e}")
         if query.get("fragment") == "main":
             self._send(status, "text/html; charset=utf-8", page.main.encode())
         else:
-            self._page(page, shown, status)
+            self._page(page, shown, status, since=since)
 
     def do_POST(self) -> None:
         path = urlsplit(self.path).path
@@ -381,7 +386,9 @@ class _RequestHandler(BaseHTTPRequestHandler):
 
     # The live stream.
 
-    def _live(self) -> None:
+    def _live(self, since: str | None) -> None:
+        """Says ``change`` whenever the signature moves; from ``since`` (the one its
+        page was rendered at) when given, so a change in between is told at once."""
         console = self.server_console
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
@@ -390,9 +397,12 @@ class _RequestHandler(BaseHTTPRequestHandler):
         self.end_headers()
         self.close_connection = True
         last = console.signature()
+        changed_meanwhile = since is not None and since != _signature_text(last)
         quiet_since = time.monotonic()
         try:
             self.wfile.write(b"retry: 2000\n\n")
+            if changed_meanwhile:
+                self.wfile.write(b"event: change\ndata: %d\n\n" % last[-2])
             self.wfile.flush()
             while not console.stopping:
                 time.sleep(LIVE_INTERVAL)
@@ -413,8 +423,9 @@ class _RequestHandler(BaseHTTPRequestHandler):
 
     # Answers.
 
-    def _page(self, page: pages.Page, who: str, status: int = 200) -> None:
-        self._send(status, "text/html; charset=utf-8", pages.document(page, who=who).encode())
+    def _page(self, page: pages.Page, who: str, status: int = 200, *, since: str = "") -> None:
+        body = pages.document(page, who=who, since=since).encode()
+        self._send(status, "text/html; charset=utf-8", body)
 
     def _redirect(self, location: str, *, cookie: str | None = None) -> None:
         self.send_response(303)
@@ -436,6 +447,11 @@ class _RequestHandler(BaseHTTPRequestHandler):
         )
         self.end_headers()
         self.wfile.write(body)
+
+
+def _signature_text(signature: tuple[int, ...]) -> str:
+    """A signature as it travels in a page and back in ``/live?since=``."""
+    return ".".join(str(n) for n in signature)
 
 
 def _may_act(who: TokenEntry | bool) -> bool:
