@@ -87,8 +87,12 @@ class PostgresViewRecorder(PostgresTrackingRecorder, ViewRecorder):
         )
 
     def _table_exists(self, tx: Tx, table: str) -> bool:
-        tx.execute("SELECT to_regclass(%s) IS NOT NULL", (self._qualified(table),))
-        return bool(tx.fetchone()[0])
+        # A cursor of its own: in pipeline mode, a statement's rows read on the cursor
+        # that also sent statements whose results nobody reads (the GRANTs below)
+        # could be taken for theirs ("the last operation didn't produce records").
+        cursor = _own_cursor(tx)
+        cursor.execute("SELECT to_regclass(%s) IS NOT NULL", (self._qualified(table),))
+        return bool(cursor.fetchone()[0])
 
     def _qualified(self, table: str) -> str:
         return sql.Identifier(self.datastore.schema, table).as_string(None)
@@ -112,12 +116,13 @@ class PostgresViewRecorder(PostgresTrackingRecorder, ViewRecorder):
         # table new in this schema version (none to replace) gets those of the view's
         # tracking table, which every follower writes and every reader reads.
         source = live if self._table_exists(tx, live) else self.tracking_table_name
-        tx.execute(
+        grants = _own_cursor(tx)  # As above.
+        grants.execute(
             "SELECT grantee, privilege_type FROM information_schema.role_table_grants "
             "WHERE table_schema = %s AND table_name = %s AND grantee <> current_user",
             (self.datastore.schema, source),
         )
-        for grantee, privilege in tx.fetchall():
+        for grantee, privilege in grants.fetchall():
             if privilege in _PRIVILEGES:
                 tx.execute(
                     f"GRANT {privilege} ON {self._qualified(rebuilt)} "
@@ -215,3 +220,8 @@ class PostgresViewRecorder(PostgresTrackingRecorder, ViewRecorder):
 _PRIVILEGES = frozenset(
     {"SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER"}
 )
+
+
+def _own_cursor(tx: Tx) -> Any:
+    """Another cursor on ``tx``'s connection, in its transaction (a psycopg cursor)."""
+    return cast(Any, tx).connection.cursor(row_factory=tuple_row)
