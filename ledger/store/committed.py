@@ -21,6 +21,8 @@ from eventsourcing.persistence import Notification
 from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Identifier
 
+from ledger.store.recorder import notifications_from_rows
+
 __all__ = ["select_committed"]
 
 _STATEMENTS: dict[tuple[str, str], bytes] = {}
@@ -55,15 +57,4 @@ def select_committed(
     with recorder.datastore.get_connection() as conn:
         cursor = conn.cursor(row_factory=tuple_row)
         cursor.execute(statement, (list(passed), after, limit), prepare=True, binary=True)
-        return [
-            Notification(
-                id=notification_id,
-                originator_id=originator_id,
-                originator_version=originator_version,
-                topic=topic,
-                state=state if type(state) is bytes else bytes(state),
-            )
-            for notification_id, originator_id, originator_version, topic, state in (
-                cursor.fetchall()
-            )
-        ]
+        return notifications_from_rows(cursor.fetchall())

@@ -73,7 +73,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from eventsourcing.persistence import (
@@ -430,18 +430,7 @@ class LedgerPostgresApplicationRecorder(PostgresApplicationRecorder):
             cursor = conn.cursor(row_factory=tuple_row)
             # Binary results: the states arrive as they are stored (no hex round trip).
             cursor.execute(statement, params, prepare=True, binary=True)
-            return [
-                Notification(
-                    id=notification_id,
-                    originator_id=originator_id,
-                    originator_version=originator_version,
-                    topic=topic,
-                    state=state if type(state) is bytes else bytes(state),
-                )
-                for notification_id, originator_id, originator_version, topic, state in (
-                    cursor.fetchall()
-                )
-            ]
+            return notifications_from_rows(cursor.fetchall())
 
     def max_notification_id(self) -> int | None:
         """The readable head (None while the log is empty), after waiting up to
@@ -591,3 +580,18 @@ class LedgerPostgresProcessRecorder(LedgerPostgresApplicationRecorder, PostgresP
             stored_events,
             tracking,
         )
+
+
+def notifications_from_rows(rows: Iterable[tuple[Any, ...]]) -> list[Notification]:
+    """Rows of ``notification_id, originator_id, originator_version, topic, state``
+    (read in binary) as the library's notifications."""
+    return [
+        Notification(
+            id=notification_id,
+            originator_id=originator_id,
+            originator_version=originator_version,
+            topic=topic,
+            state=state if type(state) is bytes else bytes(state),
+        )
+        for notification_id, originator_id, originator_version, topic, state in rows
+    ]
